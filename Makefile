@@ -1,0 +1,37 @@
+# dml: `make demo` and `make test` each do their own set-up (make install) first.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+# The first Python that mxnet 1.9.1 can run on (3.8-3.11); override with `make PYTHON=... install`.
+PYTHON ?= $(shell for p in python3.11 python3.10 python3.9 python3.8 python3; do \
+	command -v $$p >/dev/null 2>&1 && { echo $$p; break; }; done)
+# The GPU wheel when nvidia-smi lists a GPU, else the CPU wheel; `MXNET=mxnet-cu112 make install` overrides.
+MXNET ?= $(shell nvidia-smi -L 2>/dev/null | grep -q GPU && echo mxnet-cu112 || echo mxnet)
+OTHER_MXNET := $(if $(filter mxnet-cu112,$(MXNET)),mxnet,mxnet-cu112)
+STAMP := $(VENV)/.installed-$(MXNET)
+OUT   ?= runs
+
+.PHONY: install demo test bench clean
+install: $(STAMP)
+
+$(STAMP): requirements.txt setup.py
+	@$(PYTHON) scripts/check_python.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing into $(VENV) ($(MXNET)==1.9.1 and the pinned requirements)..."
+	@$(PY) -m pip uninstall -q -y $(OTHER_MXNET) >/dev/null 2>&1 || true
+	$(PY) -m pip install -q --disable-pip-version-check $(MXNET)==1.9.1 -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: install
+	$(PY) -m dml train --method triplet_semihard --dataset digits --output-root $(OUT) --demo
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) -m dml.bench losses
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,251 @@
+"""``python -m dml <command>``: the command line. User errors are one line on stderr and exit 2."""
+import argparse
+import logging
+import os
+import sys
+import time
+
+from . import DATASETS, DISTANCES, METHODS, DmlError, __version__
+
+log = logging.getLogger("dml")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is a single line (``dml train: error: ...``), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, "%s: error: %s (see --help)\n" % (self.prog, message))
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("%r must be >= 1" % text)
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("%r must be >= 0" % text)
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number" % text) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("%r must be > 0" % text)
+    return value
+
+
+def _float(text):
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number" % text) from None
+
+
+def parse_gpus(text):
+    """``"0,1"`` -> ``[0, 1]``; ``""`` -> ``[]``."""
+    text = text.strip()
+    if not text:
+        return []
+    try:
+        gpus = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "%r is not a comma-separated list of GPU numbers, e.g. --gpus 0,1" % text) from None
+    if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
+        raise argparse.ArgumentTypeError(
+            "%r: GPU numbers must be distinct and >= 0, e.g. --gpus 0,1" % text)
+    return gpus
+
+
+def _epoch_list(text):
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a comma-separated list of epochs" % text) from None
+
+
+def build_parser():
+    parser = _Parser(prog="dml", description="Deep metric learning on MXNet Gluon: train, "
+                     "evaluate and compare embedding networks.")
+    parser.add_argument("--version", action="version", version="dml " + __version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    train = sub.add_parser(
+        "train", help="train an embedding network and evaluate it",
+        description="Train an embedding network, log it to TensorBoard, checkpoint it and evaluate "
+        "it on the test split. Writes <output-root>/<dataset>/<method>/<YYYYmmddHHMM>/ with logs/, "
+        "params/, config.json and metrics.json. Options left out take the method's and dataset's "
+        "defaults (see README).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.set_defaults(func=cmd_train)
+    g = train.add_argument_group("what to train")
+    g.add_argument("--method", default="triplet_semihard", metavar="NAME",
+                   help="one of " + ", ".join(METHODS))
+    g.add_argument("--dataset", default="digits", metavar="NAME", help="one of " + ", ".join(DATASETS))
+    g.add_argument("--data-root", default=None, metavar="PATH",
+                   help="where the dataset's files are (default: ~/.mxnet/datasets/<dataset>; "
+                   "for folder: ROOT holding train/<class>/ and test/<class>/)")
+    g.add_argument("--image-size", type=_positive_int, default=None,
+                   help="side of the square network input for digits and folder (default 32)")
+    g = train.add_argument_group("network and loss")
+    g.add_argument("--backbone", default=None, help="GluonCV model-zoo name (default resnet18_v1)")
+    g.add_argument("--pretrained", action="store_true", default=None,
+                   help="start from GluonCV's ImageNet weights in ~/.mxnet/models (never downloaded)")
+    g.add_argument("--embedding-dim", type=_positive_int, default=None, help="default 128")
+    g.add_argument("--l2-normalize", action="store_true", default=None,
+                   help="L2-normalize the embedding")
+    g.add_argument("--margin", type=_positive_float, default=None, help="loss margin (> 0)")
+    g.add_argument("--distance", choices=DISTANCES, default=None, help="distance the loss uses")
+    g = train.add_argument_group("optimization")
+    g.add_argument("--epochs", type=_positive_int, default=None)
+    g.add_argument("--n-classes", type=_positive_int, default=None,
+                   help="classes per batch (balanced sampler)")
+    g.add_argument("--n-samples", type=_positive_int, default=None,
+                   help="images per class per batch (balanced sampler)")
+    g.add_argument("--optimizer", choices=("adam", "sgd"), default=None, help="default adam")
+    g.add_argument("--lr", type=_positive_float, default=None, help="learning rate")
+    g.add_argument("--wd", type=_float, default=None, help="weight decay")
+    g.add_argument("--lr-steps", type=_epoch_list, default=None, metavar="E1,E2",
+                   help="epochs after which the learning rate is multiplied by --lr-factor")
+    g.add_argument("--lr-factor", type=_positive_float, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g = train.add_argument_group("devices and output")
+    g.add_argument("--gpus", type=parse_gpus, default=None, metavar="0,1",
+                   help="GPUs to train on (default: all GPUs mxnet sees, else the CPU)")
+    g.add_argument("--cpus", type=_non_negative_int, default=None,
+                   help="N CPU contexts in one process (tests the multi-device path without GPUs)")
+    g.add_argument("--num-workers", type=_non_negative_int, default=None,
+                   help="data loading threads (0: load in the training thread)")
+    g.add_argument("--save-period", type=_non_negative_int, default=None,
+                   help="checkpoint and log the projector every E epochs (0: at the end only)")
+    g.add_argument("--output-root", default=None, help="where run folders go (default .)")
+    return parser
+
+
+def config_from_args(args):
+    from .config import IMPLEMENTED_METHODS, RunConfig, defaults_for
+
+    if args.method not in METHODS:
+        raise DmlError("unknown method %r: choose one of %s" % (args.method, ", ".join(METHODS)))
+    if args.method not in IMPLEMENTED_METHODS:
+        raise DmlError("method %r is not implemented in dml %s yet: use one of %s"
+                       % (args.method, __version__, ", ".join(IMPLEMENTED_METHODS)))
+    if args.dataset not in DATASETS:
+        raise DmlError("unknown dataset %r: choose one of %s" % (args.dataset, ", ".join(DATASETS)))
+    values = defaults_for(args.method, args.dataset)
+    for key in values:
+        given = getattr(args, key, None)
+        if given is not None:
+            values[key] = given
+    if args.gpus is None:
+        values["gpus"] = _all_gpus()
+    if values["gpus"] and values["cpus"]:
+        raise DmlError("--gpus and --cpus exclude each other: pick one")
+    return RunConfig.from_dict(values)
+
+
+def _all_gpus():
+    import mxnet as mx
+
+    return list(range(mx.context.num_gpus()))
+
+
+def _setup_console_logging():
+    logger = logging.getLogger("dml")
+    if not any(getattr(h, "_dml_console", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        handler._dml_console = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _metrics_table(metrics, keys):
+    width = max(len(k) for k in keys)
+    lines = ["%-*s  %s" % (width, "metric", "value")]
+    for key in keys:
+        value = metrics[key]
+        lines.append("%-*s  %s" % (width, key, "%.4f" % value if isinstance(value, float) else value))
+    return "\n".join(lines)
+
+
+def cmd_train(args):
+    cfg = config_from_args(args)  # the MXNet imports below stay lazy: OMP_NUM_THREADS is set first
+    from .data import load_dataset
+    from .engine import fit, make_contexts
+    from .runs import create_run_dir, write_json
+
+    make_contexts(cfg.gpus, cfg.cpus)  # validates --gpus before anything is written
+    splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
+    if cfg.n_classes > splits.num_classes:
+        raise DmlError("--n-classes %d but %s has only %d classes: pass --n-classes %d or fewer"
+                       % (cfg.n_classes, cfg.dataset, splits.num_classes, splits.num_classes))
+    present = len(set(splits.train.labels.tolist()))
+    if cfg.n_classes > present:
+        raise DmlError("--n-classes %d but the training split holds only %d classes: pass "
+                       "--n-classes %d or fewer" % (cfg.n_classes, present, present))
+    if len(splits.train) < cfg.n_classes * cfg.n_samples:
+        raise DmlError("a batch of %d x %d images is larger than the %d training images: lower "
+                       "--n-classes or --n-samples" % (cfg.n_classes, cfg.n_samples, len(splits.train)))
+
+    run_dir = create_run_dir(cfg.output_root, cfg.dataset, cfg.method)
+    file_handler = logging.FileHandler(os.path.join(run_dir, "logs", "train.log"))
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(file_handler)
+    try:
+        config = cfg.to_dict()
+        config.update(run_dir=run_dir, dml_version=__version__, argv=sys.argv[1:],
+                      class_names=splits.class_names,
+                      started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        write_json(os.path.join(run_dir, "config.json"), config)
+        log.info("run folder %s", run_dir)
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm(loggers=[log]):
+            metrics = fit(cfg, splits, run_dir)
+    except FloatingPointError as err:
+        log.error("stopped: %s; the last checkpoint in %s is kept", err, os.path.join(run_dir, "params"))
+        return 1
+    finally:
+        log.removeHandler(file_handler)
+        file_handler.close()
+
+    print(_metrics_table(metrics, ["precision_at_1", "r_precision", "map_at_r"]))
+    print("run folder:  %s" % run_dir)
+    print("tensorboard: tensorboard --logdir %s" % os.path.join(run_dir, "logs"))
+    return 0
+
+
+def main(argv=None):
+    # MXNet's OpenMP pool otherwise starts with one thread on some machines: use every core.
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    _setup_console_logging()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except DmlError as err:
+        sys.stderr.write("dml %s: error: %s\n" % (args.command, err))
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("dml %s: interrupted\n" % args.command)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

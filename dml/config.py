@@ -1,0 +1,67 @@
+"""One :class:`RunConfig` per run, saved as ``config.json``, and the defaults of each method."""
+import dataclasses
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+@dataclass
+class RunConfig:
+    method: str = "triplet_semihard"
+    dataset: str = "digits"
+    data_root: Optional[str] = None
+    output_root: str = "."
+    epochs: int = 10
+    n_classes: int = 10
+    n_samples: int = 12
+    embedding_dim: int = 128
+    l2_normalize: bool = False
+    margin: float = 1.0
+    distance: str = "euclidean"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    wd: float = 0.0
+    momentum: float = 0.9
+    lr_steps: List[int] = field(default_factory=list)
+    lr_factor: float = 0.1
+    backbone: str = "resnet18_v1"
+    pretrained: bool = False
+    image_size: int = 32
+    gpus: List[int] = field(default_factory=list)
+    cpus: int = 0
+    kvstore: str = "device"
+    num_workers: int = 2
+    seed: int = 0
+    save_period: int = 0
+    log_interval: int = 10
+    projector_points: int = 2000
+    eval_batch_size: int = 256
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# Defaults per method, then per (method, dataset); the command line overrides both.
+METHOD_DEFAULTS = {
+    "triplet_semihard": dict(margin=1.0, distance="euclidean", n_classes=10, n_samples=12),
+}
+DATASET_DEFAULTS = {
+    "digits": dict(epochs=10),
+    "cifar10": dict(epochs=60, n_classes=8, n_samples=16, lr_steps=[40, 50]),
+    "cifar100": dict(epochs=60, n_classes=16, n_samples=8, lr_steps=[40, 50]),
+    "mnist": dict(epochs=10),
+    "fashion-mnist": dict(epochs=20),
+    "folder": dict(epochs=30, n_classes=8, n_samples=8),
+}
+IMPLEMENTED_METHODS = tuple(METHOD_DEFAULTS)
+
+
+def defaults_for(method, dataset):
+    values = RunConfig().to_dict()
+    values.update(METHOD_DEFAULTS.get(method, {}))
+    values.update(DATASET_DEFAULTS.get(dataset, {}))
+    return values

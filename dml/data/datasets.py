@@ -1,0 +1,487 @@
+"""Datasets: the embedded digits set, CIFAR-10/100 and (Fashion-)MNIST from their official files,
+and image folders.
+
+Every loader returns a :class:`DatasetSplits` whose ``train`` and ``test`` are Gluon datasets of
+``(uint8 HxWx3 image, int label)`` with a fast ``batch(indices)`` used by :class:`dml.data.BatchLoader`.
+Nothing here downloads unless the files are missing, and then only one attempt through MXNet's own
+downloader (skipped when ``DML_OFFLINE=1``); a missing or corrupt file is a :class:`dml.DmlError`
+naming the folder and the files looked for.
+"""
+import gzip
+import logging
+import os
+import pickle
+import struct
+import tarfile
+import zlib
+from dataclasses import dataclass, field
+from typing import List, Tuple
+
+import numpy as np
+from mxnet import base, gluon
+
+from .. import DmlError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Augment:
+    """Training augmentation: random crop of the image zero-padded by ``pad`` pixels, and a random
+    horizontal flip when ``flip``."""
+
+    pad: int = 0
+    flip: bool = False
+
+
+@dataclass
+class DatasetSplits:
+    name: str
+    train: "gluon.data.Dataset"
+    test: "gluon.data.Dataset"
+    class_names: List[str]
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    augment: Augment = field(default_factory=Augment)
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+
+class ImageArrayDataset(gluon.data.Dataset):
+    """Images held in memory: ``images`` uint8 N x H x W x 3, ``labels`` int N."""
+
+    def __init__(self, images, labels):
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        labels = np.asarray(labels, dtype=np.int32)
+        if images.ndim != 4 or images.shape[3] != 3 or len(images) != len(labels):
+            raise ValueError("expected N x H x W x 3 images and N labels, got %s and %s"
+                             % (images.shape, labels.shape))
+        self.images = images
+        self.labels = labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, idx):
+        return self.images[idx], int(self.labels[idx])
+
+    def batch(self, indices):
+        indices = np.asarray(indices)
+        return self.images[indices], self.labels[indices]
+
+
+class ImageFileDataset(gluon.data.Dataset):
+    """Images read lazily from files with Pillow, converted to RGB and resized to ``size`` x ``size``."""
+
+    def __init__(self, paths, labels, size):
+        self.paths = list(paths)
+        self.labels = np.asarray(labels, dtype=np.int32)
+        self.size = int(size)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def _load(self, idx):
+        from PIL import Image
+
+        path = self.paths[idx]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if img.size != (self.size, self.size):
+                    img = img.resize((self.size, self.size), Image.BILINEAR)
+                return np.asarray(img, dtype=np.uint8)
+        except (OSError, ValueError) as err:
+            raise DmlError("cannot read image %s (%s): remove or replace it" % (path, err)) from None
+
+    def __getitem__(self, idx):
+        return self._load(idx), int(self.labels[idx])
+
+    def batch(self, indices):
+        indices = np.asarray(indices)
+        return np.stack([self._load(i) for i in indices]), self.labels[indices]
+
+
+def default_data_root(name):
+    """MXNet's own dataset folder: ``$MXNET_HOME/datasets/<name>`` (``~/.mxnet/datasets/<name>``)."""
+    return os.path.join(base.data_dir(), "datasets", name)
+
+
+def _offline():
+    return os.environ.get("DML_OFFLINE", "") not in ("", "0")
+
+
+def _mxnet_download(namespace, filename, sha1, root):
+    """One attempt at MXNet's own download of a dataset file; True when it arrived."""
+    if _offline():
+        return False
+    from mxnet.gluon.utils import _get_repo_file_url, download
+
+    try:
+        os.makedirs(root, exist_ok=True)
+        log.info("%s not found under %s: trying MXNet's download", filename, root)
+        download(_get_repo_file_url(namespace, filename), path=os.path.join(root, filename),
+                 sha1_hash=sha1, retries=1)
+        return True
+    except Exception as err:  # network errors come in many types; any of them means "not here"
+        log.info("download of %s failed: %s", filename, err)
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# digits
+
+
+def load_digits(image_size=32, test_fraction=0.25, seed=0):
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), resized to
+    ``image_size`` and repeated over 3 channels, with a fixed stratified train/test split."""
+    from PIL import Image
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = sk_digits()
+    small = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    big = np.stack([
+        np.asarray(Image.fromarray(img).resize((image_size, image_size), Image.BILINEAR))
+        for img in small
+    ])
+    images = np.repeat(big[..., None], 3, axis=3)
+    labels = digits.target.astype(np.int32)
+    idx_train, idx_test = train_test_split(np.arange(len(labels)), test_size=test_fraction,
+                                           stratify=labels, random_state=seed)
+    train_pixels = images[idx_train].astype(np.float64) / 255.0
+    mean = float(train_pixels.mean())
+    std = float(train_pixels.std())
+    return DatasetSplits(
+        name="digits",
+        train=ImageArrayDataset(images[idx_train], labels[idx_train]),
+        test=ImageArrayDataset(images[idx_test], labels[idx_test]),
+        class_names=[str(i) for i in range(10)],
+        mean=(mean,) * 3,
+        std=(std,) * 3,
+        augment=Augment(pad=max(1, image_size // 16), flip=False),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10 / CIFAR-100: python pickles or binary records, as folders or the official archives
+
+_CIFAR = {
+    "cifar10": dict(
+        py_dir="cifar-10-batches-py", bin_dir="cifar-10-batches-bin",
+        py_tar="cifar-10-python.tar.gz", bin_tar="cifar-10-binary.tar.gz",
+        py_train=["data_batch_%d" % i for i in range(1, 6)], py_test=["test_batch"],
+        bin_train=["data_batch_%d.bin" % i for i in range(1, 6)], bin_test=["test_batch.bin"],
+        py_meta="batches.meta", py_names=b"label_names", py_label=b"labels",
+        bin_names="batches.meta.txt", label_bytes=1, num_classes=10,
+        sha1="fab780a1e191a7eda0f345501ccd62d20f7ed891",
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+    ),
+    "cifar100": dict(
+        py_dir="cifar-100-python", bin_dir="cifar-100-binary",
+        py_tar="cifar-100-python.tar.gz", bin_tar="cifar-100-binary.tar.gz",
+        py_train=["train"], py_test=["test"], bin_train=["train.bin"], bin_test=["test.bin"],
+        py_meta="meta", py_names=b"fine_label_names", py_label=b"fine_labels",
+        bin_names="fine_label_names.txt", label_bytes=2, num_classes=100,
+        sha1="a0bb982c76b83111308126cc779a992fa506b90b",
+        mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+    ),
+}
+
+
+class _FolderSource:
+    def __init__(self, folder):
+        self.folder = folder
+
+    def has(self, name):
+        return os.path.isfile(os.path.join(self.folder, name))
+
+    def read(self, name):
+        with open(os.path.join(self.folder, name), "rb") as f:
+            return f.read()
+
+    def where(self, name):
+        return os.path.join(self.folder, name)
+
+
+class _TarSource:
+    """Members of an official archive, read without extracting it."""
+
+    def __init__(self, path, folder):
+        self.path = path
+        self.folder = folder
+        try:
+            self.tar = tarfile.open(path, "r:gz")
+            self.members = {m.name: m for m in self.tar.getmembers() if m.isfile()}
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise DmlError("%s is not a readable .tar.gz archive (%s): delete it and put the "
+                           "official file there" % (path, err)) from None
+
+    def has(self, name):
+        return "%s/%s" % (self.folder, name) in self.members
+
+    def read(self, name):
+        try:
+            return self.tar.extractfile(self.members["%s/%s" % (self.folder, name)]).read()
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
+            raise DmlError("%s is corrupt (%s): delete it and put the official file there"
+                           % (self.path, err)) from None
+
+    def where(self, name):
+        return "%s:%s/%s" % (self.path, self.folder, name)
+
+
+def _cifar_layouts(spec, root):
+    """The four official layouts, in the order they are looked for."""
+    return [
+        ("python", spec["py_dir"], lambda: _FolderSource(os.path.join(root, spec["py_dir"]))),
+        ("binary", spec["bin_dir"], lambda: _FolderSource(os.path.join(root, spec["bin_dir"]))),
+        ("python", spec["py_tar"],
+         lambda: _TarSource(os.path.join(root, spec["py_tar"]), spec["py_dir"])),
+        ("binary", spec["bin_tar"],
+         lambda: _TarSource(os.path.join(root, spec["bin_tar"]), spec["bin_dir"])),
+    ]
+
+
+def _find_cifar_source(name, root):
+    spec = _CIFAR[name]
+    for kind, entry, make in _cifar_layouts(spec, root):
+        path = os.path.join(root, entry)
+        if entry.endswith(".tar.gz") and os.path.isfile(path):
+            return kind, make()
+        if not entry.endswith(".tar.gz") and os.path.isdir(path):
+            return kind, make()
+    return None, None
+
+
+def _cifar_records(spec, kind, source, files):
+    images, labels = [], []
+    for fname in files:
+        if not source.has(fname):
+            raise DmlError("%s is missing: put the complete official CIFAR files there"
+                           % source.where(fname))
+        raw = source.read(fname)
+        if kind == "python":
+            try:
+                batch = pickle.loads(raw, encoding="bytes")
+                data = np.asarray(batch[b"data"], dtype=np.uint8)
+                lab = np.asarray(batch[spec["py_label"]], dtype=np.int64)
+                data = data.reshape(-1, 3, 32, 32)
+            except Exception as err:  # unpickling garbage raises almost anything
+                raise DmlError("%s is not a CIFAR python batch (%s): replace it with the official "
+                               "file" % (source.where(fname), type(err).__name__)) from None
+        else:
+            record = spec["label_bytes"] + 3072
+            if len(raw) == 0 or len(raw) % record:
+                raise DmlError("%s is not a CIFAR binary batch (%d bytes is not a multiple of %d): "
+                               "replace it with the official file"
+                               % (source.where(fname), len(raw), record))
+            rows = np.frombuffer(raw, dtype=np.uint8).reshape(-1, record)
+            lab = rows[:, spec["label_bytes"] - 1].astype(np.int64)  # the fine label is the last
+            data = rows[:, spec["label_bytes"]:].reshape(-1, 3, 32, 32)
+        if len(lab) != len(data) or (len(lab) and (lab.min() < 0 or lab.max() >= spec["num_classes"])):
+            raise DmlError("%s has labels outside 0..%d or a label count that does not match its "
+                           "images: replace it with the official file"
+                           % (source.where(fname), spec["num_classes"] - 1))
+        images.append(data.transpose(0, 2, 3, 1))
+        labels.append(lab)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _cifar_class_names(spec, kind, source):
+    try:
+        if kind == "python" and source.has(spec["py_meta"]):
+            meta = pickle.loads(source.read(spec["py_meta"]), encoding="bytes")
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[spec["py_names"]]]
+        elif kind == "binary" and source.has(spec["bin_names"]):
+            names = [n.strip() for n in source.read(spec["bin_names"]).decode().splitlines()]
+            names = [n for n in names if n]
+        else:
+            names = []
+    except Exception:  # names are cosmetic: fall back to numbers
+        names = []
+    if len(names) != spec["num_classes"]:
+        names = [str(i) for i in range(spec["num_classes"])]
+    return names
+
+
+def load_cifar(name, root=None):
+    spec = _CIFAR[name]
+    root = root or default_data_root(name)
+    kind, source = _find_cifar_source(name, root)
+    if source is None and _mxnet_download("gluon/dataset/" + name, spec["bin_tar"], spec["sha1"], root):
+        kind, source = _find_cifar_source(name, root)
+    if source is None:
+        looked = ", ".join([spec["py_dir"] + "/", spec["bin_dir"] + "/", spec["py_tar"], spec["bin_tar"]])
+        raise DmlError("%s not found in %s (looked for %s): put one of them there or pass "
+                       "--data-root" % (name.upper().replace("CIFAR", "CIFAR-"), root, looked))
+    train = _cifar_records(spec, kind, source, spec["py_train" if kind == "python" else "bin_train"])
+    test = _cifar_records(spec, kind, source, spec["py_test" if kind == "python" else "bin_test"])
+    return DatasetSplits(
+        name=name,
+        train=ImageArrayDataset(*train),
+        test=ImageArrayDataset(*test),
+        class_names=_cifar_class_names(spec, kind, source),
+        mean=spec["mean"],
+        std=spec["std"],
+        augment=Augment(pad=4, flip=True),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST / Fashion-MNIST: idx files, plain or gzipped
+
+_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_MNIST_SHA1 = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "6c95f4b05d2bf285e1bfb0e7960c31bd3b3f8a7d",
+        "train-labels-idx1-ubyte.gz": "2a80914081dc54586dbdf242f9805a6b8d2a15fc",
+        "t10k-images-idx3-ubyte.gz": "c3a25af1f52dad7f726cce8cacb138654b760d48",
+        "t10k-labels-idx1-ubyte.gz": "763e7fa3757d93b0cdec073cef058b2004252c17",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": "0cf37b0d40ed5169c6b3aba31069a9770ac9043d",
+        "train-labels-idx1-ubyte.gz": "236021d52f1e40852b06a4c3008d8de8aef1e40b",
+        "t10k-images-idx3-ubyte.gz": "626ed6a7c06dd17c0eec72fa3be1740f146a2863",
+        "t10k-labels-idx1-ubyte.gz": "17f9ab60e7257a1620f4ad76bbbaf857c3920701",
+    },
+}
+_MNIST_STATS = {"mnist": (0.1307, 0.3081), "fashion-mnist": (0.2860, 0.3530)}
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot"]
+
+
+def _find_idx(root, base_name):
+    for candidate in (base_name, base_name + ".gz"):
+        if os.path.isfile(os.path.join(root, candidate)):
+            return os.path.join(root, candidate)
+    return None
+
+
+def _read_idx(path, expected_magic):
+    try:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+        magic = struct.unpack(">i", raw[:4])[0]
+        if magic != expected_magic:
+            raise ValueError("magic number %d, expected %d" % (magic, expected_magic))
+        ndim = magic & 0xFF
+        dims = struct.unpack(">" + "i" * ndim, raw[4:4 + 4 * ndim])
+        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+        return data.reshape(dims)
+    except (OSError, ValueError, struct.error, EOFError) as err:
+        raise DmlError("%s is not an idx file (%s): replace it with the official file"
+                       % (path, err)) from None
+
+
+def load_mnist(name, root=None):
+    root = root or default_data_root(name)
+    wanted = [f for pair in _MNIST_FILES.values() for f in pair]
+    if any(_find_idx(root, f) is None for f in wanted):
+        for fname, sha1 in _MNIST_SHA1[name].items():
+            if _find_idx(root, fname[:-3]) is None and not _mxnet_download(
+                    "gluon/dataset/" + name, fname, sha1, root):
+                break
+    missing = [f for f in wanted if _find_idx(root, f) is None]
+    if missing:
+        raise DmlError("%s files not found in %s (looked for %s, plain or .gz): put them there or "
+                       "pass --data-root" % (name, root, ", ".join(missing)))
+    splits = {}
+    for split, (img_name, lab_name) in _MNIST_FILES.items():
+        images = _read_idx(_find_idx(root, img_name), 2051)
+        labels = _read_idx(_find_idx(root, lab_name), 2049).astype(np.int32)
+        if images.ndim != 3 or len(images) != len(labels) or (len(labels) and labels.max() > 9):
+            raise DmlError("%s and %s in %s do not match (%d images, %d labels): replace them with "
+                           "the official files" % (img_name, lab_name, root, len(images), len(labels)))
+        padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))  # 28x28 -> 32x32, the backbone's input
+        splits[split] = ImageArrayDataset(np.repeat(padded[..., None], 3, axis=3), labels)
+    mean, std = _MNIST_STATS[name]
+    return DatasetSplits(
+        name=name, train=splits["train"], test=splits["test"],
+        class_names=FASHION_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)],
+        mean=(mean,) * 3, std=(std,) * 3,
+        augment=Augment(pad=2, flip=name == "fashion-mnist"),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# image folders: ROOT/train/<class>/<image>, ROOT/test/<class>/<image>
+
+
+def _list_class_tree(split_dir):
+    classes = sorted(d for d in os.listdir(split_dir)
+                     if os.path.isdir(os.path.join(split_dir, d)) and not d.startswith("."))
+    items = []
+    for name in classes:
+        class_dir = os.path.join(split_dir, name)
+        for fname in sorted(os.listdir(class_dir)):
+            path = os.path.join(class_dir, fname)
+            if not fname.startswith(".") and os.path.isfile(path):
+                items.append((path, name))
+    return classes, items
+
+
+def _check_images(items):
+    """Open every image's header (cheap: no decoding) so a bad file fails before training."""
+    from PIL import Image
+
+    for path, _ in items:
+        try:
+            with Image.open(path) as img:
+                img.size  # noqa: B018  (reading the header is the check)
+        except (OSError, ValueError) as err:
+            raise DmlError("%s is not an image Pillow can read (%s): remove or replace it"
+                           % (path, type(err).__name__)) from None
+
+
+def load_folder(root, image_size=32):
+    if not root:
+        raise DmlError("--dataset folder needs --data-root ROOT holding ROOT/train/<class>/<image> "
+                       "and ROOT/test/<class>/<image>")
+    splits = {}
+    for split in ("train", "test"):
+        split_dir = os.path.join(root, split)
+        if not os.path.isdir(split_dir):
+            raise DmlError("%s is not a folder: --dataset folder reads ROOT/train/<class>/<image> "
+                           "and ROOT/test/<class>/<image>" % split_dir)
+        classes, items = _list_class_tree(split_dir)
+        if not items:
+            raise DmlError("%s holds no images in class folders (expected %s/<class>/<image>)"
+                           % (split_dir, split_dir))
+        splits[split] = (classes, items)
+    class_names = sorted(set(splits["train"][0]) | set(splits["test"][0]))
+    index = {name: i for i, name in enumerate(class_names)}
+    datasets = {}
+    for split, (_, items) in splits.items():
+        _check_images(items)
+        datasets[split] = ImageFileDataset([p for p, _ in items], [index[c] for _, c in items],
+                                           image_size)
+    return DatasetSplits(
+        name="folder", train=datasets["train"], test=datasets["test"], class_names=class_names,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        augment=Augment(pad=max(1, image_size // 8), flip=True),
+    )
+
+
+def load_dataset(name, data_root=None, image_size=32):
+    """Load a dataset by its ``--dataset`` name; raises :class:`dml.DmlError` on user errors."""
+    if name == "digits":
+        return load_digits(image_size=image_size)
+    if name in _CIFAR:
+        return load_cifar(name, data_root)
+    if name in _MNIST_SHA1:
+        return load_mnist(name, data_root)
+    if name == "folder":
+        return load_folder(data_root, image_size=image_size)
+    raise DmlError("unknown dataset %r: choose one of digits, cifar10, cifar100, mnist, "
+                   "fashion-mnist, folder" % (name,))
+

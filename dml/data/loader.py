@@ -1,0 +1,96 @@
+"""Batches as float32 NCHW arrays: augmentation and normalization vectorized over the batch in
+numpy, prefetched by worker threads so loading overlaps the network's compute."""
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .datasets import Augment
+
+
+def augment_batch(images, augment, rng):
+    """Random crop from the zero-padded image and random horizontal flip, for a whole
+    N x H x W x C uint8 batch at once."""
+    n, h, w, _ = images.shape
+    if augment.pad > 0:
+        p = augment.pad
+        padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
+        top = rng.integers(0, 2 * p + 1, size=n)
+        left = rng.integers(0, 2 * p + 1, size=n)
+        rows = (top[:, None] + np.arange(h))[:, :, None]
+        cols = (left[:, None] + np.arange(w))[:, None, :]
+        images = padded[np.arange(n)[:, None, None], rows, cols]
+    if augment.flip:
+        flip = rng.random(n) < 0.5
+        images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+    return images
+
+
+def normalize_batch(images, mean, std):
+    """uint8 N x H x W x C -> float32 N x C x H x W, (x / 255 - mean) / std per channel."""
+    x = images.astype(np.float32) / 255.0
+    x -= np.asarray(mean, dtype=np.float32)
+    x /= np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+class BatchLoader:
+    """Iterate ``(images, labels)`` numpy batches of ``dataset`` in the order of ``batch_sampler``.
+
+    ``augment`` (an :class:`Augment`, or None for evaluation) draws its randomness from
+    ``(seed, epoch, batch number)``, so a run is reproducible whatever the number of workers.
+    ``num_workers`` threads prepare up to ``2 * num_workers`` batches ahead; 0 loads in the caller.
+    """
+
+    def __init__(self, dataset, batch_sampler, mean, std, augment=None, seed=0, num_workers=2):
+        self.dataset = dataset
+        self.batch_sampler = batch_sampler
+        self.mean, self.std = mean, std
+        self.augment = augment or Augment()
+        self.seed = seed
+        self.num_workers = int(num_workers)
+        self._epoch = 0
+
+    def __len__(self):
+        return len(self.batch_sampler)
+
+    def set_epoch(self, epoch):
+        self._epoch = int(epoch)
+        if hasattr(self.batch_sampler, "set_epoch"):
+            self.batch_sampler.set_epoch(epoch)
+
+    def _make(self, epoch, number, indices):
+        images, labels = self.dataset.batch(indices)
+        rng = np.random.default_rng([self.seed, epoch, number])
+        images = augment_batch(images, self.augment, rng)
+        return normalize_batch(images, self.mean, self.std), labels.astype(np.float32)
+
+    def __iter__(self):
+        epoch = self._epoch
+        self._epoch += 1
+        batches = enumerate(iter(self.batch_sampler))
+        if self.num_workers <= 0:
+            for number, indices in batches:
+                yield self._make(epoch, number, indices)
+            return
+        with ThreadPoolExecutor(self.num_workers) as pool:
+            pending = []
+            for number, indices in batches:
+                pending.append(pool.submit(self._make, epoch, number, indices))
+                if len(pending) > 2 * self.num_workers:
+                    yield pending.pop(0).result()
+            for future in pending:
+                yield future.result()
+
+
+class SequentialBatches:
+    """Batch sampler over ``range(length)`` in order, the last batch possibly short (evaluation)."""
+
+    def __init__(self, length, batch_size):
+        self.length, self.batch_size = int(length), int(batch_size)
+
+    def __len__(self):
+        return (self.length + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        for start in range(0, self.length, self.batch_size):
+            yield list(range(start, min(start + self.batch_size, self.length)))

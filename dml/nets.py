@@ -1,0 +1,59 @@
+"""Embedding networks."""
+import os
+
+from mxnet import base, gluon
+
+from . import DmlError
+
+
+class EmbeddingNet(gluon.HybridBlock):
+    """GluonCV backbone features -> Dense(embedding_dim) -> optional L2 normalization.
+
+    ``backbone`` is a GluonCV model-zoo name whose model has a ``features`` block ending in global
+    pooling (``resnet18_v1`` by default; ``cifar_resnet20_v1`` and friends work too).
+    ``pretrained=True`` loads GluonCV's ImageNet weights from the local model store ``root``
+    (``~/.mxnet/models``) and never downloads: a missing file is a :class:`dml.DmlError`.
+    """
+
+    def __init__(self, embedding_dim=128, backbone="resnet18_v1", l2_normalize=False,
+                 pretrained=False, root=None, **kwargs):
+        super().__init__(**kwargs)
+        self._l2_normalize = l2_normalize
+        self.embedding_dim = embedding_dim
+        with self.name_scope():
+            self.features = backbone_features(backbone, pretrained, root)
+            self.embedding = gluon.nn.Dense(embedding_dim, flatten=True)
+
+    def hybrid_forward(self, F, x):
+        x = self.embedding(self.features(x))
+        if self._l2_normalize:
+            x = F.L2Normalization(x, mode="instance")
+        return x
+
+
+def pretrained_file(name, root=None):
+    """Where GluonCV's model store keeps ``name``'s ImageNet weights."""
+    from gluoncv.model_zoo.model_store import short_hash
+
+    root = os.path.expanduser(root or os.path.join(base.data_dir(), "models"))
+    return os.path.join(root, "%s-%s.params" % (name, short_hash(name)))
+
+
+def backbone_features(name, pretrained=False, root=None):
+    from gluoncv.model_zoo import get_model
+
+    try:
+        if pretrained:
+            path = pretrained_file(name, root)
+            if not os.path.isfile(path):
+                raise DmlError("--pretrained needs GluonCV's ImageNet weights for %s at %s (no "
+                               "download here): copy that file there, or drop --pretrained"
+                               % (name, path))
+            net = get_model(name, pretrained=True, root=os.path.dirname(path))
+        else:
+            net = get_model(name, pretrained=False)
+    except ValueError as err:
+        raise DmlError("unknown backbone %r (%s)" % (name, str(err).splitlines()[0])) from None
+    if not hasattr(net, "features"):
+        raise DmlError("backbone %r has no `features` block to embed from" % name)
+    return net.features
