@@ -101,6 +101,8 @@ def build_parser():
                    "for folder: ROOT holding train/<class>/ and test/<class>/)")
     g.add_argument("--image-size", type=_positive_int, default=None,
                    help="side of the square network input for digits and folder (default 32)")
+    g.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                   help="train without the dataset's crop/flip augmentation")
     g = train.add_argument_group("network and loss")
     g.add_argument("--backbone", default=None, help="GluonCV model-zoo name (default resnet18_v1)")
     g.add_argument("--pretrained", action="store_true", default=None,
@@ -164,12 +166,23 @@ def _all_gpus():
     return list(range(mx.context.num_gpus()))
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (it may be replaced after set-up, e.g. by tests)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _setup_console_logging():
     logger = logging.getLogger("dml")
-    if not any(getattr(h, "_dml_console", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        handler._dml_console = True
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False

@@ -26,6 +26,7 @@ class RunConfig:
     backbone: str = "resnet18_v1"
     pretrained: bool = False
     image_size: int = 32
+    augment: bool = True
     gpus: List[int] = field(default_factory=list)
     cpus: int = 0
     kvstore: str = "device"

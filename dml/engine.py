@@ -67,7 +67,7 @@ def build_loss(cfg):
 
 def build_train_loader(cfg, splits):
     sampler = BalancedBatchSampler(splits.train.labels, cfg.n_classes, cfg.n_samples, seed=cfg.seed)
-    return BatchLoader(splits.train, sampler, splits.mean, splits.std, augment=splits.augment,
+    return BatchLoader(splits.train, sampler, splits.mean, splits.std, augment=splits.augment if cfg.augment else None,
                        seed=cfg.seed, num_workers=cfg.num_workers)
 
 

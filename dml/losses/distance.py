@@ -20,21 +20,21 @@ def check_distance(distance):
     return distance
 
 
-def diagonal_mask(F, labels):
-    """B x B mask, 1 on the diagonal: built from ``labels`` so the batch size need not be known."""
-    idx = F.contrib.arange_like(labels, axis=0)
+def diagonal_mask(F, square):
+    """Mask of ``square``'s shape and dtype, 1 on the diagonal (no batch size needed up front)."""
+    idx = F.contrib.arange_like(square, axis=0)
     return F.broadcast_equal(idx.reshape((-1, 1)), idx.reshape((1, -1)))
 
 
-def pairwise_distance(F, x, labels, distance="euclidean"):
-    """The B x B distance matrix of the rows of ``x`` (``labels`` only supplies the batch axis)."""
-    off_diagonal = 1 - diagonal_mask(F, labels)
+def pairwise_distance(F, x, distance="euclidean"):
+    """The B x B distance matrix of the rows of ``x``."""
     if distance == "cosine":
         unit = F.L2Normalization(x, mode="instance", eps=_NORM_EPS)
-        dist = 1 - F.dot(unit, unit, transpose_b=True)
-        return F.relu(dist) * off_diagonal
+        gram = F.dot(unit, unit, transpose_b=True)
+        return F.relu(1 - gram) * (1 - diagonal_mask(F, gram))
     sq_norm = F.sum(F.square(x), axis=1)
     gram = F.dot(x, x, transpose_b=True)
+    off_diagonal = 1 - diagonal_mask(F, gram)
     d2 = F.broadcast_add(sq_norm.reshape((-1, 1)), sq_norm.reshape((1, -1))) - 2 * gram
     d2 = F.relu(d2) * off_diagonal
     if distance == "squared":

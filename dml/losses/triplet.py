@@ -36,7 +36,7 @@ class TripletSemiHardLoss(gluon.loss.Loss):
         self._return_active_fraction = return_active_fraction
 
     def hybrid_forward(self, F, embeddings, labels):
-        dist = pairwise_distance(F, embeddings, labels, self._distance)
+        dist = pairwise_distance(F, embeddings, self._distance)
         negative_index, valid = F.Custom(
             F.BlockGrad(dist), F.BlockGrad(labels), op_type="dml_semihard_negatives"
         )

@@ -1,0 +1,224 @@
+"""The command line, end to end on tiny data, and every bad input it must refuse cleanly."""
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from dml.cli import main
+from dml.runs import create_run_dir
+from fakedata import write_cifar, write_image_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRIC_KEYS = {"precision_at_1", "r_precision", "map_at_r", "split", "num_queries", "embedding_dim",
+               "epochs", "train_seconds"}
+TINY = ["--n-classes", "4", "--n-samples", "4", "--embedding-dim", "16", "--num-workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    write_cifar(str(root), "cifar10", "python", n_train=150, n_test=50)
+    return str(root)
+
+
+def only_run_dir(output_root, dataset, method):
+    runs = glob.glob(os.path.join(output_root, dataset, method, "*"))
+    assert len(runs) == 1, runs
+    assert re.fullmatch(r"\d{12}(-\d+)?", os.path.basename(runs[0]))
+    return runs[0]
+
+
+TENSORBOARD_READER = """
+import json, sys
+from google.protobuf import text_format
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.projector import projector_config_pb2
+acc = EventAccumulator(sys.argv[1])
+acc.Reload()
+config = projector_config_pb2.ProjectorConfig()
+text_format.Parse(open(sys.argv[1] + "/projector_config.pbtxt").read(), config)
+print(json.dumps({
+    "scalars": {t: [e.step for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]},
+    "projector": [[e.tensor_path, e.metadata_path, e.sprite.image_path,
+                   list(e.sprite.single_image_dim)] for e in config.embeddings],
+}))
+"""
+
+
+def read_with_tensorboard(logs_dir):
+    """What TensorBoard itself reads from a run's logs (in a subprocess: mxboard's and
+    TensorBoard's protobuf modules cannot share one process)."""
+    proc = subprocess.run([sys.executable, "-c", TENSORBOARD_READER, logs_dir], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def test_train_end_to_end_run_folder(tiny_cifar, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    code = main(["train", "--method", "triplet_semihard", "--dataset", "cifar10", "--data-root",
+                 tiny_cifar, "--epochs", "2", "--save-period", "1", "--output-root", out] + TINY)
+    assert code == 0
+    stdout = capsys.readouterr().out
+    run = only_run_dir(out, "cifar10", "triplet_semihard")
+    assert "map_at_r" in stdout and "tensorboard --logdir %s" % os.path.join(run, "logs") in stdout
+    assert sorted(os.listdir(run)) == ["config.json", "logs", "metrics.json", "params"]
+
+    config = json.load(open(os.path.join(run, "config.json")))
+    for key, value in {"method": "triplet_semihard", "dataset": "cifar10", "data_root": tiny_cifar,
+                       "epochs": 2, "n_classes": 4, "n_samples": 4, "embedding_dim": 16,
+                       "margin": 1.0, "distance": "euclidean", "optimizer": "adam", "lr": 1e-3,
+                       "gpus": [], "num_workers": 1, "seed": 0, "save_period": 1,
+                       "output_root": out}.items():
+        assert config[key] == value, key
+
+    metrics = json.load(open(os.path.join(run, "metrics.json")))
+    assert METRIC_KEYS <= set(metrics)
+    for key in ("precision_at_1", "r_precision", "map_at_r"):
+        assert 0 <= metrics[key] <= 1
+    assert metrics["num_queries"] == 50 and metrics["epochs"] == 2 and metrics["split"] == "test"
+
+    logs = os.path.join(run, "logs")
+    assert glob.glob(os.path.join(logs, "events.out.tfevents.*"))
+    assert os.path.getsize(os.path.join(logs, "train.log")) > 0
+    projector = open(os.path.join(logs, "projector_config.pbtxt")).read()
+    for step in ("000001", "000002"):
+        emb_dir = os.path.join(logs, "test_embedding_" + step)
+        assert 'tensor_path: "test_embedding_%s/tensors.tsv"' % step in projector
+        tensors = np.loadtxt(os.path.join(emb_dir, "tensors.tsv"))
+        assert tensors.shape == (50, 16)
+        names = open(os.path.join(emb_dir, "metadata.tsv")).read().split()
+        assert len(names) == 50 and set(names) <= {"airplane", "automobile", "bird", "cat", "deer",
+                                                   "dog", "frog", "horse", "ship", "truck"}
+        assert open(os.path.join(emb_dir, "sprite.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "single_image_dim: 32" in projector
+
+    seen = read_with_tensorboard(logs)
+    tags = seen["scalars"]
+    assert {"train/batch_loss", "train/epoch_loss", "train/learning_rate",
+            "train/active_fraction"} <= set(tags)
+    assert tags["train/epoch_loss"] == [1, 2]
+    assert tags["train/batch_loss"] == [10]  # 9 steps an epoch, logged every 10 steps
+    assert seen["projector"][-1] == ["test_embedding_000002/tensors.tsv",
+                                     "test_embedding_000002/metadata.tsv",
+                                     "test_embedding_000002/sprite.png", [32, 32]]
+
+    params = os.path.join(run, "params")
+    for epoch in (1, 2):
+        for name in ("embedding-%04d.params", "net-%04d.params", "trainer-%04d.states"):
+            assert os.path.getsize(os.path.join(params, name % epoch)) > 0
+    assert not [f for f in os.listdir(params) if "tmp" in f]
+    # the exported symbol + params is a standalone embedding network
+    net = mx.gluon.SymbolBlock.imports(os.path.join(params, "embedding-symbol.json"), ["data"],
+                                       os.path.join(params, "embedding-0002.params"))
+    x = mx.nd.random.uniform(shape=(3, 3, 32, 32))
+    assert net(x).shape == (3, 16)
+
+
+def test_train_digits_one_epoch(tmp_path):
+    out = str(tmp_path)
+    assert main(["train", "--dataset", "digits", "--epochs", "1", "--output-root", out]) == 0
+    metrics = json.load(open(os.path.join(only_run_dir(out, "digits", "triplet_semihard"),
+                                          "metrics.json")))
+    assert metrics["num_queries"] == 450 and metrics["embedding_dim"] == 128
+
+
+def test_train_folder_dataset_on_two_cpu_contexts(tmp_path):
+    data = write_image_folder(str(tmp_path / "data"), per_class=(8, 4))
+    out = str(tmp_path / "out")
+    code = main(["train", "--dataset", "folder", "--data-root", data, "--epochs", "1", "--cpus", "2",
+                 "--output-root", out, "--n-classes", "4", "--n-samples", "2", "--embedding-dim", "8"])
+    assert code == 0
+    run = only_run_dir(out, "folder", "triplet_semihard")
+    assert json.load(open(os.path.join(run, "metrics.json")))["num_queries"] == 16
+    assert json.load(open(os.path.join(run, "config.json")))["class_names"] == ["cat", "dog", "fox", "owl"]
+
+
+def test_same_minute_runs_get_suffixes(tmp_path):
+    first = create_run_dir(str(tmp_path), "digits", "triplet_semihard", now=0)
+    second = create_run_dir(str(tmp_path), "digits", "triplet_semihard", now=1)
+    third = create_run_dir(str(tmp_path), "digits", "triplet_semihard", now=2)
+    assert second == first + "-2" and third == first + "-3"
+    assert sorted(os.listdir(second)) == ["logs", "params"]
+
+
+def test_launcher_on_tiny_cifar(tiny_cifar, tmp_path):
+    out = str(tmp_path / "out")
+    env = dict(os.environ, DML_OFFLINE="1")
+    proc = subprocess.run(["bash", os.path.join(ROOT, "train_cifar_triplet_semihard.sh"),
+                           "--data-root", tiny_cifar, "--epochs", "1", "--output-root", out,
+                           "--num-workers", "1"],
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = only_run_dir(out, "cifar10", "triplet_semihard")
+    config = json.load(open(os.path.join(run, "config.json")))
+    assert (config["n_classes"], config["n_samples"], config["epochs"]) == (8, 16, 1)
+    assert config["lr_steps"] == [40, 50]
+    assert os.path.isfile(os.path.join(run, "metrics.json"))
+
+
+def test_help_explains_the_options():
+    proc = subprocess.run([sys.executable, "-m", "dml", "train", "--help"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0
+    for option in ("--method", "--dataset", "--data-root", "--epochs", "--n-classes", "--n-samples",
+                   "--embedding-dim", "--margin", "--optimizer", "--lr", "--wd", "--gpus",
+                   "--num-workers", "--seed", "--save-period", "--output-root", "--pretrained"):
+        assert option in proc.stdout
+
+
+def run_bad(capsys, argv):
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own usage errors
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+BAD_INPUTS = [
+    (["--method", "quadruplet"], "unknown method 'quadruplet'"),
+    (["--method", "siamese"], "not implemented"),
+    (["--dataset", "svhn"], "unknown dataset 'svhn'"),
+    (["--dataset", "cifar10", "--data-root", "{empty}"], "CIFAR-10 not found in"),
+    (["--dataset", "cifar10", "--data-root", "{corrupt}"], "is not a CIFAR binary batch"),
+    (["--dataset", "folder"], "needs --data-root"),
+    (["--n-classes", "11"], "--n-classes 11 but digits has only 10 classes"),
+    (["--n-classes", "10", "--n-samples", "200"], "larger than the 1347 training images"),
+    (["--gpus", "0,a"], "not a comma-separated list of GPU numbers"),
+    (["--gpus", "1,1"], "must be distinct"),
+    (["--gpus", "0"], "mxnet sees 0 GPU(s)"),
+    (["--margin", "0"], "must be > 0"),
+    (["--margin", "-1"], "must be > 0"),
+    (["--epochs", "zero"], "not a whole number"),
+    (["--distance", "manhattan"], "invalid choice"),
+    (["--output-root", "{file}/sub"], "cannot write to --output-root"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, message):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    corrupt = tmp_path / "corrupt"
+    write_cifar(str(corrupt), "cifar10", "binary", n_train=20, n_test=10)
+    path = corrupt / "cifar-10-batches-bin" / "data_batch_1.bin"
+    path.write_bytes(path.read_bytes()[:1000])
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = tmp_path / "out"
+    argv = [a.format(empty=empty, corrupt=corrupt, file=blocker) for a in argv]
+    if "--output-root" not in argv:
+        argv += ["--output-root", str(out)]
+    code, err = run_bad(capsys, ["train"] + argv)
+    assert code == 2
+    assert message in err
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
