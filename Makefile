@@ -9,9 +9,8 @@ PYTHON ?= $(shell for p in python3.11 python3.10 python3.9 python3.8 python3; do
 MXNET ?= $(shell nvidia-smi -L 2>/dev/null | grep -q GPU && echo mxnet-cu112 || echo mxnet)
 OTHER_MXNET := $(if $(filter mxnet-cu112,$(MXNET)),mxnet,mxnet-cu112)
 STAMP := $(VENV)/.installed-$(MXNET)
-OUT   ?= runs
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test clean
 install: $(STAMP)
 
 $(STAMP): requirements.txt setup.py
@@ -24,14 +23,12 @@ $(STAMP): requirements.txt setup.py
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# Triplet network with online semi-hard mining on the embedded digits set (no download).
 demo: install
-	$(PY) -m dml train --method triplet_semihard --dataset digits --output-root $(OUT) --demo
+	$(PY) -m dml train --method triplet_semihard --dataset digits
 
 test: install
 	$(PY) -m pytest -q tests
-
-bench: install
-	$(PY) -m dml.bench losses
 
 clean:
 	rm -rf $(VENV) *.egg-info

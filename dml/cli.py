@@ -109,7 +109,9 @@ def build_parser():
                    help="start from GluonCV's ImageNet weights in ~/.mxnet/models (never downloaded)")
     g.add_argument("--embedding-dim", type=_positive_int, default=None, help="default 128")
     g.add_argument("--l2-normalize", action="store_true", default=None,
-                   help="L2-normalize the embedding")
+                   help="L2-normalize the embedding (the default for triplet_semihard)")
+    g.add_argument("--no-l2-normalize", dest="l2_normalize", action="store_false",
+                   help="do not L2-normalize the embedding")
     g.add_argument("--margin", type=_positive_float, default=None, help="loss margin (> 0)")
     g.add_argument("--distance", choices=DISTANCES, default=None, help="distance the loss uses")
     g = train.add_argument_group("optimization")
@@ -200,10 +202,13 @@ def _metrics_table(metrics, keys):
 def cmd_train(args):
     cfg = config_from_args(args)  # the MXNet imports below stay lazy: OMP_NUM_THREADS is set first
     from .data import load_dataset
-    from .engine import fit, make_contexts
+    from .engine import build_net, fit, make_contexts, seed_everything
     from .runs import create_run_dir, write_json
 
-    make_contexts(cfg.gpus, cfg.cpus)  # validates --gpus before anything is written
+    # Everything that can be wrong with the input fails here, before the run folder exists.
+    ctx = make_contexts(cfg.gpus, cfg.cpus)
+    seed_everything(cfg.seed)
+    net = build_net(cfg, ctx)
     splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     if cfg.n_classes > splits.num_classes:
         raise DmlError("--n-classes %d but %s has only %d classes: pass --n-classes %d or fewer"
@@ -230,7 +235,7 @@ def cmd_train(args):
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         with logging_redirect_tqdm(loggers=[log]):
-            metrics = fit(cfg, splits, run_dir)
+            metrics = fit(cfg, splits, run_dir, net=net, ctx=ctx)
     except FloatingPointError as err:
         log.error("stopped: %s; the last checkpoint in %s is kept", err, os.path.join(run_dir, "params"))
         return 1

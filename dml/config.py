@@ -48,7 +48,10 @@ class RunConfig:
 
 # Defaults per method, then per (method, dataset); the command line overrides both.
 METHOD_DEFAULTS = {
-    "triplet_semihard": dict(margin=1.0, distance="euclidean", n_classes=10, n_samples=12),
+    # FaceNet's setting: unit-length embeddings, margin 0.2 (on digits, margin 1.0 without the
+    # normalization reaches a similar map_at_r but a less stable precision_at_1 across seeds)
+    "triplet_semihard": dict(l2_normalize=True, margin=0.2, distance="euclidean", n_classes=10,
+                             n_samples=12),
 }
 DATASET_DEFAULTS = {
     "digits": dict(epochs=10),

@@ -108,15 +108,19 @@ def evaluate_embedding(cfg, splits, net, ctx, desc="embedding test split"):
     return embeddings, labels
 
 
-def fit(cfg, splits, run_dir):
+def fit(cfg, splits, run_dir, net=None, ctx=None):
+    """Train, checkpoint, log and evaluate. ``net`` and ``ctx`` may be built beforehand (the CLI
+    does, so that a bad backbone or --gpus fails before the run folder exists)."""
     from mxboard import SummaryWriter
 
-    seed_everything(cfg.seed)
-    ctx = make_contexts(cfg.gpus, cfg.cpus)
+    if ctx is None:
+        ctx = make_contexts(cfg.gpus, cfg.cpus)
+    if net is None:
+        seed_everything(cfg.seed)
+        net = build_net(cfg, ctx)
     logs_dir = os.path.join(run_dir, "logs")
     params_dir = os.path.join(run_dir, "params")
 
-    net = build_net(cfg, ctx)
     net.hybridize(static_alloc=True, static_shape=True)
     loss_fn = build_loss(cfg)
     loss_fn.hybridize(static_alloc=True, static_shape=True)

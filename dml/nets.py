@@ -11,8 +11,9 @@ class EmbeddingNet(gluon.HybridBlock):
 
     ``backbone`` is a GluonCV model-zoo name whose model has a ``features`` block ending in global
     pooling (``resnet18_v1`` by default; ``cifar_resnet20_v1`` and friends work too).
-    ``pretrained=True`` loads GluonCV's ImageNet weights from the local model store ``root``
-    (``~/.mxnet/models``) and never downloads: a missing file is a :class:`dml.DmlError`.
+    ``pretrained=True`` loads GluonCV's ImageNet weights for the backbone from the local model
+    store ``root`` (``~/.mxnet/models``, the file GluonCV itself would download) and never
+    downloads: a missing or unreadable file is a :class:`dml.DmlError`.
     """
 
     def __init__(self, embedding_dim=128, backbone="resnet18_v1", l2_normalize=False,
@@ -43,17 +44,20 @@ def backbone_features(name, pretrained=False, root=None):
     from gluoncv.model_zoo import get_model
 
     try:
-        if pretrained:
-            path = pretrained_file(name, root)
-            if not os.path.isfile(path):
-                raise DmlError("--pretrained needs GluonCV's ImageNet weights for %s at %s (no "
-                               "download here): copy that file there, or drop --pretrained"
-                               % (name, path))
-            net = get_model(name, pretrained=True, root=os.path.dirname(path))
-        else:
-            net = get_model(name, pretrained=False)
+        net = get_model(name, pretrained=False)
     except ValueError as err:
         raise DmlError("unknown backbone %r (%s)" % (name, str(err).splitlines()[0])) from None
     if not hasattr(net, "features"):
         raise DmlError("backbone %r has no `features` block to embed from" % name)
+    if pretrained:
+        path = pretrained_file(name, root)
+        if not os.path.isfile(path):
+            raise DmlError("--pretrained needs GluonCV's ImageNet weights for %s at %s (nothing is "
+                           "downloaded): copy that file there, or drop --pretrained" % (name, path))
+        try:
+            # GluonCV's file holds the classifier too: only the features are kept
+            net.load_parameters(path, ignore_extra=True)
+        except Exception as err:  # MXNet reports a wrong or corrupt file in several ways
+            raise DmlError("cannot load %s as %s weights (%s): replace it with GluonCV's file"
+                           % (path, name, str(err).strip().splitlines()[0][:200])) from None
     return net.features

@@ -10,7 +10,7 @@ from . import DmlError
 def create_run_dir(output_root, dataset, method, now=None):
     """Create and return a fresh run folder (``-2``, ``-3``, ... when the minute is taken)."""
     stamp = time.strftime("%Y%m%d%H%M", time.localtime(now))
-    parent = os.path.join(output_root, dataset, method)
+    parent = os.path.normpath(os.path.join(output_root, dataset, method))
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as err:

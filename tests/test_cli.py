@@ -60,20 +60,30 @@ def read_with_tensorboard(logs_dir):
     return json.loads(proc.stdout)
 
 
-def test_train_end_to_end_run_folder(tiny_cifar, tmp_path, capsys):
-    out = str(tmp_path / "out")
-    code = main(["train", "--method", "triplet_semihard", "--dataset", "cifar10", "--data-root",
-                 tiny_cifar, "--epochs", "2", "--save-period", "1", "--output-root", out] + TINY)
+@pytest.fixture(scope="module")
+def tiny_run(tiny_cifar, tmp_path_factory):
+    """One 2-epoch run on tiny CIFAR-10 files: (output root, run folder, what it printed)."""
+    import io
+    from contextlib import redirect_stdout
+
+    out = str(tmp_path_factory.mktemp("out"))
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        code = main(["train", "--method", "triplet_semihard", "--dataset", "cifar10", "--data-root",
+                     tiny_cifar, "--epochs", "2", "--save-period", "1", "--output-root", out] + TINY)
     assert code == 0
-    stdout = capsys.readouterr().out
-    run = only_run_dir(out, "cifar10", "triplet_semihard")
+    return out, only_run_dir(out, "cifar10", "triplet_semihard"), printed.getvalue()
+
+
+def test_train_end_to_end_run_folder(tiny_cifar, tiny_run):
+    out, run, stdout = tiny_run
     assert "map_at_r" in stdout and "tensorboard --logdir %s" % os.path.join(run, "logs") in stdout
     assert sorted(os.listdir(run)) == ["config.json", "logs", "metrics.json", "params"]
 
     config = json.load(open(os.path.join(run, "config.json")))
     for key, value in {"method": "triplet_semihard", "dataset": "cifar10", "data_root": tiny_cifar,
                        "epochs": 2, "n_classes": 4, "n_samples": 4, "embedding_dim": 16,
-                       "margin": 1.0, "distance": "euclidean", "optimizer": "adam", "lr": 1e-3,
+                       "margin": 0.2, "l2_normalize": True, "distance": "euclidean", "optimizer": "adam", "lr": 1e-3,
                        "gpus": [], "num_workers": 1, "seed": 0, "save_period": 1,
                        "output_root": out}.items():
         assert config[key] == value, key
@@ -119,6 +129,42 @@ def test_train_end_to_end_run_folder(tiny_cifar, tmp_path, capsys):
                                        os.path.join(params, "embedding-0002.params"))
     x = mx.nd.random.uniform(shape=(3, 3, 32, 32))
     assert net(x).shape == (3, 16)
+
+
+def test_tensorboard_serves_scalars_and_projector(tiny_run):
+    import socket
+    import time
+    import urllib.request
+
+    logs = os.path.join(tiny_run[1], "logs")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    server = subprocess.Popen([tensorboard, "--logdir", logs, "--host", "127.0.0.1", "--port",
+                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def get(path):
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=10) as resp:
+            return json.loads(resp.read())
+
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                tags = get("/data/plugin/scalars/tags")
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        assert "train/epoch_loss" in tags["."]
+        info = get("/data/plugin/projector/info?run=.")
+        shapes = {e["tensorName"]: e["tensorShape"] for e in info["embeddings"]}
+        assert shapes["test_embedding_000002"] == [50, 16]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_train_digits_one_epoch(tmp_path):
@@ -199,11 +245,15 @@ BAD_INPUTS = [
     (["--epochs", "zero"], "not a whole number"),
     (["--distance", "manhattan"], "invalid choice"),
     (["--output-root", "{file}/sub"], "cannot write to --output-root"),
+    (["--pretrained"], "--pretrained needs GluonCV's ImageNet weights for resnet18_v1 at {home}"),
+    (["--backbone", "resnet1000"], "unknown backbone 'resnet1000'"),
 ]
 
 
 @pytest.mark.parametrize("argv,message", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, message):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch, argv,
+                                                         message):
+    monkeypatch.setenv("MXNET_HOME", str(tmp_path / "mxnet_home"))
     empty = tmp_path / "empty"
     empty.mkdir()
     corrupt = tmp_path / "corrupt"
@@ -218,7 +268,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv,
         argv += ["--output-root", str(out)]
     code, err = run_bad(capsys, ["train"] + argv)
     assert code == 2
-    assert message in err
+    assert message.format(home=tmp_path / "mxnet_home") in err
     assert len(err.splitlines()) == 1, err
     assert "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
