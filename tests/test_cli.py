@@ -75,6 +75,7 @@ def tiny_run(tiny_cifar, tmp_path_factory):
     return out, only_run_dir(out, "cifar10", "triplet_semihard"), printed.getvalue()
 
 
+@pytest.mark.filterwarnings("ignore:Cannot decide type:UserWarning")  # SymbolBlock.imports' own notice
 def test_train_end_to_end_run_folder(tiny_cifar, tiny_run):
     out, run, stdout = tiny_run
     assert "map_at_r" in stdout and "tensorboard --logdir %s" % os.path.join(run, "logs") in stdout
