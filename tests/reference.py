@@ -57,3 +57,106 @@ def naive_semihard_choice(d, labels):
             target = min(farther) if farther else max(d[a, n] for n in negatives)
             allowed[(a, p)] = {n for n in negatives if d[a, n] == target}
     return allowed
+
+
+def _pairs(labels, unordered):
+    n = len(labels)
+    for a in range(n):
+        for p in range(n):
+            if p != a and labels[p] == labels[a] and (p > a or not unordered):
+                yield a, p
+
+
+def _negatives(labels, a):
+    return [n for n in range(len(labels)) if labels[n] != labels[a]]
+
+
+def naive_pair_distance(x1, x2, distance):
+    return np.array([naive_distance(np.stack([u, v]), distance)[0, 1] for u, v in zip(x1, x2)])
+
+
+def naive_contrastive(x1, x2, y, margin, distance):
+    d = naive_pair_distance(np.asarray(x1, np.float64), np.asarray(x2, np.float64), distance)
+    terms = [0.5 * (yi * di ** 2 + (1 - yi) * max(margin - di, 0.0) ** 2) for di, yi in zip(d, y)]
+    return float(np.mean(terms)), float(np.mean([t > 0 for t in terms]))
+
+
+def naive_triplet(a, p, n, margin, distance):
+    d_ap = naive_pair_distance(np.asarray(a, np.float64), np.asarray(p, np.float64), distance)
+    d_an = naive_pair_distance(np.asarray(a, np.float64), np.asarray(n, np.float64), distance)
+    terms = [max(x - y + margin, 0.0) for x, y in zip(d_ap, d_an)]
+    return float(np.mean(terms)), float(np.mean([t > 0 for t in terms]))
+
+
+def naive_batch_hard(x, labels, margin, distance):
+    d = naive_distance(np.asarray(x, dtype=np.float64), distance)
+    labels = list(labels)
+    terms = []
+    for a in range(len(labels)):
+        positives = [p for p in range(len(labels)) if p != a and labels[p] == labels[a]]
+        negatives = _negatives(labels, a)
+        if positives and negatives:
+            terms.append(max(max(d[a, p] for p in positives) - min(d[a, n] for n in negatives)
+                             + margin, 0.0))
+    if not terms:
+        return 0.0, 0.0
+    return float(np.mean(terms)), float(np.mean([t > 0 for t in terms]))
+
+
+def all_triplet_terms(x, labels, margin, distance, unordered=False):
+    d = naive_distance(np.asarray(x, dtype=np.float64), distance)
+    labels = list(labels)
+    return [max(d[a, p] - d[a, n] + margin, 0.0)
+            for a, p in _pairs(labels, unordered) for n in _negatives(labels, a)]
+
+
+def naive_batch_all(x, labels, margin, distance):
+    """Mean over the positive-loss triplets; fraction of valid triplets with positive loss."""
+    terms = all_triplet_terms(x, labels, margin, distance)
+    positive = [t for t in terms if t > 0]
+    if not positive:
+        return 0.0, 0.0
+    return float(np.mean(positive)), len(positive) / len(terms)
+
+
+def naive_online_triplet_all(x, labels, margin, distance):
+    """adambielski's AllTripletSelector: the mean over every triplet a < p, n (zeros included)."""
+    terms = all_triplet_terms(x, labels, margin, distance, unordered=True)
+    if not terms:
+        return 0.0, 0.0
+    return float(np.mean(terms)), float(np.mean([t > 0 for t in terms]))
+
+
+def naive_allowed_negatives(d, labels, selector, margin):
+    """For each pair a < p: the negatives ``selector`` may choose (empty: the pair is skipped)."""
+    allowed = {}
+    for a, p in _pairs(list(labels), unordered=True):
+        negatives = _negatives(labels, a)
+        if not negatives:
+            continue
+        if selector == "hardest":
+            closest = min(d[a, n] for n in negatives)
+            options = {n for n in negatives if d[a, n] == closest and d[a, n] < d[a, p] + margin}
+        elif selector == "random_hard":
+            options = {n for n in negatives if d[a, n] < d[a, p] + margin}
+        elif selector == "semihard":
+            options = {n for n in negatives if d[a, p] < d[a, n] < d[a, p] + margin}
+        else:
+            raise ValueError(selector)
+        allowed[(a, p)] = options
+    return allowed
+
+
+def naive_online_contrastive(x, labels, margin, selector, distance):
+    d = naive_distance(np.asarray(x, dtype=np.float64), distance)
+    labels = list(labels)
+    n = len(labels)
+    positive = [(a, b) for a in range(n) for b in range(a + 1, n) if labels[a] == labels[b]]
+    negative = [(a, b) for a in range(n) for b in range(a + 1, n) if labels[a] != labels[b]]
+    if not positive or not negative:
+        return 0.0, 0.0
+    if selector == "hard_negative":
+        negative = sorted(negative, key=lambda ab: d[ab])[:len(positive)]
+    terms = [0.5 * d[ab] ** 2 for ab in positive]
+    terms += [0.5 * max(margin - d[ab], 0.0) ** 2 for ab in negative]
+    return float(np.mean(terms)), float(np.mean([t > 0 for t in terms]))

@@ -1,9 +1,17 @@
-"""Hybridizable Gluon losses, each called as ``loss(embeddings, labels)``.
+"""Hybridizable Gluon losses.
 
+The batch losses are called as ``loss(embeddings, labels)``; :class:`ContrastiveLoss` as
+``loss(x1, x2, same_class)`` and :class:`TripletLoss` as ``loss(anchor, positive, negative)``.
 Every loss takes ``margin=`` and ``distance='euclidean'|'squared'|'cosine'`` and returns the batch
-loss as a 1-element NDArray.
+loss as a 1-element NDArray (with ``return_active_fraction=True``: ``(loss, fraction)``).
 """
-from .distance import DISTANCES, pairwise_distance
-from .triplet import TripletSemiHardLoss
+from .contrastive import PAIR_SELECTORS, ContrastiveLoss, OnlineContrastiveLoss
+from .distance import DISTANCES, pair_distance, pairwise_distance
+from .triplet import (ONLINE_TRIPLET_SELECTORS, OnlineTripletLoss, TripletBatchAllLoss,
+                      TripletBatchHardLoss, TripletLoss, TripletSemiHardLoss)
 
-__all__ = ["DISTANCES", "pairwise_distance", "TripletSemiHardLoss"]
+__all__ = [
+    "DISTANCES", "pair_distance", "pairwise_distance", "PAIR_SELECTORS", "ONLINE_TRIPLET_SELECTORS",
+    "ContrastiveLoss", "OnlineContrastiveLoss", "TripletLoss", "TripletSemiHardLoss",
+    "TripletBatchHardLoss", "TripletBatchAllLoss", "OnlineTripletLoss",
+]

@@ -41,3 +41,17 @@ def pairwise_distance(F, x, distance="euclidean"):
         return d2
     is_zero = d2 <= 0
     return F.sqrt(d2 + is_zero * 1e-16) * (1 - is_zero)
+
+
+def pair_distance(F, a, b, distance="euclidean"):
+    """Row-wise distance d(a_i, b_i) of two B x D arrays (length B), same definitions and the
+    same zero-safe square root as :func:`pairwise_distance`."""
+    if distance == "cosine":
+        a = F.L2Normalization(a, mode="instance", eps=_NORM_EPS)
+        b = F.L2Normalization(b, mode="instance", eps=_NORM_EPS)
+        return F.relu(1 - F.sum(a * b, axis=1))
+    d2 = F.sum(F.square(a - b), axis=1)
+    if distance == "squared":
+        return d2
+    is_zero = d2 <= 0
+    return F.sqrt(d2 + is_zero * 1e-16) * (1 - is_zero)

@@ -2,7 +2,7 @@
 from mxnet import gluon
 
 from . import mining  # noqa: F401  (registers the mining custom operators)
-from .distance import check_distance, pairwise_distance
+from .distance import check_distance, pair_distance, pairwise_distance
 
 
 def _check_margin(margin):
@@ -37,9 +37,9 @@ class TripletSemiHardLoss(gluon.loss.Loss):
 
     def hybrid_forward(self, F, embeddings, labels):
         dist = pairwise_distance(F, embeddings, self._distance)
-        negative_index, valid = F.Custom(
-            F.BlockGrad(dist), F.BlockGrad(labels), op_type="dml_semihard_negatives"
-        )
+        negative_index, valid, _ = F.Custom(
+            F.BlockGrad(dist), F.BlockGrad(labels), op_type="dml_select_negatives",
+            selector="semihard_tf")
         d_an = F.take(dist.reshape((-1,)), negative_index)
         per_pair = F.relu(dist - d_an + self._margin) * valid
         num_pairs = F.maximum(F.sum(valid), 1)
@@ -47,3 +47,122 @@ class TripletSemiHardLoss(gluon.loss.Loss):
         if self._return_active_fraction:
             return loss, F.sum(per_pair > 0) / num_pairs
         return loss
+
+
+class _TripletBase(gluon.loss.Loss):
+    def __init__(self, margin=1.0, distance="euclidean", return_active_fraction=False, **kwargs):
+        super().__init__(weight=None, batch_axis=0, **kwargs)
+        self._margin = _check_margin(margin)
+        self._distance = check_distance(distance)
+        self._return_active_fraction = return_active_fraction
+
+    def _result(self, F, loss, fraction):
+        return (loss, fraction) if self._return_active_fraction else loss
+
+
+class TripletLoss(_TripletBase):
+    r"""Triplet loss on given (anchor, positive, negative) embeddings (Schroff et al. 2015):
+
+    .. math:: L = \frac{1}{B} \sum_i \max(d(a_i, p_i) - d(a_i, n_i) + m, 0)
+
+    Called as ``loss(anchor, positive, negative)`` (three B x D arrays), it returns the batch loss
+    as a 1-element array, plus with ``return_active_fraction=True`` the fraction of triplets with
+    non-zero loss.
+    """
+
+    def hybrid_forward(self, F, anchor, positive, negative):
+        per_triplet = F.relu(pair_distance(F, anchor, positive, self._distance)
+                             - pair_distance(F, anchor, negative, self._distance) + self._margin)
+        loss = F.mean(per_triplet, axis=0, keepdims=True)
+        return self._result(F, loss, F.mean(per_triplet > 0, axis=0, keepdims=True))
+
+
+class TripletBatchHardLoss(_TripletBase):
+    r"""Batch-hard triplet loss (Hermans et al. 2017): per anchor the farthest positive and the
+    closest negative of the batch,
+
+    .. math:: L = \frac{1}{|A|} \sum_{a \in A} \max(\max_{p} d(a, p) - \min_{n} d(a, n) + m, 0)
+
+    over the anchors A that have a positive and a negative. Mining (``mining.batch_hard``) picks
+    indices; the loss gathers the two differentiable distances per anchor. The active fraction is
+    the fraction of A with non-zero loss.
+    """
+
+    def hybrid_forward(self, F, embeddings, labels):
+        dist = pairwise_distance(F, embeddings, self._distance)
+        pos_index, neg_index, valid = F.Custom(F.BlockGrad(dist), F.BlockGrad(labels),
+                                               op_type="dml_batch_hard")
+        flat = dist.reshape((-1,))
+        per_anchor = F.relu(F.take(flat, pos_index) - F.take(flat, neg_index) + self._margin) * valid
+        num_anchors = F.maximum(F.sum(valid), 1)
+        return self._result(F, F.sum(per_anchor) / num_anchors, F.sum(per_anchor > 0) / num_anchors)
+
+
+class TripletBatchAllLoss(_TripletBase):
+    r"""Batch-all triplet loss (Hermans et al. 2017): every valid triplet (a, p, n) of the batch
+    (a != p of one class, n of another), averaged over the triplets with positive loss:
+
+    .. math:: L = \frac{\sum_{(a,p,n)} \max(d(a,p) - d(a,n) + m, 0)}{\#\{(a,p,n) : d(a,p) - d(a,n) + m > 0\}}
+
+    The active fraction is the fraction of valid triplets with positive loss (it falls as the
+    embedding learns, the number to watch for this loss). Computed from each anchor's sorted
+    negative distances and their prefix sums (``mining.triplet_sums``): O(B^2 log B), no
+    B x B x B tensor.
+    """
+
+    _unordered = False
+
+    def hybrid_forward(self, F, embeddings, labels):
+        dist = pairwise_distance(F, embeddings, self._distance)
+        sums, active, total = F.Custom(dist, F.BlockGrad(labels), op_type="dml_triplet_sums",
+                                       margin=self._margin, unordered=self._unordered)
+        active, total = F.sum(F.BlockGrad(active)), F.sum(F.BlockGrad(total))
+        loss = F.sum(sums) / F.maximum(active, 1)
+        return self._result(F, loss, active / F.maximum(total, 1))
+
+
+ONLINE_TRIPLET_SELECTORS = ("all", "hardest", "random_hard", "semihard")
+
+
+class OnlineTripletLoss(_TripletBase):
+    r"""Online triplet loss with a triplet selector, as adambielski/siamese-triplet: for each
+    positive pair a < p of the batch,
+
+    - ``all``: every negative of a; the loss is the mean over all these triplets (zero-loss ones
+      included);
+    - ``hardest``: the closest negative of a, if its loss d(a,p) - d(a,n) + m is positive;
+    - ``random_hard``: a random negative with positive loss;
+    - ``semihard``: a random negative with 0 < loss < m, i.e. d(a,p) < d(a,n) < d(a,p) + m;
+
+    and for the last three the mean over the selected triplets T:
+
+    .. math:: L = \frac{1}{|T|} \sum_{(a,p,n) \in T} \max(d(a,p) - d(a,n) + m, 0)
+
+    A batch where no triplet qualifies gives zero loss. The active fraction is the fraction of the
+    positive pairs that got a triplet (for ``all``: of all triplets, those with positive loss).
+    """
+
+    def __init__(self, margin=1.0, selector="semihard", distance="euclidean",
+                 return_active_fraction=False, **kwargs):
+        super().__init__(margin, distance, return_active_fraction, **kwargs)
+        if selector not in ONLINE_TRIPLET_SELECTORS:
+            raise ValueError("selector must be one of %s, not %r"
+                             % ("|".join(ONLINE_TRIPLET_SELECTORS), selector))
+        self._selector = selector
+
+    def hybrid_forward(self, F, embeddings, labels):
+        dist = pairwise_distance(F, embeddings, self._distance)
+        if self._selector == "all":
+            sums, active, total = F.Custom(dist, F.BlockGrad(labels), op_type="dml_triplet_sums",
+                                           margin=self._margin, unordered=True)
+            active, total = F.sum(F.BlockGrad(active)), F.sum(F.BlockGrad(total))
+            num = F.maximum(total, 1)
+            return self._result(F, F.sum(sums) / num, active / num)
+        negative_index, valid, candidates = F.Custom(
+            F.BlockGrad(dist), F.BlockGrad(labels), op_type="dml_select_negatives",
+            selector=self._selector, margin=self._margin)
+        d_an = F.take(dist.reshape((-1,)), negative_index)
+        per_pair = F.relu(dist - d_an + self._margin) * valid
+        num_triplets = F.maximum(F.sum(valid), 1)
+        loss = F.sum(per_pair) / num_triplets
+        return self._result(F, loss, F.sum(valid) / F.maximum(F.sum(candidates), 1))
