@@ -32,6 +32,51 @@ class EmbeddingNet(gluon.HybridBlock):
         return x
 
 
+class _TupleNet(gluon.HybridBlock):
+    """Runs one shared ``EmbeddingNet`` on k inputs at once: the inputs are concatenated along the
+    batch axis, embedded in one forward pass (one graph, BatchNorm statistics over the whole
+    tuple batch) and split back, so the weights are shared by construction, not copied."""
+
+    num_inputs = 2
+
+    def __init__(self, embedding_net, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.embedding_net = embedding_net
+
+    def hybrid_forward(self, F, *inputs):
+        joined = F.concat(*inputs, dim=0)
+        return F.split(self.embedding_net(joined), num_outputs=self.num_inputs, axis=0)
+
+
+class SiameseNet(_TupleNet):
+    """``net(x1, x2) -> (e1, e2)`` with one shared :class:`EmbeddingNet` (``.embedding_net``)."""
+
+    num_inputs = 2
+
+
+class TripletNet(_TupleNet):
+    """``net(anchor, positive, negative) -> (e_a, e_p, e_n)`` with one shared
+    :class:`EmbeddingNet` (``.embedding_net``)."""
+
+    num_inputs = 3
+
+
+class ClassifierNet(gluon.HybridBlock):
+    """``net(x) -> logits``: an :class:`EmbeddingNet` (``.embedding_net``) followed by a Dense
+    classifier over ``num_classes``, for the softmax baseline. The embedding (the classifier's
+    input, the penultimate layer) is what gets evaluated and exported."""
+
+    def __init__(self, embedding_net, num_classes, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.embedding_net = embedding_net
+            self.classifier = gluon.nn.Dense(num_classes, in_units=embedding_net.embedding_dim)
+
+    def hybrid_forward(self, F, x):
+        return self.classifier(self.embedding_net(x))
+
+
 def pretrained_file(name, root=None):
     """Where GluonCV's model store keeps ``name``'s ImageNet weights."""
     from gluoncv.model_zoo.model_store import short_hash

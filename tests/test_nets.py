@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from dml import DmlError
-from dml.nets import EmbeddingNet, backbone_features, pretrained_file
+from dml.nets import (ClassifierNet, EmbeddingNet, SiameseNet, TripletNet, backbone_features,
+                      pretrained_file)
 
 
 def test_embedding_net_shapes_and_l2():
@@ -47,3 +48,34 @@ def test_pretrained_wrong_file_is_reported(tmp_path):
 def test_unknown_backbone():
     with pytest.raises(DmlError, match="unknown backbone 'resnet1000'"):
         backbone_features("resnet1000")
+
+
+@pytest.mark.parametrize("wrapper,k", [(SiameseNet, 2), (TripletNet, 3)])
+def test_tuple_nets_share_one_embedding_net(wrapper, k, tmp_path):
+    inner = EmbeddingNet(embedding_dim=6)
+    net = wrapper(inner)
+    net.initialize(mx.init.Xavier())
+    net.hybridize(static_alloc=True)
+    xs = [mx.nd.random.uniform(shape=(3, 3, 32, 32)) for _ in range(k)]
+    outs = net(*xs)
+    assert len(outs) == k and all(o.shape == (3, 6) for o in outs)
+    # one set of weights: the wrapper's parameters are the embedding net's, not copies
+    assert set(net.collect_params().values()) == set(inner.collect_params().values())
+    for x, out in zip(xs, outs):  # inference mode: BatchNorm uses running statistics
+        np.testing.assert_allclose(out.asnumpy(), inner(x).asnumpy(), rtol=1e-5, atol=1e-6)
+    inner.export(str(tmp_path / "emb"), epoch=1)
+    loaded = mx.gluon.SymbolBlock.imports(str(tmp_path / "emb-symbol.json"), ["data"],
+                                          str(tmp_path / "emb-0001.params"))
+    np.testing.assert_allclose(loaded(xs[0]).asnumpy(), outs[0].asnumpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_classifier_net_logits_on_the_embedding():
+    inner = EmbeddingNet(embedding_dim=6)
+    net = ClassifierNet(inner, num_classes=4)
+    net.initialize(mx.init.Xavier())
+    net.hybridize(static_alloc=True)
+    x = mx.nd.random.uniform(shape=(5, 3, 32, 32))
+    logits = net(x)
+    assert logits.shape == (5, 4)
+    want = mx.nd.dot(inner(x), net.classifier.weight.data(), transpose_b=True) + net.classifier.bias.data()
+    np.testing.assert_allclose(logits.asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-6)

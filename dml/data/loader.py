@@ -34,7 +34,9 @@ def normalize_batch(images, mean, std):
 
 
 class BatchLoader:
-    """Iterate ``(images, labels)`` numpy batches of ``dataset`` in the order of ``batch_sampler``.
+    """Iterate ``(images, labels)`` numpy batches of ``dataset`` in the order of ``batch_sampler``;
+    for a tuple dataset (:class:`PairDataset`, :class:`TripletDataset`) ``(images_1, ...,
+    images_k, targets)``.
 
     ``augment`` (an :class:`Augment`, or None for evaluation) draws its randomness from
     ``(seed, epoch, batch number)``, so a run is reproducible whatever the number of workers.
@@ -61,12 +63,17 @@ class BatchLoader:
     def _make(self, epoch, number, indices):
         images, labels = self.dataset.batch(indices)
         rng = np.random.default_rng([self.seed, epoch, number])
+        if isinstance(images, list):  # a tuple dataset: one image array per tuple element
+            return tuple(normalize_batch(augment_batch(part, self.augment, rng), self.mean, self.std)
+                         for part in images) + (labels.astype(np.float32),)
         images = augment_batch(images, self.augment, rng)
         return normalize_batch(images, self.mean, self.std), labels.astype(np.float32)
 
     def __iter__(self):
         epoch = self._epoch
         self._epoch += 1
+        if hasattr(self.dataset, "set_epoch"):  # tuple datasets draw fresh tuples per epoch
+            self.dataset.set_epoch(epoch)
         batches = enumerate(iter(self.batch_sampler))
         if self.num_workers <= 0:
             for number, indices in batches:
