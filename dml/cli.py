@@ -113,13 +113,19 @@ def build_parser():
     g.add_argument("--no-l2-normalize", dest="l2_normalize", action="store_false",
                    help="do not L2-normalize the embedding")
     g.add_argument("--margin", type=_positive_float, default=None, help="loss margin (> 0)")
-    g.add_argument("--distance", choices=DISTANCES, default=None, help="distance the loss uses")
+    g.add_argument("--distance", choices=DISTANCES, default=None,
+                   help="distance the loss and the evaluation use")
+    g.add_argument("--selector", default=None, metavar="NAME",
+                   help="online_triplet: all|hardest|random_hard|semihard (default semihard); "
+                   "online_contrastive: hard_negative|all_positive (default hard_negative)")
     g = train.add_argument_group("optimization")
     g.add_argument("--epochs", type=_positive_int, default=None)
     g.add_argument("--n-classes", type=_positive_int, default=None,
-                   help="classes per batch (balanced sampler)")
+                   help="classes per batch (balanced sampler of the online-mining methods)")
     g.add_argument("--n-samples", type=_positive_int, default=None,
-                   help="images per class per batch (balanced sampler)")
+                   help="images per class per batch (balanced sampler of the online-mining methods)")
+    g.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="pairs (siamese), triplets (triplet) or images (softmax) per batch")
     g.add_argument("--optimizer", choices=("adam", "sgd"), default=None, help="default adam")
     g.add_argument("--lr", type=_positive_float, default=None, help="learning rate")
     g.add_argument("--wd", type=_float, default=None, help="weight decay")
@@ -150,6 +156,21 @@ def config_from_args(args):
                        % (args.method, __version__, ", ".join(IMPLEMENTED_METHODS)))
     if args.dataset not in DATASETS:
         raise DmlError("unknown dataset %r: choose one of %s" % (args.dataset, ", ".join(DATASETS)))
+    from .methods import get_method
+
+    method = get_method(args.method)
+    if args.selector is not None and not method.selectors:
+        raise DmlError("--selector applies to online_triplet and online_contrastive, not %s"
+                       % args.method)
+    if args.selector is not None and args.selector not in method.selectors:
+        raise DmlError("unknown selector %r for %s: choose one of %s"
+                       % (args.selector, args.method, ", ".join(method.selectors)))
+    if method.pk_batches and args.batch_size is not None:
+        raise DmlError("%s batches --n-classes x --n-samples images; --batch-size applies to "
+                       "siamese, triplet and softmax" % args.method)
+    if not method.pk_batches and (args.n_classes is not None or args.n_samples is not None):
+        raise DmlError("%s takes --batch-size; --n-classes and --n-samples apply to the "
+                       "online-mining methods" % args.method)
     values = defaults_for(args.method, args.dataset)
     for key in values:
         given = getattr(args, key, None)
@@ -199,6 +220,27 @@ def _metrics_table(metrics, keys):
     return "\n".join(lines)
 
 
+def _check_pk_batches(cfg, splits):
+    if cfg.n_classes > splits.num_classes:
+        raise DmlError("--n-classes %d but %s has only %d classes: pass --n-classes %d or fewer"
+                       % (cfg.n_classes, cfg.dataset, splits.num_classes, splits.num_classes))
+    present = len(set(splits.train.labels.tolist()))
+    if cfg.n_classes > present:
+        raise DmlError("--n-classes %d but the training split holds only %d classes: pass "
+                       "--n-classes %d or fewer" % (cfg.n_classes, present, present))
+    if len(splits.train) < cfg.n_classes * cfg.n_samples:
+        raise DmlError("a batch of %d x %d images is larger than the %d training images: lower "
+                       "--n-classes or --n-samples" % (cfg.n_classes, cfg.n_samples, len(splits.train)))
+
+
+def _check_plain_batches(cfg, splits):
+    if len(set(splits.train.labels.tolist())) < 2:
+        raise DmlError("%s needs at least 2 classes in the training split" % cfg.method)
+    if cfg.batch_size > len(splits.train):
+        raise DmlError("--batch-size %d is larger than the %d training images: lower --batch-size"
+                       % (cfg.batch_size, len(splits.train)))
+
+
 def cmd_train(args):
     cfg = config_from_args(args)  # the MXNet imports below stay lazy: OMP_NUM_THREADS is set first
     from .data import load_dataset
@@ -210,16 +252,10 @@ def cmd_train(args):
     seed_everything(cfg.seed)
     net = build_net(cfg, ctx)
     splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
-    if cfg.n_classes > splits.num_classes:
-        raise DmlError("--n-classes %d but %s has only %d classes: pass --n-classes %d or fewer"
-                       % (cfg.n_classes, cfg.dataset, splits.num_classes, splits.num_classes))
-    present = len(set(splits.train.labels.tolist()))
-    if cfg.n_classes > present:
-        raise DmlError("--n-classes %d but the training split holds only %d classes: pass "
-                       "--n-classes %d or fewer" % (cfg.n_classes, present, present))
-    if len(splits.train) < cfg.n_classes * cfg.n_samples:
-        raise DmlError("a batch of %d x %d images is larger than the %d training images: lower "
-                       "--n-classes or --n-samples" % (cfg.n_classes, cfg.n_samples, len(splits.train)))
+    if cfg.batch_size:
+        _check_plain_batches(cfg, splits)
+    else:
+        _check_pk_batches(cfg, splits)
 
     run_dir = create_run_dir(cfg.output_root, cfg.dataset, cfg.method)
     file_handler = logging.FileHandler(os.path.join(run_dir, "logs", "train.log"))

@@ -14,9 +14,9 @@ from mxnet import autograd, gluon
 from tqdm import tqdm
 
 from . import DmlError
-from .data import BalancedBatchSampler, BatchLoader, SequentialBatches
+from .data import BatchLoader, SequentialBatches
 from .evaluation import embed, retrieval_metrics
-from .losses import TripletSemiHardLoss
+from .methods import get_method
 from .nets import EmbeddingNet
 from .runs import write_json
 
@@ -59,16 +59,15 @@ def build_net(cfg, ctx):
 
 
 def build_loss(cfg):
-    if cfg.method == "triplet_semihard":
-        return TripletSemiHardLoss(margin=cfg.margin, distance=cfg.distance,
-                                   return_active_fraction=True)
-    raise DmlError("method %r is not available yet" % cfg.method)
+    return get_method(cfg.method).build_loss(cfg)
 
 
 def build_train_loader(cfg, splits):
-    sampler = BalancedBatchSampler(splits.train.labels, cfg.n_classes, cfg.n_samples, seed=cfg.seed)
-    return BatchLoader(splits.train, sampler, splits.mean, splits.std, augment=splits.augment if cfg.augment else None,
-                       seed=cfg.seed, num_workers=cfg.num_workers)
+    method = get_method(cfg.method)
+    dataset = method.train_dataset(cfg, splits.train)
+    return BatchLoader(dataset, method.batch_sampler(cfg, dataset), splits.mean, splits.std,
+                       augment=splits.augment if cfg.augment else None, seed=cfg.seed,
+                       num_workers=cfg.num_workers)
 
 
 def eval_loader(cfg, splits, dataset):
@@ -76,16 +75,32 @@ def eval_loader(cfg, splits, dataset):
                        splits.std, augment=None, num_workers=cfg.num_workers)
 
 
-def save_checkpoint(net, trainer, params_dir, epoch):
+def validation_loss(method, model, loss_fn, loader, ctx):
+    """Mean loss over a fixed tuple set (inference mode: BatchNorm uses running statistics)."""
+    total = count = 0.0
+    for batch in loader:
+        parts = [gluon.utils.split_and_load(a, ctx, even_split=False) for a in batch]
+        for arrays in zip(*parts):
+            loss, _ = method.forward(model, loss_fn, *arrays)
+            total += loss.asscalar() * arrays[0].shape[0]
+            count += arrays[0].shape[0]
+    return total / max(count, 1)
+
+
+def save_checkpoint(net, trainer, params_dir, epoch, model=None):
     """``net.export`` (symbol + params, for deployment), ``save_parameters`` and the trainer
-    states, each written under a temporary name and renamed, so a kill never leaves half a file."""
+    states, each written under a temporary name and renamed, so a kill never leaves half a file.
+    A softmax ``model``'s classifier goes to ``classifier-%04d.params`` (the trainer states
+    cover it too). ``net`` must have run a hybridized forward pass (the export traces it)."""
     tmp_prefix = os.path.join(params_dir, ".tmp-" + EXPORT_PREFIX)
     net.export(tmp_prefix, epoch=epoch)
     os.replace(tmp_prefix + "-symbol.json", os.path.join(params_dir, EXPORT_PREFIX + "-symbol.json"))
     os.replace("%s-%04d.params" % (tmp_prefix, epoch),
                   os.path.join(params_dir, "%s-%04d.params" % (EXPORT_PREFIX, epoch)))
-    for kind, save in (("net-%04d.params", net.save_parameters),
-                       ("trainer-%04d.states", trainer.save_states)):
+    saves = [("net-%04d.params", net.save_parameters), ("trainer-%04d.states", trainer.save_states)]
+    if model is not None and hasattr(model, "classifier"):
+        saves.append(("classifier-%04d.params", model.classifier.save_parameters))
+    for kind, save in saves:
         final = os.path.join(params_dir, kind % epoch)
         save(final + ".tmp")
         os.replace(final + ".tmp", final)
@@ -121,17 +136,25 @@ def fit(cfg, splits, run_dir, net=None, ctx=None):
     logs_dir = os.path.join(run_dir, "logs")
     params_dir = os.path.join(run_dir, "params")
 
-    net.hybridize(static_alloc=True, static_shape=True)
+    method = get_method(cfg.method)
+    model = method.build_model(net, splits.num_classes, ctx)
+    model.hybridize(static_alloc=True, static_shape=True)
     loss_fn = build_loss(cfg)
     loss_fn.hybridize(static_alloc=True, static_shape=True)
     opt_params = {"learning_rate": cfg.lr, "wd": cfg.wd}
     if cfg.optimizer == "sgd":
         opt_params["momentum"] = cfg.momentum
-    trainer = gluon.Trainer(net.collect_params(), cfg.optimizer, opt_params, kvstore=cfg.kvstore)
+    trainer = gluon.Trainer(model.collect_params(), cfg.optimizer, opt_params, kvstore=cfg.kvstore)
     loader = build_train_loader(cfg, splits)
-    log.info("training %s on %s: %d train / %d test images, %d batches of %d x %d per epoch, on %s",
+    val_set = method.val_dataset(cfg, splits.test)
+    val_loader = eval_loader(cfg, splits, val_set) if val_set is not None else None
+    batch_shape = ("%d x %d images" % (cfg.n_classes, cfg.n_samples) if method.pk_batches
+                   else "%d %s" % (cfg.batch_size, {"siamese": "pairs", "triplet": "triplets"}.get(
+                       cfg.method, "images")))
+    log.info("training %s on %s: %d train / %d test images, %d batches of %s per epoch, on %s",
              cfg.method, cfg.dataset, len(splits.train), len(splits.test), len(loader),
-             cfg.n_classes, cfg.n_samples, ", ".join(str(c) for c in ctx))
+             batch_shape, ", ".join(str(c) for c in ctx))
+    stat = method.stat
 
     writer = SummaryWriter(logdir=logs_dir, flush_secs=10)
     step = 0
@@ -140,24 +163,23 @@ def fit(cfg, splits, run_dir, net=None, ctx=None):
         for epoch in range(1, cfg.epochs + 1):
             if epoch - 1 in cfg.lr_steps:
                 trainer.set_learning_rate(trainer.learning_rate * cfg.lr_factor)
-            epoch_loss = epoch_active = None
+            epoch_loss = epoch_stat = None
             seen = 0
             with tqdm(total=len(loader), desc="epoch %d/%d" % (epoch, cfg.epochs), unit="batch",
                       disable=None, leave=False, dynamic_ncols=True) as bar:
-                for images, labels in loader:
-                    xs = gluon.utils.split_and_load(images, ctx, even_split=False)
-                    ys = gluon.utils.split_and_load(labels, ctx, even_split=False)
+                for batch in loader:
+                    parts = [gluon.utils.split_and_load(a, ctx, even_split=False) for a in batch]
                     with autograd.record():
-                        results = [loss_fn(net(x), y) for x, y in zip(xs, ys)]
+                        results = [method.forward(model, loss_fn, *arrays) for arrays in zip(*parts)]
                     autograd.backward([loss for loss, _ in results])
                     # each device's loss is a batch mean: average the devices' gradients
                     trainer.step(len(ctx))
                     step += 1
                     seen += 1
                     batch_loss = sum(loss.as_in_context(ctx[0]) for loss, _ in results) / len(ctx)
-                    batch_active = sum(a.as_in_context(ctx[0]) for _, a in results) / len(ctx)
+                    batch_stat = sum(a.as_in_context(ctx[0]) for _, a in results) / len(ctx)
                     epoch_loss = batch_loss if epoch_loss is None else epoch_loss + batch_loss
-                    epoch_active = batch_active if epoch_active is None else epoch_active + batch_active
+                    epoch_stat = batch_stat if epoch_stat is None else epoch_stat + batch_stat
                     if step % cfg.log_interval == 0:  # the only host synchronisation in the loop
                         value = batch_loss.asscalar()
                         if not np.isfinite(value):
@@ -166,23 +188,29 @@ def fit(cfg, splits, run_dir, net=None, ctx=None):
                         bar.set_postfix(loss="%.4f" % (epoch_loss.asscalar() / seen))
                     bar.update(1)
             mean_loss = epoch_loss.asscalar() / seen if seen else float("nan")
-            mean_active = epoch_active.asscalar() / seen if seen else float("nan")
+            mean_stat = epoch_stat.asscalar() / seen if seen else float("nan")
             if not np.isfinite(mean_loss):
                 raise FloatingPointError("epoch %d loss is %s" % (epoch, mean_loss))
             writer.add_scalar("train/epoch_loss", mean_loss, global_step=epoch)
             writer.add_scalar("train/learning_rate", trainer.learning_rate, global_step=epoch)
-            writer.add_scalar("train/active_fraction", mean_active, global_step=epoch)
-            log.info("epoch %d/%d: loss %.4f, active pairs %.3f, lr %g, %.0f s", epoch, cfg.epochs,
-                     mean_loss, mean_active, trainer.learning_rate, time.time() - started)
+            writer.add_scalar("train/" + stat, mean_stat, global_step=epoch)
+            val_text = ""
+            if val_loader is not None:
+                val = validation_loss(method, model, loss_fn, val_loader, ctx)
+                writer.add_scalar("val/loss", val, global_step=epoch)
+                val_text = ", val loss %.4f" % val
+            log.info("epoch %d/%d: loss %.4f, %s %.3f%s, lr %g, %.0f s", epoch, cfg.epochs,
+                     mean_loss, stat.replace("_", " "), mean_stat, val_text, trainer.learning_rate,
+                     time.time() - started)
             if cfg.save_period and epoch % cfg.save_period == 0 and epoch != cfg.epochs:
-                save_checkpoint(net, trainer, params_dir, epoch)
                 embeddings, labels = evaluate_embedding(cfg, splits, net, ctx)
+                save_checkpoint(net, trainer, params_dir, epoch, model)
                 add_projector(writer, embeddings, labels, splits.test, splits.class_names,
                               cfg.projector_points, cfg.seed, epoch)
         train_seconds = time.time() - started
 
-        save_checkpoint(net, trainer, params_dir, cfg.epochs)
         embeddings, labels = evaluate_embedding(cfg, splits, net, ctx)
+        save_checkpoint(net, trainer, params_dir, cfg.epochs, model)
         add_projector(writer, embeddings, labels, splits.test, splits.class_names,
                       cfg.projector_points, cfg.seed, cfg.epochs)
     finally:

@@ -210,13 +210,98 @@ def test_launcher_on_tiny_cifar(tiny_cifar, tmp_path):
     assert os.path.isfile(os.path.join(run, "metrics.json"))
 
 
+# every method and selector a user can pick, one epoch on tiny CIFAR: (argv, logged statistic)
+METHOD_RUNS = [
+    (["--method", "siamese", "--batch-size", "16"], "active fraction"),
+    (["--method", "triplet", "--batch-size", "16"], "active fraction"),
+    (["--method", "softmax", "--batch-size", "16"], "accuracy"),
+    (["--method", "triplet_batch_hard"] + TINY[:4], "active fraction"),
+    (["--method", "triplet_batch_all"] + TINY[:4], "positive triplet fraction"),
+] + [(["--method", "online_triplet", "--selector", s] + TINY[:4], "active fraction")
+     for s in ("all", "hardest", "random_hard", "semihard")] + [
+    (["--method", "online_contrastive", "--selector", s] + TINY[:4], "active fraction")
+    for s in ("all_positive", "hard_negative")]
+
+
+@pytest.mark.filterwarnings("ignore:Cannot decide type:UserWarning")
+@pytest.mark.parametrize("argv,stat", METHOD_RUNS, ids=[" ".join(a[1:4:2]) for a, _ in METHOD_RUNS])
+def test_every_method_trains_end_to_end(tiny_cifar, tmp_path, argv, stat):
+    out = str(tmp_path / "out")
+    code = main(["train", "--dataset", "cifar10", "--data-root", tiny_cifar, "--epochs", "1",
+                 "--output-root", out, "--embedding-dim", "8", "--num-workers", "1"] + argv)
+    assert code == 0
+    method = argv[1]
+    run = only_run_dir(out, "cifar10", method)
+    metrics = json.load(open(os.path.join(run, "metrics.json")))
+    assert METRIC_KEYS <= set(metrics) and metrics["num_queries"] == 50
+    config = json.load(open(os.path.join(run, "config.json")))
+    assert config["method"] == method
+    if "--selector" in argv:
+        assert config["selector"] == argv[argv.index("--selector") + 1]
+    log_text = open(os.path.join(run, "logs", "train.log")).read()
+    assert re.search(r"epoch 1/1: loss \d+\.\d+, %s \d\.\d{3}" % stat, log_text), log_text
+    assert ("val loss" in log_text) == (method in ("siamese", "triplet"))
+    params = os.path.join(run, "params")
+    assert os.path.isfile(os.path.join(params, "classifier-0001.params")) == (method == "softmax")
+    # what is exported is the embedding net alone, whatever wrapper trained it
+    net = mx.gluon.SymbolBlock.imports(os.path.join(params, "embedding-symbol.json"), ["data"],
+                                       os.path.join(params, "embedding-0001.params"))
+    assert net(mx.nd.random.uniform(shape=(2, 3, 32, 32))).shape == (2, 8)
+
+
+def test_method_defaults_are_recorded(tmp_path):
+    from dml.cli import build_parser, config_from_args
+
+    for method, want in {"online_triplet": dict(selector="semihard", batch_size=0, n_classes=10),
+                         "online_contrastive": dict(selector="hard_negative"),
+                         "siamese": dict(batch_size=64, n_classes=0, selector=None),
+                         "softmax": dict(distance="cosine", l2_normalize=False)}.items():
+        cfg = config_from_args(build_parser().parse_args(["train", "--method", method]))
+        for key, value in want.items():
+            assert getattr(cfg, key) == value, (method, key)
+    cfg = config_from_args(build_parser().parse_args(["train", "--method", "siamese",
+                                                      "--dataset", "cifar10"]))
+    assert (cfg.n_classes, cfg.n_samples, cfg.batch_size) == (0, 0, 64)
+
+
+def test_one_class_batches_train_safely_with_a_warning(tiny_cifar, tmp_path):
+    out = str(tmp_path / "out")
+    code = main(["train", "--method", "online_triplet", "--dataset", "cifar10", "--data-root",
+                 tiny_cifar, "--epochs", "1", "--output-root", out, "--embedding-dim", "8",
+                 "--n-classes", "1", "--n-samples", "8", "--num-workers", "1"])
+    assert code == 0
+    log_text = open(os.path.join(only_run_dir(out, "cifar10", "online_triplet"), "logs",
+                                 "train.log")).read()
+    assert "WARNING a batch of 8 samples from 1 class(es) forms no triplet: its loss is 0" in log_text
+    assert re.search(r"epoch 1/1: loss 0\.0000, active fraction 0\.000", log_text)
+
+
+@pytest.mark.parametrize("launcher,method,kind", [("train_cifar_siamese.sh", "siamese", "pairs"),
+                                                  ("train_cifar_triplet.sh", "triplet", "triplets")])
+def test_tuple_launchers_on_tiny_cifar(tiny_cifar, tmp_path, launcher, method, kind):
+    out = str(tmp_path / "out")
+    env = dict(os.environ, DML_OFFLINE="1")
+    proc = subprocess.run(["bash", os.path.join(ROOT, launcher), "--data-root", tiny_cifar,
+                           "--epochs", "1", "--output-root", out, "--num-workers", "1",
+                           "--batch-size", "32", "--embedding-dim", "8"],
+                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = only_run_dir(out, "cifar10", method)
+    config = json.load(open(os.path.join(run, "config.json")))
+    assert (config["method"], config["batch_size"], config["epochs"]) == (method, 32, 1)
+    assert config["lr_steps"] == [40, 50] and config["backbone"] == "resnet18_v1"
+    assert "batches of 32 %s" % kind in open(os.path.join(run, "logs", "train.log")).read()
+    assert os.path.isfile(os.path.join(run, "metrics.json"))
+
+
 def test_help_explains_the_options():
     proc = subprocess.run([sys.executable, "-m", "dml", "train", "--help"], capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0
     for option in ("--method", "--dataset", "--data-root", "--epochs", "--n-classes", "--n-samples",
                    "--embedding-dim", "--margin", "--optimizer", "--lr", "--wd", "--gpus",
-                   "--num-workers", "--seed", "--save-period", "--output-root", "--pretrained"):
+                   "--num-workers", "--seed", "--save-period", "--output-root", "--pretrained",
+                   "--selector", "--batch-size", "semihard", "hard_negative"):
         assert option in proc.stdout
 
 
@@ -231,7 +316,19 @@ def run_bad(capsys, argv):
 
 BAD_INPUTS = [
     (["--method", "quadruplet"], "unknown method 'quadruplet'"),
-    (["--method", "siamese"], "not implemented"),
+    (["--method", "arcface"], "not implemented"),
+    (["--method", "online_triplet", "--selector", "hard"],
+     "unknown selector 'hard' for online_triplet: choose one of semihard, all, hardest, random_hard"),
+    (["--method", "online_contrastive", "--selector", "semihard"],
+     "unknown selector 'semihard' for online_contrastive"),
+    (["--method", "siamese", "--selector", "all"], "--selector applies to online_triplet and"),
+    (["--method", "siamese", "--margin", "0"], "must be > 0"),
+    (["--method", "online_triplet", "--margin", "-0.2"], "must be > 0"),
+    (["--method", "triplet", "--n-classes", "4"], "triplet takes --batch-size"),
+    (["--batch-size", "32"], "--batch-size applies to siamese, triplet and softmax"),
+    (["--method", "softmax", "--batch-size", "5000"], "--batch-size 5000 is larger than the 1347"),
+    (["--method", "siamese", "--dataset", "folder", "--data-root", "{one_class}"],
+     "siamese needs at least 2 classes"),
     (["--dataset", "svhn"], "unknown dataset 'svhn'"),
     (["--dataset", "cifar10", "--data-root", "{empty}"], "CIFAR-10 not found in"),
     (["--dataset", "cifar10", "--data-root", "{corrupt}"], "is not a CIFAR binary batch"),
@@ -263,8 +360,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monke
     path.write_bytes(path.read_bytes()[:1000])
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
+    one_class = write_image_folder(str(tmp_path / "one_class"), classes=("cat",), per_class=(3, 2))
     out = tmp_path / "out"
-    argv = [a.format(empty=empty, corrupt=corrupt, file=blocker) for a in argv]
+    argv = [a.format(empty=empty, corrupt=corrupt, file=blocker, one_class=one_class) for a in argv]
     if "--output-root" not in argv:
         argv += ["--output-root", str(out)]
     code, err = run_bad(capsys, ["train"] + argv)

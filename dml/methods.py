@@ -1,0 +1,144 @@
+"""The methods registry: for each ``--method``, the network wrapper, the training data (sampler or
+tuple dataset), the loss and one training forward pass.
+
+Every method trains the same :class:`~dml.nets.EmbeddingNet`; the wrapper (``SiameseNet``,
+``TripletNet``, ``ClassifierNet`` or none) only shapes the forward pass, and the embedding net is
+what gets evaluated and exported, so the metrics of all methods mean the same thing.
+"""
+import mxnet as mx
+from mxnet import gluon
+
+from .data import BalancedBatchSampler, PairDataset, ShuffledBatchSampler, TripletDataset
+from .losses import (ONLINE_TRIPLET_SELECTORS, PAIR_SELECTORS, ContrastiveLoss, OnlineContrastiveLoss,
+                     OnlineTripletLoss, TripletBatchAllLoss, TripletBatchHardLoss, TripletLoss,
+                     TripletSemiHardLoss)
+from .nets import ClassifierNet, SiameseNet, TripletNet
+
+
+class Method:
+    """A P x K method: batches of ``n_classes`` classes x ``n_samples`` images, the embedding net
+    as is, ``loss(embeddings, labels)``."""
+
+    name = ""
+    summary = ""
+    sampler = "balanced: n_classes x n_samples images"
+    stat = "active_fraction"  # the second value the loss reports, logged as train/<stat>
+    selectors = ()  # the values --selector takes, the first one the default
+    pk_batches = True
+
+    def __init__(self, name, summary, loss_cls, stat="active_fraction", selectors=(),
+                 selector_arg=None):
+        self.name, self.summary, self._loss_cls = name, summary, loss_cls
+        self.stat, self.selectors, self._selector_arg = stat, selectors, selector_arg
+
+    def build_model(self, net, num_classes, ctx):
+        return net
+
+    def build_loss(self, cfg):
+        kwargs = dict(margin=cfg.margin, distance=cfg.distance, return_active_fraction=True)
+        if self._selector_arg:
+            kwargs[self._selector_arg] = cfg.selector
+        return self._loss_cls(**kwargs)
+
+    def train_dataset(self, cfg, dataset):
+        return dataset
+
+    def val_dataset(self, cfg, dataset):
+        """A fixed set to report a validation loss on each epoch, or None."""
+        return None
+
+    def batch_sampler(self, cfg, dataset):
+        return BalancedBatchSampler(dataset.labels, cfg.n_classes, cfg.n_samples, seed=cfg.seed)
+
+    def forward(self, model, loss_fn, images, labels):
+        """One device's share of a batch -> (loss, stat), both 1-element arrays."""
+        return loss_fn(model(images), labels)
+
+
+class _PlainBatches(Method):
+    sampler = "shuffled: batch_size images"
+    pk_batches = False
+
+    def batch_sampler(self, cfg, dataset):
+        return ShuffledBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed)
+
+
+class SiameseMethod(_PlainBatches):
+    sampler = "random pairs, half positive, fresh each epoch: batch_size pairs"
+
+    def build_model(self, net, num_classes, ctx):
+        return SiameseNet(net)
+
+    def build_loss(self, cfg):
+        return ContrastiveLoss(margin=cfg.margin, distance=cfg.distance, return_active_fraction=True)
+
+    def train_dataset(self, cfg, dataset):
+        return PairDataset(dataset, train=True, seed=cfg.seed)
+
+    def val_dataset(self, cfg, dataset):
+        return PairDataset(dataset, train=False, seed=cfg.seed)
+
+    def forward(self, model, loss_fn, x1, x2, same):
+        e1, e2 = model(x1, x2)
+        return loss_fn(e1, e2, same)
+
+
+class TripletMethod(_PlainBatches):
+    sampler = "random triplets, fresh each epoch: batch_size triplets"
+
+    def build_model(self, net, num_classes, ctx):
+        return TripletNet(net)
+
+    def build_loss(self, cfg):
+        return TripletLoss(margin=cfg.margin, distance=cfg.distance, return_active_fraction=True)
+
+    def train_dataset(self, cfg, dataset):
+        return TripletDataset(dataset, train=True, seed=cfg.seed)
+
+    def val_dataset(self, cfg, dataset):
+        return TripletDataset(dataset, train=False, seed=cfg.seed)
+
+    def forward(self, model, loss_fn, anchor, positive, negative, labels):
+        return loss_fn(*model(anchor, positive, negative))
+
+
+class SoftmaxMethod(_PlainBatches):
+    """Cross-entropy classification; the classifier's input (the embedding) is evaluated."""
+
+    def build_model(self, net, num_classes, ctx):
+        model = ClassifierNet(net, num_classes)
+        model.classifier.initialize(mx.init.Xavier(), ctx=ctx)
+        return model
+
+    def build_loss(self, cfg):
+        return gluon.loss.SoftmaxCrossEntropyLoss()
+
+    def forward(self, model, loss_fn, images, labels):
+        logits = model(images)
+        loss = loss_fn(logits, labels).mean()
+        accuracy = (logits.argmax(axis=1) == labels).mean()
+        return loss, accuracy
+
+
+METHODS = {m.name: m for m in [
+    SiameseMethod("siamese", "siamese net, contrastive loss on random pairs", None),
+    TripletMethod("triplet", "triplet net, triplet loss on random triplets", None),
+    Method("triplet_semihard", "triplet loss, online semi-hard negatives (FaceNet)",
+           TripletSemiHardLoss),
+    Method("triplet_batch_hard", "triplet loss, hardest positive and negative per anchor",
+           TripletBatchHardLoss),
+    Method("triplet_batch_all", "triplet loss over every triplet with positive loss",
+           TripletBatchAllLoss, stat="positive_triplet_fraction"),
+    Method("online_contrastive", "contrastive loss on pairs mined in the batch",
+           OnlineContrastiveLoss, selectors=("hard_negative",) + tuple(
+               s for s in PAIR_SELECTORS if s != "hard_negative"), selector_arg="pair_selector"),
+    Method("online_triplet", "triplet loss on triplets mined in the batch",
+           OnlineTripletLoss, selectors=("semihard",) + tuple(
+               s for s in ONLINE_TRIPLET_SELECTORS if s != "semihard"), selector_arg="selector"),
+    SoftmaxMethod("softmax", "softmax cross-entropy classifier, penultimate layer as embedding",
+                  None, stat="accuracy"),
+]}
+
+
+def get_method(name):
+    return METHODS[name]
