@@ -16,6 +16,7 @@ from tqdm import tqdm
 from . import DmlError
 from .data import BatchLoader, SequentialBatches
 from .evaluation import embed, retrieval_metrics
+from .losses import mining
 from .methods import get_method
 from .nets import EmbeddingNet
 from .runs import write_json
@@ -136,6 +137,7 @@ def fit(cfg, splits, run_dir, net=None, ctx=None):
     logs_dir = os.path.join(run_dir, "logs")
     params_dir = os.path.join(run_dir, "params")
 
+    mining.reset_warnings()
     method = get_method(cfg.method)
     model = method.build_model(net, splits.num_classes, ctx)
     model.hybridize(static_alloc=True, static_shape=True)

@@ -63,40 +63,37 @@ class _PlainBatches(Method):
         return ShuffledBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed)
 
 
-class SiameseMethod(_PlainBatches):
-    sampler = "random pairs, half positive, fresh each epoch: batch_size pairs"
+class _TupleMethod(_PlainBatches):
+    """Random tuples over the dataset (fresh each epoch, fixed for validation), embedded by a
+    wrapper around the shared net, scored by a loss on the tuple's embeddings."""
+
+    wrapper = tuple_dataset = tuple_loss = None
 
     def build_model(self, net, num_classes, ctx):
-        return SiameseNet(net)
+        return self.wrapper(net)
 
     def build_loss(self, cfg):
-        return ContrastiveLoss(margin=cfg.margin, distance=cfg.distance, return_active_fraction=True)
+        return self.tuple_loss(margin=cfg.margin, distance=cfg.distance, return_active_fraction=True)
 
     def train_dataset(self, cfg, dataset):
-        return PairDataset(dataset, train=True, seed=cfg.seed)
+        return self.tuple_dataset(dataset, train=True, seed=cfg.seed)
 
     def val_dataset(self, cfg, dataset):
-        return PairDataset(dataset, train=False, seed=cfg.seed)
+        return self.tuple_dataset(dataset, train=False, seed=cfg.seed)
+
+
+class SiameseMethod(_TupleMethod):
+    sampler = "random pairs, half positive, fresh each epoch: batch_size pairs"
+    wrapper, tuple_dataset, tuple_loss = SiameseNet, PairDataset, ContrastiveLoss
 
     def forward(self, model, loss_fn, x1, x2, same):
         e1, e2 = model(x1, x2)
         return loss_fn(e1, e2, same)
 
 
-class TripletMethod(_PlainBatches):
+class TripletMethod(_TupleMethod):
     sampler = "random triplets, fresh each epoch: batch_size triplets"
-
-    def build_model(self, net, num_classes, ctx):
-        return TripletNet(net)
-
-    def build_loss(self, cfg):
-        return TripletLoss(margin=cfg.margin, distance=cfg.distance, return_active_fraction=True)
-
-    def train_dataset(self, cfg, dataset):
-        return TripletDataset(dataset, train=True, seed=cfg.seed)
-
-    def val_dataset(self, cfg, dataset):
-        return TripletDataset(dataset, train=False, seed=cfg.seed)
+    wrapper, tuple_dataset, tuple_loss = TripletNet, TripletDataset, TripletLoss
 
     def forward(self, model, loss_fn, anchor, positive, negative, labels):
         return loss_fn(*model(anchor, positive, negative))

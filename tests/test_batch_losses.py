@@ -113,7 +113,7 @@ def test_degenerate_batch_gives_zero_loss_zero_gradient_and_a_warning(name, labe
     else:
         loss_fn = make(name)
     with caplog.at_level(logging.WARNING, logger="dml"):
-        mining._degenerate_batches["count"] = 0
+        mining.reset_warnings()
         loss, fraction, (grad, _) = run(loss_fn, [x, labels])
     assert loss[0] == 0 and fraction[0] == 0
     assert np.all(grad == 0)
@@ -122,7 +122,7 @@ def test_degenerate_batch_gives_zero_loss_zero_gradient_and_a_warning(name, labe
 
 def test_degenerate_batch_warning_is_rate_limited(caplog):
     loss_fn = make("batch_hard")
-    mining._degenerate_batches["count"] = 0
+    mining.reset_warnings()
     with caplog.at_level(logging.WARNING, logger="dml"):
         for _ in range(12):
             run(loss_fn, [np.ones((4, 2)), np.zeros(4)])

@@ -215,6 +215,8 @@ METHOD_RUNS = [
     (["--method", "siamese", "--batch-size", "16"], "active fraction"),
     (["--method", "triplet", "--batch-size", "16"], "active fraction"),
     (["--method", "softmax", "--batch-size", "16"], "accuracy"),
+    (["--method", "triplet", "--batch-size", "16", "--cpus", "2"], "active fraction"),
+    (["--method", "softmax", "--batch-size", "16", "--cpus", "2"], "accuracy"),
     (["--method", "triplet_batch_hard"] + TINY[:4], "active fraction"),
     (["--method", "triplet_batch_all"] + TINY[:4], "positive triplet fraction"),
 ] + [(["--method", "online_triplet", "--selector", s] + TINY[:4], "active fraction")
@@ -224,7 +226,7 @@ METHOD_RUNS = [
 
 
 @pytest.mark.filterwarnings("ignore:Cannot decide type:UserWarning")
-@pytest.mark.parametrize("argv,stat", METHOD_RUNS, ids=[" ".join(a[1:4:2]) for a, _ in METHOD_RUNS])
+@pytest.mark.parametrize("argv,stat", METHOD_RUNS, ids=[" ".join(a) for a, _ in METHOD_RUNS])
 def test_every_method_trains_end_to_end(tiny_cifar, tmp_path, argv, stat):
     out = str(tmp_path / "out")
     code = main(["train", "--dataset", "cifar10", "--data-root", tiny_cifar, "--epochs", "1",

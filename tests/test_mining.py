@@ -16,22 +16,6 @@ def test_masks():
     assert not np.diag(neg).any()
 
 
-@pytest.mark.parametrize("seed", range(8))
-@pytest.mark.parametrize("integer_distances", [False, True])
-def test_semihard_choice_is_allowed_by_the_definition(seed, integer_distances):
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(2, 40))
-    labels = rng.integers(0, int(rng.integers(1, 6)), size=n)
-    d = rng.integers(0, 4, size=(n, n)).astype(float) if integer_distances else rng.random((n, n))
-    d = (d + d.T) / 2
-    np.fill_diagonal(d, 0)
-    chosen, valid = semihard_negatives(d, labels)
-    allowed = naive_semihard_choice(d, labels)
-    assert set(zip(*np.nonzero(valid))) == set(allowed)
-    for (a, p), options in allowed.items():
-        assert chosen[a, p] in options, (a, p)
-
-
 def random_case(seed, integer_distances):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(2, 40))
@@ -40,6 +24,17 @@ def random_case(seed, integer_distances):
     d = (d + d.T) / 2
     np.fill_diagonal(d, 0)
     return d, labels
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("integer_distances", [False, True])
+def test_semihard_choice_is_allowed_by_the_definition(seed, integer_distances):
+    d, labels = random_case(seed, integer_distances)
+    chosen, valid = semihard_negatives(d, labels)
+    allowed = naive_semihard_choice(d, labels)
+    assert set(zip(*np.nonzero(valid))) == set(allowed)
+    for (a, p), options in allowed.items():
+        assert chosen[a, p] in options, (a, p)
 
 
 @pytest.mark.parametrize("seed", range(6))

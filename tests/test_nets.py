@@ -50,6 +50,7 @@ def test_unknown_backbone():
         backbone_features("resnet1000")
 
 
+@pytest.mark.filterwarnings("ignore:Cannot decide type:UserWarning")  # SymbolBlock.imports' own notice
 @pytest.mark.parametrize("wrapper,k", [(SiameseNet, 2), (TripletNet, 3)])
 def test_tuple_nets_share_one_embedding_net(wrapper, k, tmp_path):
     inner = EmbeddingNet(embedding_dim=6)

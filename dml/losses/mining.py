@@ -221,6 +221,11 @@ def select_pairs(dist, labels, selector):
 _degenerate_batches = {"count": 0}
 
 
+def reset_warnings():
+    """Start counting degenerate batches afresh (the engine does at the start of every run)."""
+    _degenerate_batches["count"] = 0
+
+
 def has_triplets(labels):
     """True when some anchor has both a positive and a negative in ``labels``."""
     labels = np.asarray(labels).reshape(-1)

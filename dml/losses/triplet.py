@@ -11,7 +11,18 @@ def _check_margin(margin):
     return float(margin)
 
 
-class TripletSemiHardLoss(gluon.loss.Loss):
+class _TripletBase(gluon.loss.Loss):
+    def __init__(self, margin=1.0, distance="euclidean", return_active_fraction=False, **kwargs):
+        super().__init__(weight=None, batch_axis=0, **kwargs)
+        self._margin = _check_margin(margin)
+        self._distance = check_distance(distance)
+        self._return_active_fraction = return_active_fraction
+
+    def _result(self, F, loss, fraction):
+        return (loss, fraction) if self._return_active_fraction else loss
+
+
+class TripletSemiHardLoss(_TripletBase):
     r"""Semi-hard triplet loss (FaceNet; TensorFlow's ``triplet_semihard_loss``).
 
     For every ordered positive pair (a, p) of the batch, the negative is the closest n with
@@ -29,12 +40,6 @@ class TripletSemiHardLoss(gluon.loss.Loss):
     non-zero loss.
     """
 
-    def __init__(self, margin=1.0, distance="euclidean", return_active_fraction=False, **kwargs):
-        super().__init__(weight=None, batch_axis=0, **kwargs)
-        self._margin = _check_margin(margin)
-        self._distance = check_distance(distance)
-        self._return_active_fraction = return_active_fraction
-
     def hybrid_forward(self, F, embeddings, labels):
         dist = pairwise_distance(F, embeddings, self._distance)
         negative_index, valid, _ = F.Custom(
@@ -43,21 +48,7 @@ class TripletSemiHardLoss(gluon.loss.Loss):
         d_an = F.take(dist.reshape((-1,)), negative_index)
         per_pair = F.relu(dist - d_an + self._margin) * valid
         num_pairs = F.maximum(F.sum(valid), 1)
-        loss = F.sum(per_pair) / num_pairs
-        if self._return_active_fraction:
-            return loss, F.sum(per_pair > 0) / num_pairs
-        return loss
-
-
-class _TripletBase(gluon.loss.Loss):
-    def __init__(self, margin=1.0, distance="euclidean", return_active_fraction=False, **kwargs):
-        super().__init__(weight=None, batch_axis=0, **kwargs)
-        self._margin = _check_margin(margin)
-        self._distance = check_distance(distance)
-        self._return_active_fraction = return_active_fraction
-
-    def _result(self, F, loss, fraction):
-        return (loss, fraction) if self._return_active_fraction else loss
+        return self._result(F, F.sum(per_pair) / num_pairs, F.sum(per_pair > 0) / num_pairs)
 
 
 class TripletLoss(_TripletBase):
