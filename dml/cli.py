@@ -116,7 +116,7 @@ def build_parser():
     g.add_argument("--distance", choices=DISTANCES, default=None,
                    help="distance the loss and the evaluation use")
     g.add_argument("--selector", default=None, metavar="NAME",
-                   help="online_triplet: all|hardest|random_hard|semihard (default semihard); "
+                   help="online_triplet: random_hard|all|hardest|semihard (default random_hard); "
                    "online_contrastive: hard_negative|all_positive (default hard_negative)")
     g = train.add_argument_group("optimization")
     g.add_argument("--epochs", type=_positive_int, default=None)

@@ -62,8 +62,9 @@ METHOD_DEFAULTS = {
     "triplet_batch_all": dict(l2_normalize=True, margin=0.2, n_classes=10, n_samples=12),
     "online_contrastive": dict(l2_normalize=True, margin=1.0, n_classes=10, n_samples=12,
                                selector="hard_negative"),
+    # random_hard beat semihard on both digits seeds measured (map_at_r 0.92/0.95 vs 0.90/0.83)
     "online_triplet": dict(l2_normalize=True, margin=0.2, n_classes=10, n_samples=12,
-                           selector="semihard"),
+                           selector="random_hard"),
     "softmax": dict(l2_normalize=False, distance="cosine", batch_size=120, **_TUPLES),
 }
 DATASET_DEFAULTS = {

@@ -130,8 +130,8 @@ METHODS = {m.name: m for m in [
            OnlineContrastiveLoss, selectors=("hard_negative",) + tuple(
                s for s in PAIR_SELECTORS if s != "hard_negative"), selector_arg="pair_selector"),
     Method("online_triplet", "triplet loss on triplets mined in the batch",
-           OnlineTripletLoss, selectors=("semihard",) + tuple(
-               s for s in ONLINE_TRIPLET_SELECTORS if s != "semihard"), selector_arg="selector"),
+           OnlineTripletLoss, selectors=("random_hard",) + tuple(
+               s for s in ONLINE_TRIPLET_SELECTORS if s != "random_hard"), selector_arg="selector"),
     SoftmaxMethod("softmax", "softmax cross-entropy classifier, penultimate layer as embedding",
                   None, stat="accuracy"),
 ]}

@@ -254,7 +254,7 @@ def test_every_method_trains_end_to_end(tiny_cifar, tmp_path, argv, stat):
 def test_method_defaults_are_recorded(tmp_path):
     from dml.cli import build_parser, config_from_args
 
-    for method, want in {"online_triplet": dict(selector="semihard", batch_size=0, n_classes=10),
+    for method, want in {"online_triplet": dict(selector="random_hard", batch_size=0, n_classes=10),
                          "online_contrastive": dict(selector="hard_negative"),
                          "siamese": dict(batch_size=64, n_classes=0, selector=None),
                          "softmax": dict(distance="cosine", l2_normalize=False)}.items():
@@ -303,7 +303,7 @@ def test_help_explains_the_options():
     for option in ("--method", "--dataset", "--data-root", "--epochs", "--n-classes", "--n-samples",
                    "--embedding-dim", "--margin", "--optimizer", "--lr", "--wd", "--gpus",
                    "--num-workers", "--seed", "--save-period", "--output-root", "--pretrained",
-                   "--selector", "--batch-size", "semihard", "hard_negative"):
+                   "--selector", "--batch-size", "random_hard", "hard_negative"):
         assert option in proc.stdout
 
 
@@ -320,7 +320,7 @@ BAD_INPUTS = [
     (["--method", "quadruplet"], "unknown method 'quadruplet'"),
     (["--method", "arcface"], "not implemented"),
     (["--method", "online_triplet", "--selector", "hard"],
-     "unknown selector 'hard' for online_triplet: choose one of semihard, all, hardest, random_hard"),
+     "unknown selector 'hard' for online_triplet: choose one of random_hard, all, hardest, semihard"),
     (["--method", "online_contrastive", "--selector", "semihard"],
      "unknown selector 'semihard' for online_contrastive"),
     (["--method", "siamese", "--selector", "all"], "--selector applies to online_triplet and"),

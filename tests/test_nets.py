@@ -64,13 +64,15 @@ def test_tuple_nets_share_one_embedding_net(wrapper, k, tmp_path):
     assert set(net.collect_params().values()) == set(inner.collect_params().values())
     for x, out in zip(xs, outs):  # inference mode: BatchNorm uses running statistics
         np.testing.assert_allclose(out.asnumpy(), inner(x).asnumpy(), rtol=1e-5, atol=1e-6)
+    net.export(str(tmp_path / "wrapper"), epoch=1)  # the wrapper hybridizes and exports too
+    assert (tmp_path / "wrapper-symbol.json").is_file()
     inner.export(str(tmp_path / "emb"), epoch=1)
     loaded = mx.gluon.SymbolBlock.imports(str(tmp_path / "emb-symbol.json"), ["data"],
                                           str(tmp_path / "emb-0001.params"))
     np.testing.assert_allclose(loaded(xs[0]).asnumpy(), outs[0].asnumpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_classifier_net_logits_on_the_embedding():
+def test_classifier_net_logits_on_the_embedding(tmp_path):
     inner = EmbeddingNet(embedding_dim=6)
     net = ClassifierNet(inner, num_classes=4)
     net.initialize(mx.init.Xavier())
@@ -80,3 +82,5 @@ def test_classifier_net_logits_on_the_embedding():
     assert logits.shape == (5, 4)
     want = mx.nd.dot(inner(x), net.classifier.weight.data(), transpose_b=True) + net.classifier.bias.data()
     np.testing.assert_allclose(logits.asnumpy(), want.asnumpy(), rtol=1e-5, atol=1e-6)
+    net.export(str(tmp_path / "classifier"), epoch=1)
+    assert (tmp_path / "classifier-0001.params").is_file()

@@ -133,7 +133,7 @@ class OnlineTripletLoss(_TripletBase):
     positive pairs that got a triplet (for ``all``: of all triplets, those with positive loss).
     """
 
-    def __init__(self, margin=1.0, selector="semihard", distance="euclidean",
+    def __init__(self, margin=1.0, selector="random_hard", distance="euclidean",
                  return_active_fraction=False, **kwargs):
         super().__init__(margin, distance, return_active_fraction, **kwargs)
         if selector not in ONLINE_TRIPLET_SELECTORS:
