@@ -151,11 +151,10 @@ def fit(cfg, splits, run_dir, net=None, ctx=None):
     val_set = method.val_dataset(cfg, splits.test)
     val_loader = eval_loader(cfg, splits, val_set) if val_set is not None else None
     batch_shape = ("%d x %d images" % (cfg.n_classes, cfg.n_samples) if method.pk_batches
-                   else "%d %s" % (cfg.batch_size, {"siamese": "pairs", "triplet": "triplets"}.get(
-                       cfg.method, "images")))
-    log.info("training %s on %s: %d train / %d test images, %d batches of %s per epoch, on %s",
-             cfg.method, cfg.dataset, len(splits.train), len(splits.test), len(loader),
-             batch_shape, ", ".join(str(c) for c in ctx))
+                   else "%d %s" % (cfg.batch_size, method.batch_unit))
+    log.info("training %s (%s) on %s: %d train / %d test images, %d batches of %s per epoch, on %s",
+             cfg.method, method.summary, cfg.dataset, len(splits.train), len(splits.test),
+             len(loader), batch_shape, ", ".join(str(c) for c in ctx))
     stat = method.stat
 
     writer = SummaryWriter(logdir=logs_dir, flush_secs=10)

@@ -20,8 +20,8 @@ class Method:
     as is, ``loss(embeddings, labels)``."""
 
     name = ""
-    summary = ""
-    sampler = "balanced: n_classes x n_samples images"
+    summary = ""  # one line, logged when training starts
+    batch_unit = "images"  # what --batch-size counts, for the methods that take it
     stat = "active_fraction"  # the second value the loss reports, logged as train/<stat>
     selectors = ()  # the values --selector takes, the first one the default
     pk_batches = True
@@ -56,7 +56,8 @@ class Method:
 
 
 class _PlainBatches(Method):
-    sampler = "shuffled: batch_size images"
+    """Shuffled batches of ``batch_size`` samples (images, or tuples for the subclasses)."""
+
     pk_batches = False
 
     def batch_sampler(self, cfg, dataset):
@@ -83,7 +84,7 @@ class _TupleMethod(_PlainBatches):
 
 
 class SiameseMethod(_TupleMethod):
-    sampler = "random pairs, half positive, fresh each epoch: batch_size pairs"
+    batch_unit = "pairs"
     wrapper, tuple_dataset, tuple_loss = SiameseNet, PairDataset, ContrastiveLoss
 
     def forward(self, model, loss_fn, x1, x2, same):
@@ -92,7 +93,7 @@ class SiameseMethod(_TupleMethod):
 
 
 class TripletMethod(_TupleMethod):
-    sampler = "random triplets, fresh each epoch: batch_size triplets"
+    batch_unit = "triplets"
     wrapper, tuple_dataset, tuple_loss = TripletNet, TripletDataset, TripletLoss
 
     def forward(self, model, loss_fn, anchor, positive, negative, labels):

@@ -18,48 +18,8 @@ def naive_distance(x, distance):
     return d
 
 
-def naive_semihard(x, labels, margin, distance):
-    """TensorFlow's triplet_semihard_loss, written as loops; anchors without negatives skipped.
-    Returns (loss, active_fraction)."""
-    d = naive_distance(np.asarray(x, dtype=np.float64), distance)
-    labels = list(labels)
-    total, count, active = 0.0, 0, 0
-    for a in range(len(labels)):
-        negatives = [n for n in range(len(labels)) if labels[n] != labels[a]]
-        if not negatives:
-            continue
-        for p in range(len(labels)):
-            if p == a or labels[p] != labels[a]:
-                continue
-            farther = [d[a, n] for n in negatives if d[a, n] > d[a, p]]
-            d_an = min(farther) if farther else max(d[a, n] for n in negatives)
-            value = max(d[a, p] - d_an + margin, 0.0)
-            total += value
-            count += 1
-            active += value > 0
-    if count == 0:
-        return 0.0, 0.0
-    return total / count, active / count
-
-
-def naive_semihard_choice(d, labels):
-    """For each ordered positive pair: the set of negatives that the definition allows
-    (all negatives at the chosen distance)."""
-    allowed = {}
-    for a in range(len(labels)):
-        negatives = [n for n in range(len(labels)) if labels[n] != labels[a]]
-        if not negatives:
-            continue
-        for p in range(len(labels)):
-            if p == a or labels[p] != labels[a]:
-                continue
-            farther = [d[a, n] for n in negatives if d[a, n] > d[a, p]]
-            target = min(farther) if farther else max(d[a, n] for n in negatives)
-            allowed[(a, p)] = {n for n in negatives if d[a, n] == target}
-    return allowed
-
-
 def _pairs(labels, unordered):
+    """Every positive pair (a, p), a != p (a < p if ``unordered``), as a loop."""
     n = len(labels)
     for a in range(n):
         for p in range(n):
@@ -69,6 +29,43 @@ def _pairs(labels, unordered):
 
 def _negatives(labels, a):
     return [n for n in range(len(labels)) if labels[n] != labels[a]]
+
+
+def _semihard_target(d, a, p, negatives):
+    """d(a, n) of the semi-hard negative: the closest farther than p, else the farthest."""
+    farther = [d[a, n] for n in negatives if d[a, n] > d[a, p]]
+    return min(farther) if farther else max(d[a, n] for n in negatives)
+
+
+def naive_semihard(x, labels, margin, distance):
+    """TensorFlow's triplet_semihard_loss, written as loops; anchors without negatives skipped.
+    Returns (loss, active_fraction)."""
+    d = naive_distance(np.asarray(x, dtype=np.float64), distance)
+    labels = list(labels)
+    total, count, active = 0.0, 0, 0
+    for a, p in _pairs(labels, unordered=False):
+        negatives = _negatives(labels, a)
+        if not negatives:
+            continue
+        value = max(d[a, p] - _semihard_target(d, a, p, negatives) + margin, 0.0)
+        total += value
+        count += 1
+        active += value > 0
+    if count == 0:
+        return 0.0, 0.0
+    return total / count, active / count
+
+
+def naive_semihard_choice(d, labels):
+    """For each ordered positive pair: the set of negatives that the definition allows
+    (all negatives at the chosen distance)."""
+    allowed = {}
+    for a, p in _pairs(list(labels), unordered=False):
+        negatives = _negatives(labels, a)
+        if negatives:
+            target = _semihard_target(d, a, p, negatives)
+            allowed[(a, p)] = {n for n in negatives if d[a, n] == target}
+    return allowed
 
 
 def naive_pair_distance(x1, x2, distance):

@@ -125,6 +125,10 @@ def test_triplet_sums_gradient_matches_finite_differences(unordered):
     d, labels = rng.random((12, 12)) * 2, rng.integers(0, 3, size=12)
     weights = rng.random((12, 12))
     grad = mining.triplet_sums_grad(d, labels, 0.5, weights, unordered)
+    # the op hands the forward's active counts to the backward: the same gradient
+    active = mining.triplet_sums(d, labels, 0.5, unordered)[1]
+    np.testing.assert_array_equal(
+        mining.triplet_sums_grad(d, labels, 0.5, weights, unordered, active=active), grad)
     h = 1e-7
     numeric = np.zeros_like(d)
     for idx in np.ndindex(*d.shape):

@@ -1,14 +1,12 @@
 """Contrastive losses: on given pairs (siamese) and on every pair of a batch (online)."""
-from mxnet import gluon
-
 from . import mining  # noqa: F401  (registers the mining custom operators)
-from .distance import check_distance, pair_distance, pairwise_distance
-from .triplet import _check_margin
+from .base import MarginLoss
+from .distance import pair_distance, pairwise_distance
 
 PAIR_SELECTORS = mining.PAIR_SELECTORS
 
 
-class ContrastiveLoss(gluon.loss.Loss):
+class ContrastiveLoss(MarginLoss):
     r"""Contrastive loss (Hadsell, Chopra and LeCun 2006) on pairs of embeddings:
 
     .. math:: L = \frac{1}{2B} \sum_i \left[ y_i d_i^2 + (1 - y_i) \max(m - d_i, 0)^2 \right]
@@ -18,23 +16,15 @@ class ContrastiveLoss(gluon.loss.Loss):
     ``return_active_fraction=True`` also the fraction of pairs with non-zero loss.
     """
 
-    def __init__(self, margin=1.0, distance="euclidean", return_active_fraction=False, **kwargs):
-        super().__init__(weight=None, batch_axis=0, **kwargs)
-        self._margin = _check_margin(margin)
-        self._distance = check_distance(distance)
-        self._return_active_fraction = return_active_fraction
-
     def hybrid_forward(self, F, x1, x2, y):
         d = pair_distance(F, x1, x2, self._distance)
         y = y.reshape((-1,))
         per_pair = 0.5 * (y * F.square(d) + (1 - y) * F.square(F.relu(self._margin - d)))
-        loss = F.mean(per_pair, axis=0, keepdims=True)
-        if self._return_active_fraction:
-            return loss, F.mean(per_pair > 0, axis=0, keepdims=True)
-        return loss
+        return self._result(F.mean(per_pair, axis=0, keepdims=True),
+                            F.mean(per_pair > 0, axis=0, keepdims=True))
 
 
-class OnlineContrastiveLoss(gluon.loss.Loss):
+class OnlineContrastiveLoss(MarginLoss):
     r"""Contrastive loss over pairs selected within a batch (adambielski/siamese-triplet), with
     the same halved Hadsell terms as :class:`ContrastiveLoss`:
 
@@ -50,14 +40,11 @@ class OnlineContrastiveLoss(gluon.loss.Loss):
 
     def __init__(self, margin=1.0, pair_selector="all_positive", distance="euclidean",
                  return_active_fraction=False, **kwargs):
-        super().__init__(weight=None, batch_axis=0, **kwargs)
-        self._margin = _check_margin(margin)
-        self._distance = check_distance(distance)
+        super().__init__(margin, distance, return_active_fraction, **kwargs)
         if pair_selector not in PAIR_SELECTORS:
             raise ValueError("pair_selector must be one of %s, not %r"
                              % ("|".join(PAIR_SELECTORS), pair_selector))
         self._selector = pair_selector
-        self._return_active_fraction = return_active_fraction
 
     def hybrid_forward(self, F, embeddings, labels):
         dist = pairwise_distance(F, embeddings, self._distance)
@@ -65,7 +52,4 @@ class OnlineContrastiveLoss(gluon.loss.Loss):
                                       op_type="dml_select_pairs", selector=self._selector)
         per_pair = 0.5 * (positive * F.square(dist) + negative * F.square(F.relu(self._margin - dist)))
         num_pairs = F.maximum(F.sum(positive) + F.sum(negative), 1)
-        loss = F.sum(per_pair) / num_pairs
-        if self._return_active_fraction:
-            return loss, F.sum(per_pair > 0) / num_pairs
-        return loss
+        return self._result(F.sum(per_pair) / num_pairs, F.sum(per_pair > 0) / num_pairs)

@@ -20,6 +20,12 @@ def check_distance(distance):
     return distance
 
 
+def safe_sqrt(F, d2):
+    """sqrt(d2) that is exactly 0 with a zero gradient (not inf) where d2 == 0."""
+    is_zero = d2 <= 0
+    return F.sqrt(d2 + is_zero * 1e-16) * (1 - is_zero)
+
+
 def diagonal_mask(F, square):
     """Mask of ``square``'s shape and dtype, 1 on the diagonal (no batch size needed up front)."""
     idx = F.contrib.arange_like(square, axis=0)
@@ -39,8 +45,7 @@ def pairwise_distance(F, x, distance="euclidean"):
     d2 = F.relu(d2) * off_diagonal
     if distance == "squared":
         return d2
-    is_zero = d2 <= 0
-    return F.sqrt(d2 + is_zero * 1e-16) * (1 - is_zero)
+    return safe_sqrt(F, d2)
 
 
 def pair_distance(F, a, b, distance="euclidean"):
@@ -53,5 +58,4 @@ def pair_distance(F, a, b, distance="euclidean"):
     d2 = F.sum(F.square(a - b), axis=1)
     if distance == "squared":
         return d2
-    is_zero = d2 <= 0
-    return F.sqrt(d2 + is_zero * 1e-16) * (1 - is_zero)
+    return safe_sqrt(F, d2)

@@ -105,9 +105,7 @@ def select_negatives(dist, labels, selector, margin=1.0, rng=None):
     rng = np.random if rng is None else rng
     negative = anchor_negative_mask(labels)
     num_negatives = negative.sum(axis=1)
-    has_negative = (num_negatives > 0)[:, None]
-    unordered = selector != "semihard_tf"
-    positive = anchor_positive_mask(labels, unordered=unordered) & has_negative
+    positive = candidate_pairs(labels, unordered=selector != "semihard_tf")
     neg_dist = _sorted_negatives(dist, negative)
     if selector == "hardest":
         closest = np.argmin(neg_dist, axis=1)
@@ -141,6 +139,16 @@ def batch_hard(dist, labels):
     return hardest_positive, hardest_negative, positive.any(axis=1) & negative.any(axis=1)
 
 
+def _triplet_counts(dist, labels, margin, unordered):
+    """What :func:`triplet_sums` and its gradient share: the masks, each anchor's sorted negative
+    distances, reach = d(a,p) + m, and active (counts of negatives below reach, for every a, p)."""
+    negative = anchor_negative_mask(labels)
+    positive = anchor_positive_mask(labels, unordered)
+    neg_sorted = np.sort(_sorted_negatives(dist, negative), axis=1)
+    reach = dist + margin
+    return negative, positive, neg_sorted, reach, count_below(neg_sorted, reach, inclusive=False)
+
+
 def triplet_sums(dist, labels, margin, unordered=False):
     """For every ordered positive pair (a, p) (only a < p if ``unordered``), over all negatives n
     of a:
@@ -154,13 +162,9 @@ def triplet_sums(dist, labels, margin, unordered=False):
     prefix sum of that many. O(B^2 log B) time, O(B^2) memory.
     """
     dist = np.asarray(dist, dtype=np.float64)
-    negative = anchor_negative_mask(labels)
-    positive = anchor_positive_mask(labels, unordered)
-    neg_sorted = np.sort(_sorted_negatives(dist, negative), axis=1)
+    negative, positive, neg_sorted, reach, active = _triplet_counts(dist, labels, margin, unordered)
     prefix = np.concatenate([np.zeros((len(dist), 1)),
                              np.cumsum(np.where(np.isfinite(neg_sorted), neg_sorted, 0), axis=1)], axis=1)
-    reach = dist + margin
-    active = count_below(neg_sorted, reach, inclusive=False)
     sums = active * reach - np.take_along_axis(prefix, active, axis=1)
     active = np.where(positive, active, 0)
     sums = np.where(positive, np.maximum(sums, 0.0), 0.0)
@@ -168,17 +172,19 @@ def triplet_sums(dist, labels, margin, unordered=False):
     return sums, active, total
 
 
-def triplet_sums_grad(dist, labels, margin, grad_sums, unordered=False):
+def triplet_sums_grad(dist, labels, margin, grad_sums, unordered=False, active=None):
     """Gradient of ``sum(grad_sums * sums)`` with respect to ``dist`` (see :func:`triplet_sums`):
     d/d d(a,p) = g[a,p] * active[a,p]; d/d d(a,n) = -sum of g[a,p] over the positives p with
-    d(a,p) + m > d(a,n), from each anchor's positives sorted by d(a,p) + m and suffix sums of g."""
+    d(a,p) + m > d(a,n), from each anchor's positives sorted by d(a,p) + m and suffix sums of g.
+    ``active``: the forward pass's counts, if at hand (saves sorting the negatives again)."""
     dist = np.asarray(dist, dtype=np.float64)
     grad_sums = np.asarray(grad_sums, dtype=np.float64)
-    negative = anchor_negative_mask(labels)
-    positive = anchor_positive_mask(labels, unordered)
-    neg_sorted = np.sort(_sorted_negatives(dist, negative), axis=1)
-    reach = dist + margin
-    active = np.where(positive, count_below(neg_sorted, reach, inclusive=False), 0)
+    if active is None:
+        negative, positive, _, reach, active = _triplet_counts(dist, labels, margin, unordered)
+    else:
+        negative, positive = anchor_negative_mask(labels), anchor_positive_mask(labels, unordered)
+        reach = dist + margin
+    active = np.where(positive, active, 0)
     g = np.where(positive, grad_sums, 0.0)
     grad = g * active
     reach_pos = np.where(positive, reach, -np.inf)
@@ -249,78 +255,75 @@ def warn_no_tuples(labels, what="triplet"):
 # The custom operators. Inputs are (distances B x B, labels B); nothing flows back to the labels.
 
 
-def _nd(array, like, dtype=None):
-    return mx.nd.array(array, ctx=like.context, dtype=dtype or like.dtype)
-
-
 class _MiningOp(mx.operator.CustomOp):
-    """Base: no gradient to the inputs (the selections are piecewise constant)."""
+    """Base: ``select(dist, labels)`` (numpy) returns the outputs in order; each is copied to the
+    distances' context in its output's dtype. No gradient flows to the inputs (the selections are
+    piecewise constant)."""
+
+    def forward(self, is_train, req, in_data, out_data, aux):
+        outputs = self.select(in_data[0].asnumpy(), in_data[1].asnumpy())
+        for i, value in enumerate(outputs):
+            self.assign(out_data[i], req[i], mx.nd.array(value, ctx=in_data[0].context,
+                                                         dtype=out_data[i].dtype))
 
     def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
         for i, grad in enumerate(in_grad):
             self.assign(grad, req[i], mx.nd.zeros_like(grad))
 
 
+def _warn_unless_triplets(labels):
+    if not has_triplets(labels):
+        warn_no_tuples(labels)
+
+
 class _SelectNegatives(_MiningOp):
     def __init__(self, selector, margin):
         self.selector, self.margin = selector, margin
 
-    def forward(self, is_train, req, in_data, out_data, aux):
-        dist, labels = in_data[0].asnumpy(), in_data[1].asnumpy()
-        if not has_triplets(labels):
-            warn_no_tuples(labels)
+    def select(self, dist, labels):
+        _warn_unless_triplets(labels)
         chosen, valid = select_negatives(dist, labels, self.selector, self.margin)
         flat = chosen + np.arange(len(dist))[:, None] * len(dist)
-        self.assign(out_data[0], req[0], _nd(flat, in_data[0], "int32"))
-        self.assign(out_data[1], req[1], _nd(valid, in_data[0]))
-        candidates = candidate_pairs(labels, unordered=self.selector != "semihard_tf")
-        self.assign(out_data[2], req[2], _nd(candidates, in_data[0]))
+        return flat, valid, candidate_pairs(labels, unordered=self.selector != "semihard_tf")
 
 
 class _BatchHard(_MiningOp):
-    def forward(self, is_train, req, in_data, out_data, aux):
-        dist, labels = in_data[0].asnumpy(), in_data[1].asnumpy()
-        if not has_triplets(labels):
-            warn_no_tuples(labels)
+    def select(self, dist, labels):
+        _warn_unless_triplets(labels)
         pos, neg, valid = batch_hard(dist, labels)
         rows = np.arange(len(dist)) * len(dist)
-        self.assign(out_data[0], req[0], _nd(rows + pos, in_data[0], "int32"))
-        self.assign(out_data[1], req[1], _nd(rows + neg, in_data[0], "int32"))
-        self.assign(out_data[2], req[2], _nd(valid, in_data[0]))
+        return rows + pos, rows + neg, valid
 
 
 class _SelectPairs(_MiningOp):
     def __init__(self, selector):
         self.selector = selector
 
-    def forward(self, is_train, req, in_data, out_data, aux):
-        dist, labels = in_data[0].asnumpy(), in_data[1].asnumpy()
+    def select(self, dist, labels):
         pos, neg = select_pairs(dist, labels, self.selector)
         if not (pos.any() and neg.any()):
             warn_no_tuples(labels, "positive and negative pairs")
             pos, neg = np.zeros_like(pos), np.zeros_like(neg)
-        self.assign(out_data[0], req[0], _nd(pos, in_data[0]))
-        self.assign(out_data[1], req[1], _nd(neg, in_data[0]))
+        return pos, neg
 
 
-class _TripletSums(mx.operator.CustomOp):
+class _TripletSums(_MiningOp):
     """Differentiable in its first output (``sums``) with respect to the distances."""
 
     def __init__(self, margin, unordered):
         self.margin, self.unordered = margin, unordered
 
-    def forward(self, is_train, req, in_data, out_data, aux):
-        dist, labels = in_data[0].asnumpy(), in_data[1].asnumpy()
-        if not has_triplets(labels):
-            warn_no_tuples(labels)
-        values = triplet_sums(dist, labels, self.margin, self.unordered)
-        for i, value in enumerate(values):
-            self.assign(out_data[i], req[i], _nd(value, in_data[0]))
+    def select(self, dist, labels):
+        _warn_unless_triplets(labels)
+        return triplet_sums(dist, labels, self.margin, self.unordered)
 
     def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
+        # out_data[1] holds the forward's active counts: whole numbers, exact in float32
         grad = triplet_sums_grad(in_data[0].asnumpy(), in_data[1].asnumpy(), self.margin,
-                                 out_grad[0].asnumpy(), self.unordered)
-        self.assign(in_grad[0], req[0], _nd(grad, in_data[0]))
+                                 out_grad[0].asnumpy(), self.unordered,
+                                 active=out_data[1].asnumpy().astype(np.int64))
+        self.assign(in_grad[0], req[0], mx.nd.array(grad, ctx=in_data[0].context,
+                                                    dtype=in_grad[0].dtype))
         self.assign(in_grad[1], req[1], mx.nd.zeros_like(in_grad[1]))
 
 
@@ -353,7 +356,7 @@ class _OpProp(mx.operator.CustomOpProp):
                          for name in self.outputs], []
 
     def declare_backward_dependency(self, out_grad, in_data, out_data):
-        return list(in_data) + (list(out_grad) if self.differentiable else [])
+        return list(in_data) + (list(out_grad) + list(out_data) if self.differentiable else [])
 
 
 @mx.operator.register("dml_select_negatives")

@@ -1,28 +1,28 @@
 """Triplet losses over a batch of embeddings and their labels (online mining)."""
-from mxnet import gluon
-
 from . import mining  # noqa: F401  (registers the mining custom operators)
-from .distance import check_distance, pair_distance, pairwise_distance
+from .base import MarginLoss
+from .distance import pair_distance, pairwise_distance
 
 
-def _check_margin(margin):
-    if not margin > 0:
-        raise ValueError("margin must be > 0, not %r" % (margin,))
-    return float(margin)
+def _chosen_negative_terms(F, dist, labels, selector, margin):
+    """relu(d(a,p) - d(a,n*) + m) for the negative n* that ``selector`` picks for each positive
+    pair (0 where it picks none), the mask of pairs that got one, and the candidate pairs."""
+    negative_index, valid, candidates = F.Custom(
+        F.BlockGrad(dist), F.BlockGrad(labels), op_type="dml_select_negatives",
+        selector=selector, margin=margin)
+    d_an = F.take(dist.reshape((-1,)), negative_index)
+    return F.relu(dist - d_an + margin) * valid, valid, candidates
 
 
-class _TripletBase(gluon.loss.Loss):
-    def __init__(self, margin=1.0, distance="euclidean", return_active_fraction=False, **kwargs):
-        super().__init__(weight=None, batch_axis=0, **kwargs)
-        self._margin = _check_margin(margin)
-        self._distance = check_distance(distance)
-        self._return_active_fraction = return_active_fraction
-
-    def _result(self, F, loss, fraction):
-        return (loss, fraction) if self._return_active_fraction else loss
+def _all_triplet_sums(F, dist, labels, margin, unordered):
+    """Over every triplet (a, p, n) (a < p if ``unordered``): the summed loss, the number with
+    positive loss and the number of triplets (``mining.triplet_sums``)."""
+    sums, active, total = F.Custom(dist, F.BlockGrad(labels), op_type="dml_triplet_sums",
+                                   margin=margin, unordered=unordered)
+    return F.sum(sums), F.sum(F.BlockGrad(active)), F.sum(F.BlockGrad(total))
 
 
-class TripletSemiHardLoss(_TripletBase):
+class TripletSemiHardLoss(MarginLoss):
     r"""Semi-hard triplet loss (FaceNet; TensorFlow's ``triplet_semihard_loss``).
 
     For every ordered positive pair (a, p) of the batch, the negative is the closest n with
@@ -42,16 +42,12 @@ class TripletSemiHardLoss(_TripletBase):
 
     def hybrid_forward(self, F, embeddings, labels):
         dist = pairwise_distance(F, embeddings, self._distance)
-        negative_index, valid, _ = F.Custom(
-            F.BlockGrad(dist), F.BlockGrad(labels), op_type="dml_select_negatives",
-            selector="semihard_tf")
-        d_an = F.take(dist.reshape((-1,)), negative_index)
-        per_pair = F.relu(dist - d_an + self._margin) * valid
+        per_pair, valid, _ = _chosen_negative_terms(F, dist, labels, "semihard_tf", self._margin)
         num_pairs = F.maximum(F.sum(valid), 1)
-        return self._result(F, F.sum(per_pair) / num_pairs, F.sum(per_pair > 0) / num_pairs)
+        return self._result(F.sum(per_pair) / num_pairs, F.sum(per_pair > 0) / num_pairs)
 
 
-class TripletLoss(_TripletBase):
+class TripletLoss(MarginLoss):
     r"""Triplet loss on given (anchor, positive, negative) embeddings (Schroff et al. 2015):
 
     .. math:: L = \frac{1}{B} \sum_i \max(d(a_i, p_i) - d(a_i, n_i) + m, 0)
@@ -65,10 +61,10 @@ class TripletLoss(_TripletBase):
         per_triplet = F.relu(pair_distance(F, anchor, positive, self._distance)
                              - pair_distance(F, anchor, negative, self._distance) + self._margin)
         loss = F.mean(per_triplet, axis=0, keepdims=True)
-        return self._result(F, loss, F.mean(per_triplet > 0, axis=0, keepdims=True))
+        return self._result(loss, F.mean(per_triplet > 0, axis=0, keepdims=True))
 
 
-class TripletBatchHardLoss(_TripletBase):
+class TripletBatchHardLoss(MarginLoss):
     r"""Batch-hard triplet loss (Hermans et al. 2017): per anchor the farthest positive and the
     closest negative of the batch,
 
@@ -86,10 +82,10 @@ class TripletBatchHardLoss(_TripletBase):
         flat = dist.reshape((-1,))
         per_anchor = F.relu(F.take(flat, pos_index) - F.take(flat, neg_index) + self._margin) * valid
         num_anchors = F.maximum(F.sum(valid), 1)
-        return self._result(F, F.sum(per_anchor) / num_anchors, F.sum(per_anchor > 0) / num_anchors)
+        return self._result(F.sum(per_anchor) / num_anchors, F.sum(per_anchor > 0) / num_anchors)
 
 
-class TripletBatchAllLoss(_TripletBase):
+class TripletBatchAllLoss(MarginLoss):
     r"""Batch-all triplet loss (Hermans et al. 2017): every valid triplet (a, p, n) of the batch
     (a != p of one class, n of another), averaged over the triplets with positive loss:
 
@@ -101,21 +97,16 @@ class TripletBatchAllLoss(_TripletBase):
     B x B x B tensor.
     """
 
-    _unordered = False
-
     def hybrid_forward(self, F, embeddings, labels):
         dist = pairwise_distance(F, embeddings, self._distance)
-        sums, active, total = F.Custom(dist, F.BlockGrad(labels), op_type="dml_triplet_sums",
-                                       margin=self._margin, unordered=self._unordered)
-        active, total = F.sum(F.BlockGrad(active)), F.sum(F.BlockGrad(total))
-        loss = F.sum(sums) / F.maximum(active, 1)
-        return self._result(F, loss, active / F.maximum(total, 1))
+        loss_sum, active, total = _all_triplet_sums(F, dist, labels, self._margin, unordered=False)
+        return self._result(loss_sum / F.maximum(active, 1), active / F.maximum(total, 1))
 
 
 ONLINE_TRIPLET_SELECTORS = ("all", "hardest", "random_hard", "semihard")
 
 
-class OnlineTripletLoss(_TripletBase):
+class OnlineTripletLoss(MarginLoss):
     r"""Online triplet loss with a triplet selector, as adambielski/siamese-triplet: for each
     positive pair a < p of the batch,
 
@@ -144,16 +135,10 @@ class OnlineTripletLoss(_TripletBase):
     def hybrid_forward(self, F, embeddings, labels):
         dist = pairwise_distance(F, embeddings, self._distance)
         if self._selector == "all":
-            sums, active, total = F.Custom(dist, F.BlockGrad(labels), op_type="dml_triplet_sums",
-                                           margin=self._margin, unordered=True)
-            active, total = F.sum(F.BlockGrad(active)), F.sum(F.BlockGrad(total))
+            loss_sum, active, total = _all_triplet_sums(F, dist, labels, self._margin, unordered=True)
             num = F.maximum(total, 1)
-            return self._result(F, F.sum(sums) / num, active / num)
-        negative_index, valid, candidates = F.Custom(
-            F.BlockGrad(dist), F.BlockGrad(labels), op_type="dml_select_negatives",
-            selector=self._selector, margin=self._margin)
-        d_an = F.take(dist.reshape((-1,)), negative_index)
-        per_pair = F.relu(dist - d_an + self._margin) * valid
-        num_triplets = F.maximum(F.sum(valid), 1)
-        loss = F.sum(per_pair) / num_triplets
-        return self._result(F, loss, F.sum(valid) / F.maximum(F.sum(candidates), 1))
+            return self._result(loss_sum / num, active / num)
+        per_pair, valid, candidates = _chosen_negative_terms(F, dist, labels, self._selector,
+                                                             self._margin)
+        loss = F.sum(per_pair) / F.maximum(F.sum(valid), 1)
+        return self._result(loss, F.sum(valid) / F.maximum(F.sum(candidates), 1))
