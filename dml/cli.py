@@ -7,6 +7,8 @@ import time
 
 from . import DATASETS, DISTANCES, METHODS, DmlError, __version__
 
+SPLITS = ("test", "unseen")  # dml.data.SPLITS, without importing MXNet before OMP_NUM_THREADS
+
 log = logging.getLogger("dml")
 
 
@@ -99,6 +101,10 @@ def build_parser():
     g.add_argument("--data-root", default=None, metavar="PATH",
                    help="where the dataset's files are (default: ~/.mxnet/datasets/<dataset>; "
                    "for folder: ROOT holding train/<class>/ and test/<class>/)")
+    g.add_argument("--split", choices=SPLITS, default=None,
+                   help="test: train on the training split, evaluate on the test split (every "
+                   "class); unseen: train on the first half of the classes, evaluate on the test "
+                   "images of the other half (default test)")
     g.add_argument("--image-size", type=_positive_int, default=None,
                    help="side of the square network input for digits and folder (default 32)")
     g.add_argument("--no-augment", dest="augment", action="store_false", default=None,
@@ -142,7 +148,39 @@ def build_parser():
                    help="data loading threads (0: load in the training thread)")
     g.add_argument("--save-period", type=_non_negative_int, default=None,
                    help="checkpoint and log the projector every E epochs (0: at the end only)")
+    g.add_argument("--eval-period", type=_non_negative_int, default=None,
+                   help="evaluate the retrieval metrics every E epochs, log them as eval/* scalars "
+                   "and keep the best map_at_r in params/best (0: at the end only)")
     g.add_argument("--output-root", default=None, help="where run folders go (default .)")
+
+    evaluate = sub.add_parser(
+        "evaluate", help="re-evaluate a run folder's checkpoint",
+        description="Load a run's config.json and a checkpoint, embed the split, compute every "
+        "metric (retrieval, clustering, kNN; verification for siamese runs), rewrite metrics.json "
+        "and add the projector embedding and the plots to the run's logs/ and plots/.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    evaluate.set_defaults(func=cmd_evaluate)
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by dml train")
+    evaluate.add_argument("--split", choices=SPLITS, default=None,
+                          help="test: the test split, every class; unseen: the test images of "
+                          "the classes the run did not train on (runs trained with --split "
+                          "unseen). Default: the split the run trained with")
+    evaluate.add_argument("--checkpoint", default="last", metavar="last|best|PATH",
+                          help="last: params/net-<last epoch>.params; best: params/best/ (highest "
+                          "map_at_r evaluated); or a net-*.params or exported embedding-*.params file")
+    evaluate.add_argument("--gpus", type=parse_gpus, default=None, metavar="0,1",
+                          help="GPUs to embed on (default: all GPUs mxnet sees, else the CPU)")
+
+    compare = sub.add_parser(
+        "compare", help="tabulate every run under a folder",
+        description="One row per run folder found under ROOT (method, dataset, split, epochs, every "
+        "metric, training time), best map_at_r first.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    compare.set_defaults(func=cmd_compare)
+    compare.add_argument("root", metavar="ROOT", help="a folder holding run folders, at any depth")
+    compare.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    compare.add_argument("--plot", default=None, metavar="OUT.png",
+                         help="also draw a grouped bar chart of the metrics, one bar per run")
     return parser
 
 
@@ -220,6 +258,12 @@ def _metrics_table(metrics, keys):
     return "\n".join(lines)
 
 
+def _shown_metrics(metrics):
+    from .evaluation import METRIC_KEYS
+
+    return [k for k in METRIC_KEYS + ("verification_auc",) if k in metrics]
+
+
 def _check_pk_batches(cfg, splits):
     if cfg.n_classes > splits.num_classes:
         raise DmlError("--n-classes %d but %s has only %d classes: pass --n-classes %d or fewer"
@@ -243,7 +287,7 @@ def _check_plain_batches(cfg, splits):
 
 def cmd_train(args):
     cfg = config_from_args(args)  # the MXNet imports below stay lazy: OMP_NUM_THREADS is set first
-    from .data import load_dataset
+    from .data import apply_split, load_dataset
     from .engine import build_net, fit, make_contexts, seed_everything
     from .runs import create_run_dir, write_json
 
@@ -251,7 +295,11 @@ def cmd_train(args):
     ctx = make_contexts(cfg.gpus, cfg.cpus)
     seed_everything(cfg.seed)
     net = build_net(cfg, ctx)
-    splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
+    splits = apply_split(load_dataset(cfg.dataset, cfg.data_root, cfg.image_size), cfg.split)
+    if cfg.split == "unseen" and args.n_classes is None and cfg.n_classes > len(splits.train_classes):
+        log.info("--split unseen: %d training classes, so batches take %d classes (--n-classes)",
+                 len(splits.train_classes), len(splits.train_classes))
+        cfg.n_classes = len(splits.train_classes)
     if cfg.batch_size:
         _check_plain_batches(cfg, splits)
     else:
@@ -263,8 +311,11 @@ def cmd_train(args):
     log.addHandler(file_handler)
     try:
         config = cfg.to_dict()
+        names = splits.class_names
         config.update(run_dir=run_dir, dml_version=__version__, argv=sys.argv[1:],
-                      class_names=splits.class_names,
+                      class_names=names,
+                      train_classes=[names[c] for c in splits.train_classes or range(len(names))],
+                      eval_classes=[names[c] for c in splits.eval_classes or range(len(names))],
                       started=time.strftime("%Y-%m-%dT%H:%M:%S"))
         write_json(os.path.join(run_dir, "config.json"), config)
         log.info("run folder %s", run_dir)
@@ -279,9 +330,171 @@ def cmd_train(args):
         log.removeHandler(file_handler)
         file_handler.close()
 
-    print(_metrics_table(metrics, ["precision_at_1", "r_precision", "map_at_r"]))
+    print(_metrics_table(metrics, _shown_metrics(metrics)))
     print("run folder:  %s" % run_dir)
     print("tensorboard: tensorboard --logdir %s" % os.path.join(run_dir, "logs"))
+    return 0
+
+
+def _load_net(cfg, kind, path, ctx):
+    """The run's EmbeddingNet with the checkpoint's weights (or the exported graph itself)."""
+    import mxnet as mx
+
+    from .engine import build_net
+
+    try:
+        if kind == "export":
+            symbol = os.path.join(os.path.dirname(path), "embedding-symbol.json")
+            net = mx.gluon.SymbolBlock.imports(symbol, ["data"], path, ctx=ctx)
+        else:
+            net = build_net(cfg, ctx)
+            net.load_parameters(path, ctx=ctx)
+    except DmlError:
+        raise
+    except Exception as err:  # MXNet reports a mismatch as AssertionError, MXNetError, ...
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise DmlError("checkpoint %s does not fit this run's network (%s, embedding dim %d): %s"
+                       % (path, cfg.backbone, cfg.embedding_dim, detail)) from None
+    net.hybridize()
+    return net
+
+
+def cmd_evaluate(args):
+    from .runs import read_run_json, resolve_checkpoint
+
+    run_dir = os.path.normpath(args.run_dir)
+    if not os.path.isdir(run_dir):
+        raise DmlError("no run folder at %s" % run_dir)
+    from .config import RunConfig
+
+    stored = read_run_json(run_dir, "config.json")
+    cfg = RunConfig.from_dict(stored)
+    cfg.pretrained = False  # every weight comes from the checkpoint
+    split = args.split or cfg.split
+    if split == "unseen" and cfg.split != "unseen":
+        raise DmlError("%s trained on every class: --split unseen needs a run trained with "
+                       "--split unseen" % run_dir)
+    kind, path, epoch = resolve_checkpoint(run_dir, args.checkpoint)
+
+    from mxboard import SummaryWriter
+
+    from .data import apply_split, load_dataset
+    from .engine import HISTORY_FILE, add_projector, evaluate_net, make_contexts, projector_sample
+    from .engine import write_figures
+    from .runs import read_json, write_json
+
+    ctx = make_contexts(_all_gpus() if args.gpus is None else args.gpus)
+    net = _load_net(cfg, kind, path, ctx)
+    cfg.split = split
+    splits = apply_split(load_dataset(cfg.dataset, cfg.data_root, cfg.image_size), split)
+    log.info("evaluating %s (epoch %d) on the %s split of %s: %d images", path, epoch, split,
+             cfg.dataset, len(splits.test))
+    metrics, embeddings, labels = evaluate_net(cfg, splits, net, ctx, full=True)
+
+    logs_dir = os.path.join(run_dir, "logs")
+    history_path = os.path.join(logs_dir, HISTORY_FILE)
+    history = read_json(history_path) if os.path.isfile(history_path) else []
+    writer = SummaryWriter(logdir=logs_dir, flush_secs=10)
+    try:
+        add_projector(writer, embeddings, labels, splits.test, splits.class_names,
+                      projector_sample(len(labels), cfg.projector_points, cfg.seed), epoch,
+                      tag="%s_embedding" % split)
+        figures = write_figures(writer, run_dir, cfg, splits, embeddings, labels, history, epoch)
+    finally:
+        writer.close()
+
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    previous = read_json(metrics_path) if os.path.isfile(metrics_path) else {}
+    metrics.update(embedding_dim=cfg.embedding_dim, epochs=epoch,
+                   checkpoint=args.checkpoint if args.checkpoint in ("last", "best") else path)
+    if "train_seconds" in previous:
+        metrics["train_seconds"] = previous["train_seconds"]
+    write_json(metrics_path, metrics)
+    print(_metrics_table(metrics, _shown_metrics(metrics)))
+    print("metrics:     %s" % metrics_path)
+    print("plots:       %s" % ", ".join(figures))
+    print("tensorboard: tensorboard --logdir %s" % logs_dir)
+    return 0
+
+
+COMPARE_COLUMNS = ("run", "method", "dataset", "split", "epochs")
+
+
+def compare_rows(root):
+    """One dict per run under ``root``, best ``map_at_r`` first."""
+    from .runs import find_runs, read_json
+
+    rows = []
+    for run_dir in find_runs(root):
+        try:
+            metrics = read_json(os.path.join(run_dir, "metrics.json"))
+            config = read_json(os.path.join(run_dir, "config.json"))
+        except (OSError, ValueError) as err:
+            log.warning("skipping %s: %s", run_dir, err)
+            continue
+        method = config.get("method", "?")
+        if config.get("selector"):
+            method = "%s (%s)" % (method, config["selector"])
+        row = dict(metrics, run=os.path.relpath(run_dir, root), method=method,
+                   dataset=config.get("dataset", "?"), split=metrics.get("split", "test"),
+                   epochs=metrics.get("epochs", config.get("epochs")))
+        rows.append(row)
+    rows.sort(key=lambda r: (-float(r.get("map_at_r", -1.0)), r["run"]))
+    return rows
+
+
+def _compare_table(rows, fmt):
+    from .evaluation import METRIC_KEYS
+
+    metric_keys = [k for k in METRIC_KEYS + ("verification_auc",) if any(k in r for r in rows)]
+    columns = list(COMPARE_COLUMNS) + metric_keys + ["train_seconds"]
+
+    def cell(row, key):
+        value = row.get(key)
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return "%.1f" % value if key == "train_seconds" else "%.4f" % value
+        return str(value)
+
+    if fmt == "csv":
+        import csv
+        import io
+
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(columns)
+        for row in rows:
+            w.writerow([cell(row, c) for c in columns])
+        return out.getvalue().rstrip("\n"), metric_keys
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join("---" if c in COMPARE_COLUMNS else "---:" for c in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(cell(row, c) or "-" for c in columns) + " |")
+    return "\n".join(lines), metric_keys
+
+
+def cmd_compare(args):
+    if not os.path.isdir(args.root):
+        raise DmlError("no folder at %s" % args.root)
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise DmlError("--plot %s: name a .png file" % args.plot)
+    rows = compare_rows(args.root)
+    if not rows:
+        raise DmlError("no finished runs under %s (a run folder holds metrics.json and "
+                       "config.json)" % args.root)
+    table, metric_keys = _compare_table(rows, args.format)
+    print(table)
+    if args.plot:
+        from .plots import metrics_bars
+
+        try:
+            metrics_bars(rows, metric_keys, args.plot,
+                         title="%d runs under %s" % (len(rows), os.path.basename(
+                             os.path.normpath(args.root)) or args.root))
+        except OSError as err:
+            raise DmlError("cannot write --plot %s (%s)" % (args.plot, err.strerror or err)) from None
+        log.info("bar chart: %s", args.plot)
     return 0
 
 

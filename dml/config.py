@@ -9,6 +9,7 @@ class RunConfig:
     method: str = "triplet_semihard"
     dataset: str = "digits"
     data_root: Optional[str] = None
+    split: str = "test"
     output_root: str = "."
     epochs: int = 10
     n_classes: int = 10
@@ -35,6 +36,7 @@ class RunConfig:
     num_workers: int = 2
     seed: int = 0
     save_period: int = 0
+    eval_period: int = 0
     log_interval: int = 10
     projector_points: int = 2000
     eval_batch_size: int = 256

@@ -25,6 +25,7 @@ class Method:
     stat = "active_fraction"  # the second value the loss reports, logged as train/<stat>
     selectors = ()  # the values --selector takes, the first one the default
     pk_batches = True
+    verification = False  # reports verification_auc on its fixed validation pairs
 
     def __init__(self, name, summary, loss_cls, stat="active_fraction", selectors=(),
                  selector_arg=None):
@@ -85,6 +86,7 @@ class _TupleMethod(_PlainBatches):
 
 class SiameseMethod(_TupleMethod):
     batch_unit = "pairs"
+    verification = True
     wrapper, tuple_dataset, tuple_loss = SiameseNet, PairDataset, ContrastiveLoss
 
     def forward(self, model, loss_fn, x1, x2, same):

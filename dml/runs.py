@@ -2,6 +2,7 @@
 ``params/``, ``config.json`` and ``metrics.json``. An existing folder is never reused."""
 import json
 import os
+import re
 import time
 
 from . import DmlError
@@ -46,3 +47,70 @@ def write_json(path, data):
 def read_json(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def read_run_json(run_dir, name):
+    """``run_dir/name`` parsed; a missing or unreadable file is a :class:`DmlError`."""
+    path = os.path.join(run_dir, name)
+    if not os.path.isfile(path):
+        raise DmlError("%s holds no %s: not a finished dml run folder (python -m dml train "
+                       "writes one)" % (run_dir, name))
+    try:
+        return read_json(path)
+    except (OSError, ValueError) as err:
+        raise DmlError("cannot read %s (%s)" % (path, err)) from None
+
+
+def find_runs(root):
+    """Every run folder under ``root`` (itself included) that holds a ``metrics.json`` and a
+    ``config.json``, sorted by path."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in ("logs", "params", "plots"))
+        if "metrics.json" in files and "config.json" in files:
+            found.append(folder)
+    return sorted(found)
+
+
+_NET_PARAMS = re.compile(r"^net-(\d+)\.params$")
+_EXPORT_PARAMS = re.compile(r"^embedding-(\d+)\.params$")
+
+
+def resolve_checkpoint(run_dir, checkpoint):
+    """``checkpoint`` (``last``, ``best`` or a path) -> ``(kind, params_file, epoch)``, kind
+    ``"net"`` (``save_parameters`` of the EmbeddingNet) or ``"export"`` (``net.export``'s params,
+    with ``embedding-symbol.json`` beside it)."""
+    params_dir = os.path.join(run_dir, "params")
+    if checkpoint == "last":
+        epochs = sorted(int(m.group(1)) for m in map(_NET_PARAMS.match, _listdir(params_dir)) if m)
+        if not epochs:
+            raise DmlError("%s holds no checkpoint (params/net-<epoch>.params): the run saved none "
+                           "yet" % run_dir)
+        return "net", os.path.join(params_dir, "net-%04d.params" % epochs[-1]), epochs[-1]
+    if checkpoint == "best":
+        path = os.path.join(params_dir, "best", "net.params")
+        info = os.path.join(params_dir, "best", "best.json")
+        if not (os.path.isfile(path) and os.path.isfile(info)):
+            raise DmlError("%s holds no best checkpoint (params/best/): it is written when a run "
+                           "finishes or evaluates (--eval-period)" % run_dir)
+        return "net", path, int(read_json(info)["epoch"])
+    if not os.path.isfile(checkpoint):
+        raise DmlError("--checkpoint %s: no such file (pass last, best or a .params file)"
+                       % checkpoint)
+    name = os.path.basename(checkpoint)
+    export = _EXPORT_PARAMS.match(name)
+    if export:
+        symbol = os.path.join(os.path.dirname(checkpoint), "embedding-symbol.json")
+        if not os.path.isfile(symbol):
+            raise DmlError("--checkpoint %s is a net.export file but %s is missing"
+                           % (checkpoint, symbol))
+        return "export", checkpoint, int(export.group(1))
+    net = _NET_PARAMS.match(name)
+    return "net", checkpoint, int(net.group(1)) if net else 0
+
+
+def _listdir(path):
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []

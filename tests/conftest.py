@@ -5,3 +5,33 @@ import sys
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 os.environ["DML_OFFLINE"] = "1"
 sys.path.insert(0, os.path.dirname(__file__))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory):
+    from fakedata import write_cifar
+
+    root = tmp_path_factory.mktemp("cifar")
+    write_cifar(str(root), "cifar10", "python", n_train=150, n_test=50)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cifar, tmp_path_factory):
+    """One 2-epoch run on tiny CIFAR-10 files: (output root, run folder, what it printed).
+    Tests that change a run folder work on a copy."""
+    import io
+    from contextlib import redirect_stdout
+
+    from dml.cli import main
+    from runhelpers import TINY, only_run_dir
+
+    out = str(tmp_path_factory.mktemp("out"))
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        code = main(["train", "--method", "triplet_semihard", "--dataset", "cifar10", "--data-root",
+                     tiny_cifar, "--epochs", "2", "--save-period", "1", "--output-root", out] + TINY)
+    assert code == 0
+    return out, only_run_dir(out, "cifar10", "triplet_semihard"), printed.getvalue()

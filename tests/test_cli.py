@@ -13,73 +13,14 @@ import pytest
 from dml.cli import main
 from dml.runs import create_run_dir
 from fakedata import write_cifar, write_image_folder
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METRIC_KEYS = {"precision_at_1", "r_precision", "map_at_r", "split", "num_queries", "embedding_dim",
-               "epochs", "train_seconds"}
-TINY = ["--n-classes", "4", "--n-samples", "4", "--embedding-dim", "16", "--num-workers", "1"]
-
-
-@pytest.fixture(scope="module")
-def tiny_cifar(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar")
-    write_cifar(str(root), "cifar10", "python", n_train=150, n_test=50)
-    return str(root)
-
-
-def only_run_dir(output_root, dataset, method):
-    runs = glob.glob(os.path.join(output_root, dataset, method, "*"))
-    assert len(runs) == 1, runs
-    assert re.fullmatch(r"\d{12}(-\d+)?", os.path.basename(runs[0]))
-    return runs[0]
-
-
-TENSORBOARD_READER = """
-import json, sys
-from google.protobuf import text_format
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.projector import projector_config_pb2
-acc = EventAccumulator(sys.argv[1])
-acc.Reload()
-config = projector_config_pb2.ProjectorConfig()
-text_format.Parse(open(sys.argv[1] + "/projector_config.pbtxt").read(), config)
-print(json.dumps({
-    "scalars": {t: [e.step for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]},
-    "projector": [[e.tensor_path, e.metadata_path, e.sprite.image_path,
-                   list(e.sprite.single_image_dim)] for e in config.embeddings],
-}))
-"""
-
-
-def read_with_tensorboard(logs_dir):
-    """What TensorBoard itself reads from a run's logs (in a subprocess: mxboard's and
-    TensorBoard's protobuf modules cannot share one process)."""
-    proc = subprocess.run([sys.executable, "-c", TENSORBOARD_READER, logs_dir], capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return json.loads(proc.stdout)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_cifar, tmp_path_factory):
-    """One 2-epoch run on tiny CIFAR-10 files: (output root, run folder, what it printed)."""
-    import io
-    from contextlib import redirect_stdout
-
-    out = str(tmp_path_factory.mktemp("out"))
-    printed = io.StringIO()
-    with redirect_stdout(printed):
-        code = main(["train", "--method", "triplet_semihard", "--dataset", "cifar10", "--data-root",
-                     tiny_cifar, "--epochs", "2", "--save-period", "1", "--output-root", out] + TINY)
-    assert code == 0
-    return out, only_run_dir(out, "cifar10", "triplet_semihard"), printed.getvalue()
+from runhelpers import METRIC_KEYS, ROOT, TINY, assert_png, only_run_dir, read_with_tensorboard
 
 
 @pytest.mark.filterwarnings("ignore:Cannot decide type:UserWarning")  # SymbolBlock.imports' own notice
 def test_train_end_to_end_run_folder(tiny_cifar, tiny_run):
     out, run, stdout = tiny_run
     assert "map_at_r" in stdout and "tensorboard --logdir %s" % os.path.join(run, "logs") in stdout
-    assert sorted(os.listdir(run)) == ["config.json", "logs", "metrics.json", "params"]
+    assert sorted(os.listdir(run)) == ["config.json", "logs", "metrics.json", "params", "plots"]
 
     config = json.load(open(os.path.join(run, "config.json")))
     for key, value in {"method": "triplet_semihard", "dataset": "cifar10", "data_root": tiny_cifar,
@@ -90,9 +31,11 @@ def test_train_end_to_end_run_folder(tiny_cifar, tiny_run):
         assert config[key] == value, key
 
     metrics = json.load(open(os.path.join(run, "metrics.json")))
-    assert METRIC_KEYS <= set(metrics)
-    for key in ("precision_at_1", "r_precision", "map_at_r"):
-        assert 0 <= metrics[key] <= 1
+    assert METRIC_KEYS <= set(metrics) and "verification_auc" not in metrics
+    for key in METRIC_KEYS - {"split", "num_queries", "embedding_dim", "epochs", "train_seconds"}:
+        assert 0 <= metrics[key] <= 1, key
+    assert metrics["checkpoint"] == "last"
+    assert config["train_classes"] == config["eval_classes"] == config["class_names"]
     assert metrics["num_queries"] == 50 and metrics["epochs"] == 2 and metrics["split"] == "test"
 
     logs = os.path.join(run, "logs")
@@ -116,6 +59,13 @@ def test_train_end_to_end_run_folder(tiny_cifar, tiny_run):
             "train/active_fraction"} <= set(tags)
     assert tags["train/epoch_loss"] == [1, 2]
     assert tags["train/batch_loss"] == [10]  # 9 steps an epoch, logged every 10 steps
+    assert tags["eval/map_at_r"] == tags["eval/knn_accuracy"] == [2]  # no --eval-period: the end
+    assert seen["images"] == {"plots/loss": [2], "plots/embedding_test": [2]}
+    for name in ("loss.png", "embedding_test.png"):
+        assert_png(os.path.join(run, "plots", name))
+    history = json.load(open(os.path.join(logs, "history.json")))
+    assert [h["epoch"] for h in history] == [1, 2] and "map_at_r" in history[1]
+    assert history[1]["map_at_r"] == metrics["map_at_r"]
     assert seen["projector"][-1] == ["test_embedding_000002/tensors.tsv",
                                      "test_embedding_000002/metadata.tsv",
                                      "test_embedding_000002/sprite.png", [32, 32]]
@@ -125,6 +75,10 @@ def test_train_end_to_end_run_folder(tiny_cifar, tiny_run):
         for name in ("embedding-%04d.params", "net-%04d.params", "trainer-%04d.states"):
             assert os.path.getsize(os.path.join(params, name % epoch)) > 0
     assert not [f for f in os.listdir(params) if "tmp" in f]
+    best = json.load(open(os.path.join(params, "best", "best.json")))
+    assert best["epoch"] == 2 and best["map_at_r"] == metrics["map_at_r"]
+    assert sorted(os.listdir(os.path.join(params, "best"))) == [
+        "best.json", "embedding-0000.params", "embedding-symbol.json", "net.params"]
     # the exported symbol + params is a standalone embedding network
     net = mx.gluon.SymbolBlock.imports(os.path.join(params, "embedding-symbol.json"), ["data"],
                                        os.path.join(params, "embedding-0002.params"))
@@ -236,6 +190,7 @@ def test_every_method_trains_end_to_end(tiny_cifar, tmp_path, argv, stat):
     run = only_run_dir(out, "cifar10", method)
     metrics = json.load(open(os.path.join(run, "metrics.json")))
     assert METRIC_KEYS <= set(metrics) and metrics["num_queries"] == 50
+    assert ("verification_auc" in metrics) == (method == "siamese")
     config = json.load(open(os.path.join(run, "config.json")))
     assert config["method"] == method
     if "--selector" in argv:
@@ -303,7 +258,8 @@ def test_help_explains_the_options():
     for option in ("--method", "--dataset", "--data-root", "--epochs", "--n-classes", "--n-samples",
                    "--embedding-dim", "--margin", "--optimizer", "--lr", "--wd", "--gpus",
                    "--num-workers", "--seed", "--save-period", "--output-root", "--pretrained",
-                   "--selector", "--batch-size", "random_hard", "hard_negative"):
+                   "--selector", "--batch-size", "random_hard", "hard_negative", "--split",
+                   "--eval-period"):
         assert option in proc.stdout
 
 
@@ -347,6 +303,11 @@ BAD_INPUTS = [
     (["--output-root", "{file}/sub"], "cannot write to --output-root"),
     (["--pretrained"], "--pretrained needs GluonCV's ImageNet weights for resnet18_v1 at {home}"),
     (["--backbone", "resnet1000"], "unknown backbone 'resnet1000'"),
+    (["--split", "unseen", "--dataset", "folder", "--data-root", "{three_classes}"],
+     "--split unseen needs a dataset with at least 4 classes (half to train on, half to evaluate "
+     "on); folder has 3"),
+    (["--split", "seen"], "invalid choice: 'seen'"),
+    (["--eval-period", "-1"], "must be >= 0"),
 ]
 
 
@@ -363,8 +324,11 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monke
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     one_class = write_image_folder(str(tmp_path / "one_class"), classes=("cat",), per_class=(3, 2))
+    three_classes = write_image_folder(str(tmp_path / "three"), classes=("a", "b", "c"),
+                                       per_class=(3, 2))
     out = tmp_path / "out"
-    argv = [a.format(empty=empty, corrupt=corrupt, file=blocker, one_class=one_class) for a in argv]
+    argv = [a.format(empty=empty, corrupt=corrupt, file=blocker, one_class=one_class,
+                     three_classes=three_classes) for a in argv]
     if "--output-root" not in argv:
         argv += ["--output-root", str(out)]
     code, err = run_bad(capsys, ["train"] + argv)

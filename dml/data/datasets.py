@@ -15,7 +15,7 @@ import struct
 import tarfile
 import zlib
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 from mxnet import base, gluon
@@ -46,10 +46,19 @@ class DatasetSplits:
     mean: Tuple[float, float, float]
     std: Tuple[float, float, float]
     augment: Augment = field(default_factory=Augment)
+    # the images knn_accuracy votes with (None: the training split); see unseen_class_splits
+    reference: Optional["gluon.data.Dataset"] = None
+    split: str = "test"
+    train_classes: Optional[List[int]] = None  # None: every class
+    eval_classes: Optional[List[int]] = None
 
     @property
     def num_classes(self):
         return len(self.class_names)
+
+    @property
+    def references(self):
+        return self.train if self.reference is None else self.reference
 
 
 class ImageArrayDataset(gluon.data.Dataset):
@@ -73,6 +82,10 @@ class ImageArrayDataset(gluon.data.Dataset):
     def batch(self, indices):
         indices = np.asarray(indices)
         return self.images[indices], self.labels[indices]
+
+    def subset(self, indices):
+        indices = np.asarray(indices, dtype=np.int64)
+        return ImageArrayDataset(self.images[indices], self.labels[indices])
 
 
 class ImageFileDataset(gluon.data.Dataset):
@@ -105,6 +118,10 @@ class ImageFileDataset(gluon.data.Dataset):
     def batch(self, indices):
         indices = np.asarray(indices)
         return np.stack([self._load(i) for i in indices]), self.labels[indices]
+
+    def subset(self, indices):
+        indices = np.asarray(indices, dtype=np.int64)
+        return ImageFileDataset([self.paths[i] for i in indices], self.labels[indices], self.size)
 
 
 def default_data_root(name):
@@ -470,6 +487,48 @@ def load_folder(root, image_size=32):
         mean=IMAGENET_MEAN, std=IMAGENET_STD,
         augment=Augment(pad=max(1, image_size // 8), flip=True),
     )
+
+
+def class_subset(dataset, classes):
+    """The samples of ``dataset`` whose label is in ``classes`` (labels unchanged)."""
+    return dataset.subset(np.flatnonzero(np.isin(dataset.labels, np.asarray(classes))))
+
+
+SPLITS = ("test", "unseen")
+MIN_UNSEEN_CLASSES = 4
+
+
+def unseen_class_splits(splits):
+    """The unseen-class protocol: train on the first half of the classes (label order, ``n // 2``
+    of ``n``) and evaluate on the test images of the other half, which training never sees.
+    ``knn_accuracy`` then votes with the training-split images of the unseen classes. Labels keep
+    their values, so class names stay right."""
+    n = splits.num_classes
+    if n < MIN_UNSEEN_CLASSES:
+        raise DmlError("--split unseen needs a dataset with at least %d classes (half to train on, "
+                       "half to evaluate on); %s has %d" % (MIN_UNSEEN_CLASSES, splits.name, n))
+    seen, unseen = list(range(n // 2)), list(range(n // 2, n))
+    out = DatasetSplits(
+        name=splits.name, train=class_subset(splits.train, seen),
+        test=class_subset(splits.test, unseen), class_names=splits.class_names, mean=splits.mean,
+        std=splits.std, augment=splits.augment, reference=class_subset(splits.train, unseen),
+        split="unseen", train_classes=seen, eval_classes=unseen)
+    for what, dataset, classes in (("training", out.train, seen), ("test", out.test, unseen),
+                                   ("training", out.reference, unseen)):
+        if len(np.unique(dataset.labels)) < 2:
+            raise DmlError("--split unseen: the %s split of %s holds fewer than 2 of the classes "
+                           "%d-%d" % (what, splits.name, classes[0], classes[-1]))
+    return out
+
+
+def apply_split(splits, split):
+    """``splits`` as the ``--split`` protocol sees them: ``test`` (every class, the test split)
+    or ``unseen`` (:func:`unseen_class_splits`)."""
+    if split == "test":
+        return splits
+    if split == "unseen":
+        return unseen_class_splits(splits)
+    raise DmlError("unknown split %r: choose one of %s" % (split, ", ".join(SPLITS)))
 
 
 def load_dataset(name, data_root=None, image_size=32):

@@ -1,0 +1,117 @@
+"""Figures of a run and of a comparison, drawn with matplotlib (Agg, no screen needed) and written
+as PNG files; :func:`png_to_chw` reads one back for TensorBoard's image tab."""
+import os
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path):
+    """Write through a temporary file and a rename, so a reader never sees half a PNG."""
+    plt = _pyplot()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def loss_curve(history, path, title=""):
+    """Training loss per epoch (and the validation loss and evaluated map_at_r when logged)."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
+    if any("val_loss" in h for h in history):
+        ax.plot([h["epoch"] for h in history if "val_loss" in h],
+                [h["val_loss"] for h in history if "val_loss" in h], marker="s", label="val loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    evaluated = [h for h in history if "map_at_r" in h]
+    handles, labels = ax.get_legend_handles_labels()
+    if evaluated:
+        ax2 = ax.twinx()
+        line, = ax2.plot([h["epoch"] for h in evaluated], [h["map_at_r"] for h in evaluated],
+                         color="tab:green", marker="^", linestyle="--")
+        ax2.set_ylabel("map_at_r")
+        ax2.set_ylim(0, 1)
+        handles.append(line)
+        labels.append("map_at_r")
+    ax.legend(handles, labels, loc="best")
+    ax.set_title(title or "training loss")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def embedding_2d(embeddings, seed=0):
+    """The embedding's 2-D picture: the raw plane when it is 2-D, else scikit-learn's t-SNE."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    if x.shape[1] == 2:
+        return x
+    if x.shape[1] == 1:
+        return np.concatenate([x, np.zeros_like(x)], axis=1)
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3.0)))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+
+
+def embedding_scatter(points, labels, class_names, path, title=""):
+    """A scatter of 2-D ``points`` coloured by class, with a legend of class names."""
+    plt = _pyplot()
+    labels = np.asarray(labels).reshape(-1)
+    classes = np.unique(labels)
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for i, c in enumerate(classes):
+        mask = labels == c
+        ax.scatter(points[mask, 0], points[mask, 1], s=8, alpha=0.8, color=cmap(i % cmap.N),
+                   label=class_names[int(c)] if int(c) < len(class_names) else str(c))
+    if len(classes) <= 20:
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=2, fontsize=8)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _save(fig, path)
+
+
+def metrics_bars(rows, keys, path, label_key="run", title=""):
+    """Grouped bar chart: one group per metric, one bar per row (run)."""
+    plt = _pyplot()
+    n = len(rows)
+    width = 0.8 / max(n, 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(keys) + 0.15 * n * len(keys)), 4.5))
+    x = np.arange(len(keys))
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    for i, row in enumerate(rows):
+        values = [row.get(k) if isinstance(row.get(k), (int, float)) else np.nan for k in keys]
+        ax.bar(x + (i - (n - 1) / 2) * width, values, width, label=row[label_key],
+               color=cmap(i % cmap.N))
+    ax.set_xticks(x)
+    ax.set_xticklabels(keys, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("value")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=min(n, 3), fontsize=8)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def png_to_chw(path):
+    """A PNG as a uint8 3 x H x W array (what ``SummaryWriter.add_image`` takes)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)

@@ -1,0 +1,60 @@
+"""Helpers shared by the end-to-end tests: tiny-run settings, run-folder and PNG checks, and what
+TensorBoard itself reads from a run's logs."""
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METRIC_KEYS = {"precision_at_1", "r_precision", "map_at_r", "recall_at_1", "recall_at_2",
+               "recall_at_4", "recall_at_8", "nmi", "ami", "knn_accuracy", "split", "num_queries",
+               "embedding_dim", "epochs", "train_seconds"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path):
+    from PIL import Image
+
+    assert open(path, "rb").read(8) == PNG_MAGIC, path
+    with Image.open(path) as img:
+        img.verify()
+        assert img.size[0] > 100 and img.size[1] > 100
+
+
+TINY = ["--n-classes", "4", "--n-samples", "4", "--embedding-dim", "16", "--num-workers", "1"]
+
+
+def only_run_dir(output_root, dataset, method):
+    runs = glob.glob(os.path.join(output_root, dataset, method, "*"))
+    assert len(runs) == 1, runs
+    assert re.fullmatch(r"\d{12}(-\d+)?", os.path.basename(runs[0]))
+    return runs[0]
+
+
+TENSORBOARD_READER = """
+import json, sys
+from google.protobuf import text_format
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.projector import projector_config_pb2
+acc = EventAccumulator(sys.argv[1])
+acc.Reload()
+config = projector_config_pb2.ProjectorConfig()
+text_format.Parse(open(sys.argv[1] + "/projector_config.pbtxt").read(), config)
+print(json.dumps({
+    "scalars": {t: [e.step for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]},
+    "images": {t: [e.step for e in acc.Images(t)] for t in acc.Tags()["images"]},
+    "projector": [[e.tensor_path, e.metadata_path, e.sprite.image_path,
+                   list(e.sprite.single_image_dim)] for e in config.embeddings],
+}))
+"""
+
+
+def read_with_tensorboard(logs_dir):
+    """What TensorBoard itself reads from a run's logs (in a subprocess: mxboard's and
+    TensorBoard's protobuf modules cannot share one process)."""
+    proc = subprocess.run([sys.executable, "-c", TENSORBOARD_READER, logs_dir], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
