@@ -10,7 +10,7 @@ MXNET ?= $(shell nvidia-smi -L 2>/dev/null | grep -q GPU && echo mxnet-cu112 || 
 OTHER_MXNET := $(if $(filter mxnet-cu112,$(MXNET)),mxnet,mxnet-cu112)
 STAMP := $(VENV)/.installed-$(MXNET)
 
-.PHONY: install demo test clean
+.PHONY: install demo test doc clean
 install: $(STAMP)
 
 $(STAMP): requirements.txt setup.py
@@ -29,6 +29,18 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# The figures in doc/: the network diagrams, and from a fresh digits run its projector screenshot,
+# embedding picture and loss curve. The screenshot needs Chromium (Debian: apt-get install chromium).
+DOC_RUN := .doc-run
+doc: install
+	$(PY) scripts/network_diagrams.py --out-dir doc
+	rm -rf $(DOC_RUN)
+	$(PY) -m dml train --method triplet_semihard --dataset digits --eval-period 1 --output-root $(DOC_RUN)
+	run=$$(ls -d $(DOC_RUN)/digits/triplet_semihard/*) && \
+	  cp $$run/plots/embedding_test.png doc/embedding_digits.png && \
+	  cp $$run/plots/loss.png doc/loss_digits.png && \
+	  $(PY) scripts/projector_screenshot.py $$run --out doc/projector.png
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -49,7 +49,7 @@ def loss_curve(history, path, title=""):
         ax2.set_ylim(0, 1)
         handles.append(line)
         labels.append("map_at_r")
-    ax.legend(handles, labels, loc="best")
+    ax.legend(handles, labels, loc="center right")
     ax.set_title(title or "training loss")
     ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -1,10 +1,14 @@
-"""scripts/method_table.py: the benchmark behind the README's method table."""
+"""scripts/: the method-table benchmark, the network diagrams and the projector screenshot."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import pytest
+
 from fakedata import write_cifar
+from runhelpers import assert_png
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "method_table.py")
@@ -43,3 +47,68 @@ def test_method_table_collects_existing_runs_and_plots(tmp_path):
     assert [r.split()[:2] for r in rows] == [["triplet_semihard", "-"], ["online_triplet", "hardest"]]
     assert rows[1].split()[3:6] == ["0.8000", "0.7000", "0.6000"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_network_diagrams_are_drawn_from_the_nets(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "network_diagrams.py"),
+                           "--out-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("siamese_net.png", "triplet_net.png"):
+        assert_png(str(tmp_path / name))
+
+
+def test_network_diagram_reads_the_built_network():
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        from network_diagrams import describe
+    finally:
+        sys.path.pop(0)
+    info = describe("triplet", "resnet18_v1", 32)
+    assert (info["wrapper"], info["inputs"], info["embedding_dim"]) == ("TripletNet", 3, 128)
+    assert (info["feature_dim"], info["loss"], info["margin"]) == (512, "TripletLoss", 0.5)
+    assert describe("siamese", "resnet18_v1", 32)["loss"] == "ContrastiveLoss"
+
+
+SCREENSHOT = os.path.join(ROOT, "scripts", "projector_screenshot.py")
+
+
+def screenshot(args):
+    return subprocess.run([sys.executable, SCREENSHOT] + args, capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+
+
+def test_projector_screenshot_refuses_a_folder_without_projector_data(tmp_path):
+    proc = screenshot([str(tmp_path), "--out", str(tmp_path / "p.png")])
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("projector_screenshot: error: %s has no projector data "
+                                   "(logs/projector_config.pbtxt): pass a finished dml run folder"
+                                   % tmp_path)
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_projector_screenshot_names_a_missing_browser(tiny_run, tmp_path):
+    proc = screenshot([tiny_run[1], "--out", str(tmp_path / "p.png"), "--chromium",
+                       str(tmp_path / "no-chromium")])
+    assert proc.returncode == 2
+    assert "--chromium %s is not an executable file" % (tmp_path / "no-chromium") in proc.stderr
+    assert not (tmp_path / "p.png").exists()
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium (.ci/run installs it)")
+def test_projector_screenshot_in_headless_chromium(tiny_run, tmp_path):
+    out = tmp_path / "projector.png"
+    proc = screenshot([tiny_run[1], "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "the projector showing test_embedding_000002 (50 points)" in proc.stdout
+    assert_png(str(out))
+    from PIL import Image
+
+    with Image.open(str(out)) as img:
+        assert img.size == (1400, 900)
+        # TensorBoard's orange header bar, i.e. the page rendered, not a blank or error page
+        r, g, b = img.convert("RGB").getpixel((700, 20))
+        assert r > 200 and 80 < g < 180 and b < 60
+    proc = screenshot([tiny_run[1], "--out", str(out), "--tensor", "test_embedding_000003"])
+    assert proc.returncode == 2 and "--tensor test_embedding_000003: the run logged " \
+        "test_embedding_000001, test_embedding_000002" in proc.stderr
