@@ -1,7 +1,8 @@
-"""The fit loop: contexts, Trainer/kvstore, progress bars, mxboard, checkpoints, final evaluation.
+"""The fit loop: contexts, Trainer/kvstore, progress bars, mxboard, checkpoints, evaluation.
 
 ``fit(cfg, splits, run_dir)`` trains ``cfg.method`` on ``splits.train``, writes everything under
-``run_dir`` and returns the metrics it wrote to ``metrics.json``.
+``run_dir`` and returns the metrics it wrote to ``metrics.json``. ``evaluate_net``,
+``add_projector`` and ``write_figures`` are shared with ``dml evaluate``.
 """
 import logging
 import os
@@ -20,7 +21,7 @@ from .evaluation import METRIC_KEYS, all_metrics, embed, retrieval_metrics
 from .losses import mining
 from .methods import get_method
 from .nets import EmbeddingNet
-from .runs import read_json, write_json
+from .runs import write_json
 
 log = logging.getLogger("dml")
 
@@ -126,11 +127,6 @@ def save_best(net, params_dir, epoch, metrics):
     _export(net, best_dir, 0)
     _save_atomic(net.save_parameters, os.path.join(best_dir, "net.params"))
     write_json(os.path.join(best_dir, "best.json"), dict(metrics, epoch=epoch))
-
-
-def read_best(params_dir):
-    path = os.path.join(params_dir, BEST_DIR, "best.json")
-    return read_json(path) if os.path.isfile(path) else None
 
 
 def projector_sample(n, max_points, seed):

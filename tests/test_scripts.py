@@ -112,3 +112,15 @@ def test_projector_screenshot_in_headless_chromium(tiny_run, tmp_path):
     proc = screenshot([tiny_run[1], "--out", str(out), "--tensor", "test_embedding_000003"])
     assert proc.returncode == 2 and "--tensor test_embedding_000003: the run logged " \
         "test_embedding_000001, test_embedding_000002" in proc.stderr
+
+
+def test_bench_metrics_prints_a_row_per_metric():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_metrics.py"),
+                           "--sizes", "300", "--all", "--dim", "8"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    header, *rows = proc.stdout.strip().splitlines()
+    assert header.split()[:2] == ["metric", "N"]
+    assert [r.split()[:2] for r in rows] == [["retrieval", "300"], ["clustering", "300"],
+                                             ["knn_accuracy", "300"]]
+    assert float(rows[0].split()[5]) > 0 and rows[2].split()[5] == "n/a"
