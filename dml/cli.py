@@ -489,7 +489,11 @@ def cmd_compare(args):
         from .plots import metrics_bars
 
         try:
-            metrics_bars(rows, metric_keys, args.plot,
+            labels = ["%s %s" % (r["method"], os.path.basename(r["run"])) for r in rows]
+            if len(set(labels)) < len(labels):  # the same method and time stamp twice: full paths
+                labels = [r["run"] for r in rows]
+            metrics_bars([dict(r, label=l) for r, l in zip(rows, labels)], metric_keys, args.plot,
+                         label_key="label",
                          title="%d runs under %s" % (len(rows), os.path.basename(
                              os.path.normpath(args.root)) or args.root))
         except OSError as err:

@@ -92,12 +92,13 @@ def metrics_bars(rows, keys, path, label_key="run", title=""):
     plt = _pyplot()
     n = len(rows)
     width = 0.8 / max(n, 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(keys) + 0.15 * n * len(keys)), 4.5))
+    fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 0.9 * len(keys) + 0.06 * n * len(keys))),
+                                    4.5))
     x = np.arange(len(keys))
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     for i, row in enumerate(rows):
         values = [row.get(k) if isinstance(row.get(k), (int, float)) else np.nan for k in keys]
-        ax.bar(x + (i - (n - 1) / 2) * width, values, width, label=row[label_key],
+        ax.bar(x + (i - (n - 1) / 2) * width, values, width, label=str(row[label_key]),
                color=cmap(i % cmap.N))
     ax.set_xticks(x)
     ax.set_xticklabels(keys, rotation=30, ha="right")
