@@ -118,7 +118,11 @@ def build_parser():
                    help="L2-normalize the embedding (the default for triplet_semihard)")
     g.add_argument("--no-l2-normalize", dest="l2_normalize", action="store_false",
                    help="do not L2-normalize the embedding")
-    g.add_argument("--margin", type=_positive_float, default=None, help="loss margin (> 0)")
+    g.add_argument("--margin", type=_positive_float, default=None,
+                   help="loss margin (> 0); arcface: angle m < pi/2 (0.5), cosface: m < 1 (0.35), "
+                   "sphereface: integer m (4)")
+    g.add_argument("--scale", type=_positive_float, default=None, metavar="S",
+                   help="arcface, cosface, sphereface: the logit scale s (defaults in README)")
     g.add_argument("--distance", choices=DISTANCES, default=None,
                    help="distance the loss and the evaluation use")
     g.add_argument("--selector", default=None, metavar="NAME",
@@ -185,13 +189,10 @@ def build_parser():
 
 
 def config_from_args(args):
-    from .config import IMPLEMENTED_METHODS, RunConfig, defaults_for
+    from .config import RunConfig, defaults_for
 
     if args.method not in METHODS:
         raise DmlError("unknown method %r: choose one of %s" % (args.method, ", ".join(METHODS)))
-    if args.method not in IMPLEMENTED_METHODS:
-        raise DmlError("method %r is not implemented in dml %s yet: use one of %s"
-                       % (args.method, __version__, ", ".join(IMPLEMENTED_METHODS)))
     if args.dataset not in DATASETS:
         raise DmlError("unknown dataset %r: choose one of %s" % (args.dataset, ", ".join(DATASETS)))
     from .methods import get_method
@@ -209,6 +210,8 @@ def config_from_args(args):
     if not method.pk_batches and (args.n_classes is not None or args.n_samples is not None):
         raise DmlError("%s takes --batch-size; --n-classes and --n-samples apply to the "
                        "online-mining methods" % args.method)
+    if args.scale is not None and not method.scaled:
+        raise DmlError("--scale applies to arcface, cosface and sphereface, not %s" % args.method)
     values = defaults_for(args.method, args.dataset)
     for key in values:
         given = getattr(args, key, None)
@@ -218,7 +221,13 @@ def config_from_args(args):
         values["gpus"] = _all_gpus()
     if values["gpus"] and values["cpus"]:
         raise DmlError("--gpus and --cpus exclude each other: pick one")
-    return RunConfig.from_dict(values)
+    cfg = RunConfig.from_dict(values)
+    try:
+        method.check_config(cfg)
+    except ValueError as err:
+        raise DmlError("%s: %s (--margin %g, --scale %g)" % (args.method, err, cfg.margin,
+                                                          cfg.scale)) from None
+    return cfg
 
 
 def _all_gpus():

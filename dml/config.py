@@ -19,6 +19,7 @@ class RunConfig:
     embedding_dim: int = 128
     l2_normalize: bool = False
     margin: float = 1.0
+    scale: float = 0.0  # s of the margin-softmax heads (arcface, cosface, sphereface)
     distance: str = "euclidean"
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -68,6 +69,13 @@ METHOD_DEFAULTS = {
     "online_triplet": dict(l2_normalize=True, margin=0.2, n_classes=10, n_samples=12,
                            selector="random_hard"),
     "softmax": dict(l2_normalize=False, distance="cosine", batch_size=120, **_TUPLES),
+    # the heads normalize embeddings and class weights: the embedding is compared by angle
+    "arcface": dict(l2_normalize=True, distance="cosine", margin=0.5, scale=64.0,
+                    batch_size=120, **_TUPLES),
+    "cosface": dict(l2_normalize=True, distance="cosine", margin=0.35, scale=64.0,
+                    batch_size=120, **_TUPLES),
+    "sphereface": dict(l2_normalize=True, distance="cosine", margin=4.0, scale=30.0,
+                       batch_size=120, **_TUPLES),
 }
 DATASET_DEFAULTS = {
     "digits": dict(epochs=10),
@@ -81,7 +89,6 @@ METHOD_DATASET_DEFAULTS = {
     # three images a tuple: 10 epochs take ~160 s on 2 cores; 8 keep it well inside 3 minutes
     ("triplet", "digits"): dict(epochs=8),
 }
-IMPLEMENTED_METHODS = tuple(METHOD_DEFAULTS)
 
 
 def defaults_for(method, dataset):

@@ -231,7 +231,7 @@ def fit(cfg, splits, run_dir, net=None, ctx=None):
     mining.reset_warnings()
     method = get_method(cfg.method)
     # labels keep their values under --split unseen: the classifier covers the training labels
-    model = method.build_model(net, int(np.max(splits.train.labels)) + 1, ctx)
+    model = method.build_model(net, int(np.max(splits.train.labels)) + 1, ctx, cfg)
     model.hybridize(static_alloc=True, static_shape=True)
     loss_fn = build_loss(cfg)
     loss_fn.hybridize(static_alloc=True, static_shape=True)

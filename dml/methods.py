@@ -12,7 +12,8 @@ from .data import BalancedBatchSampler, PairDataset, ShuffledBatchSampler, Tripl
 from .losses import (ONLINE_TRIPLET_SELECTORS, PAIR_SELECTORS, ContrastiveLoss, OnlineContrastiveLoss,
                      OnlineTripletLoss, TripletBatchAllLoss, TripletBatchHardLoss, TripletLoss,
                      TripletSemiHardLoss)
-from .nets import ClassifierNet, SiameseNet, TripletNet
+from .losses.margin import MARGIN_HEADS
+from .nets import ClassifierNet, MarginClassifierNet, SiameseNet, TripletNet
 
 
 class Method:
@@ -26,14 +27,18 @@ class Method:
     selectors = ()  # the values --selector takes, the first one the default
     pk_batches = True
     verification = False  # reports verification_auc on its fixed validation pairs
+    scaled = False  # takes --scale (the margin-softmax heads)
 
     def __init__(self, name, summary, loss_cls, stat="active_fraction", selectors=(),
                  selector_arg=None):
         self.name, self.summary, self._loss_cls = name, summary, loss_cls
         self.stat, self.selectors, self._selector_arg = stat, selectors, selector_arg
 
-    def build_model(self, net, num_classes, ctx):
+    def build_model(self, net, num_classes, ctx, cfg=None):
         return net
+
+    def check_config(self, cfg):
+        """Raise ValueError for settings the method cannot take (before anything is written)."""
 
     def build_loss(self, cfg):
         kwargs = dict(margin=cfg.margin, distance=cfg.distance, return_active_fraction=True)
@@ -71,7 +76,7 @@ class _TupleMethod(_PlainBatches):
 
     wrapper = tuple_dataset = tuple_loss = None
 
-    def build_model(self, net, num_classes, ctx):
+    def build_model(self, net, num_classes, ctx, cfg=None):
         return self.wrapper(net)
 
     def build_loss(self, cfg):
@@ -105,7 +110,7 @@ class TripletMethod(_TupleMethod):
 class SoftmaxMethod(_PlainBatches):
     """Cross-entropy classification; the classifier's input (the embedding) is evaluated."""
 
-    def build_model(self, net, num_classes, ctx):
+    def build_model(self, net, num_classes, ctx, cfg=None):
         model = ClassifierNet(net, num_classes)
         model.classifier.initialize(mx.init.Xavier(), ctx=ctx)
         return model
@@ -117,6 +122,35 @@ class SoftmaxMethod(_PlainBatches):
         logits = model(images)
         loss = loss_fn(logits, labels).mean()
         accuracy = (logits.argmax(axis=1) == labels).mean()
+        return loss, accuracy
+
+
+class MarginSoftmaxMethod(SoftmaxMethod):
+    """Softmax cross-entropy over a margin head (ArcFace, CosFace, SphereFace): ``--margin`` is
+    its m and ``--scale`` its s. The head is saved as ``classifier-<epoch>.params``; the embedding
+    before it is what is evaluated and exported."""
+
+    scaled = True
+
+    def __init__(self, name, summary, head_cls):
+        super().__init__(name, summary, None, stat="accuracy")
+        self.head_cls = head_cls
+
+    def build_head(self, cfg, num_classes):
+        return self.head_cls(num_classes, s=cfg.scale, m=cfg.margin)
+
+    def check_config(self, cfg):
+        self.build_head(cfg, 2)
+
+    def build_model(self, net, num_classes, ctx, cfg=None):
+        model = MarginClassifierNet(net, self.build_head(cfg, max(num_classes, 2)))
+        model.classifier.initialize(ctx=ctx)
+        return model
+
+    def forward(self, model, loss_fn, images, labels):
+        logits = model(images, labels)
+        loss = loss_fn(logits, labels).mean()
+        accuracy = (logits.argmax(axis=1) == labels).mean()  # on the margin logits: a lower bound
         return loss, accuracy
 
 
@@ -137,6 +171,12 @@ METHODS = {m.name: m for m in [
                s for s in ONLINE_TRIPLET_SELECTORS if s != "random_hard"), selector_arg="selector"),
     SoftmaxMethod("softmax", "softmax cross-entropy classifier, penultimate layer as embedding",
                   None, stat="accuracy"),
+    MarginSoftmaxMethod("arcface", "softmax over an additive angular margin head (ArcFace)",
+                        MARGIN_HEADS["arcface"]),
+    MarginSoftmaxMethod("cosface", "softmax over an additive cosine margin head (CosFace)",
+                        MARGIN_HEADS["cosface"]),
+    MarginSoftmaxMethod("sphereface", "softmax over a multiplicative angular margin head "
+                        "(SphereFace, annealed)", MARGIN_HEADS["sphereface"]),
 ]}
 
 

@@ -77,6 +77,22 @@ class ClassifierNet(gluon.HybridBlock):
         return self.classifier(self.embedding_net(x))
 
 
+class MarginClassifierNet(gluon.Block):
+    """``net(x, labels) -> logits``: an :class:`EmbeddingNet` (``.embedding_net``) followed by a
+    margin head (``.classifier``: ``dml.losses.ArcFace``, ``CosFace`` or ``SphereFace``), which
+    needs the labels to put its margin on the target class. A plain Block around two hybridized
+    children, so that a head's own per-batch step (SphereFace's annealing) runs every call."""
+
+    def __init__(self, embedding_net, head, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.embedding_net = embedding_net
+            self.classifier = head
+
+    def forward(self, x, labels):
+        return self.classifier(self.embedding_net(x), labels)
+
+
 def pretrained_file(name, root=None):
     """Where GluonCV's model store keeps ``name``'s ImageNet weights."""
     from gluoncv.model_zoo.model_store import short_hash

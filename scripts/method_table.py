@@ -21,7 +21,8 @@ RUNS = [("siamese", None), ("triplet", None), ("triplet_semihard", None),
         ("triplet_batch_hard", None), ("triplet_batch_all", None),
         ("online_contrastive", "hard_negative"), ("online_contrastive", "all_positive"),
         ("online_triplet", "semihard"), ("online_triplet", "hardest"),
-        ("online_triplet", "random_hard"), ("online_triplet", "all"), ("softmax", None)]
+        ("online_triplet", "random_hard"), ("online_triplet", "all"), ("softmax", None),
+        ("arcface", None), ("cosface", None), ("sphereface", None)]
 
 
 def main():

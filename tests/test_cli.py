@@ -171,6 +171,10 @@ METHOD_RUNS = [
     (["--method", "softmax", "--batch-size", "16"], "accuracy"),
     (["--method", "triplet", "--batch-size", "16", "--cpus", "2"], "active fraction"),
     (["--method", "softmax", "--batch-size", "16", "--cpus", "2"], "accuracy"),
+    (["--method", "arcface", "--batch-size", "16"], "accuracy"),
+    (["--method", "cosface", "--batch-size", "16", "--scale", "16"], "accuracy"),
+    (["--method", "sphereface", "--batch-size", "16"], "accuracy"),
+    (["--method", "sphereface", "--batch-size", "16", "--cpus", "2", "--margin", "2"], "accuracy"),
     (["--method", "triplet_batch_hard"] + TINY[:4], "active fraction"),
     (["--method", "triplet_batch_all"] + TINY[:4], "positive triplet fraction"),
 ] + [(["--method", "online_triplet", "--selector", s] + TINY[:4], "active fraction")
@@ -199,7 +203,11 @@ def test_every_method_trains_end_to_end(tiny_cifar, tmp_path, argv, stat):
     assert re.search(r"epoch 1/1: loss \d+\.\d+, %s \d\.\d{3}" % stat, log_text), log_text
     assert ("val loss" in log_text) == (method in ("siamese", "triplet"))
     params = os.path.join(run, "params")
-    assert os.path.isfile(os.path.join(params, "classifier-0001.params")) == (method == "softmax")
+    assert os.path.isfile(os.path.join(params, "classifier-0001.params")) == (
+        method in ("softmax", "arcface", "cosface", "sphereface"))
+    for key in ("margin", "scale"):
+        if "--" + key in argv:
+            assert config[key] == float(argv[argv.index("--" + key) + 1])
     # what is exported is the embedding net alone, whatever wrapper trained it
     net = mx.gluon.SymbolBlock.imports(os.path.join(params, "embedding-symbol.json"), ["data"],
                                        os.path.join(params, "embedding-0001.params"))
@@ -233,8 +241,10 @@ def test_one_class_batches_train_safely_with_a_warning(tiny_cifar, tmp_path):
     assert re.search(r"epoch 1/1: loss 0\.0000, active fraction 0\.000", log_text)
 
 
-@pytest.mark.parametrize("launcher,method,kind", [("train_cifar_siamese.sh", "siamese", "pairs"),
-                                                  ("train_cifar_triplet.sh", "triplet", "triplets")])
+@pytest.mark.parametrize("launcher,method,kind", [
+    ("train_cifar_siamese.sh", "siamese", "pairs"), ("train_cifar_triplet.sh", "triplet", "triplets"),
+    ("train_cifar_arcface.sh", "arcface", "images"), ("train_cifar_cosface.sh", "cosface", "images"),
+    ("train_cifar_sphereface.sh", "sphereface", "images")])
 def test_tuple_launchers_on_tiny_cifar(tiny_cifar, tmp_path, launcher, method, kind):
     out = str(tmp_path / "out")
     env = dict(os.environ, DML_OFFLINE="1")
@@ -248,6 +258,9 @@ def test_tuple_launchers_on_tiny_cifar(tiny_cifar, tmp_path, launcher, method, k
     assert (config["method"], config["batch_size"], config["epochs"]) == (method, 32, 1)
     assert config["lr_steps"] == [40, 50] and config["backbone"] == "resnet18_v1"
     assert "batches of 32 %s" % kind in open(os.path.join(run, "logs", "train.log")).read()
+    heads = {"arcface": (0.5, 64.0), "cosface": (0.35, 64.0), "sphereface": (4.0, 30.0)}
+    if method in heads:
+        assert (config["margin"], config["scale"]) == heads[method]
     assert os.path.isfile(os.path.join(run, "metrics.json"))
 
 
@@ -258,7 +271,7 @@ def test_help_explains_the_options():
     for option in ("--method", "--dataset", "--data-root", "--epochs", "--n-classes", "--n-samples",
                    "--embedding-dim", "--margin", "--optimizer", "--lr", "--wd", "--gpus",
                    "--num-workers", "--seed", "--save-period", "--output-root", "--pretrained",
-                   "--selector", "--batch-size", "random_hard", "hard_negative", "--split",
+                   "--selector", "--batch-size", "random_hard", "hard_negative", "--split", "--scale",
                    "--eval-period"):
         assert option in proc.stdout
 
@@ -274,7 +287,15 @@ def run_bad(capsys, argv):
 
 BAD_INPUTS = [
     (["--method", "quadruplet"], "unknown method 'quadruplet'"),
-    (["--method", "arcface"], "not implemented"),
+    (["--method", "arcface", "--margin", "1.6"],
+     "arcface: ArcFace margin m must be in [0, pi/2), not 1.6 (--margin 1.6, --scale 64)"),
+    (["--method", "cosface", "--margin", "1"], "cosface: CosFace margin m must be in [0, 1)"),
+    (["--method", "sphereface", "--margin", "2.5"],
+     "sphereface: SphereFace margin m must be a positive integer, not 2.5"),
+    (["--method", "arcface", "--scale", "0"], "must be > 0"),
+    (["--method", "arcface", "--scale", "inf"], "scale s must be a finite number > 0"),
+    (["--scale", "30"], "--scale applies to arcface, cosface and sphereface, not triplet_semihard"),
+    (["--method", "cosface", "--n-classes", "4"], "cosface takes --batch-size"),
     (["--method", "online_triplet", "--selector", "hard"],
      "unknown selector 'hard' for online_triplet: choose one of random_hard, all, hardest, semihard"),
     (["--method", "online_contrastive", "--selector", "semihard"],

@@ -4,9 +4,12 @@ The batch losses are called as ``loss(embeddings, labels)``; :class:`Contrastive
 ``loss(x1, x2, same_class)`` and :class:`TripletLoss` as ``loss(anchor, positive, negative)``.
 Every loss takes ``margin=`` and ``distance='euclidean'|'squared'|'cosine'`` and returns the batch
 loss as a 1-element NDArray (with ``return_active_fraction=True``: ``(loss, fraction)``).
+The margin-softmax heads (:class:`ArcFace`, :class:`CosFace`, :class:`SphereFace`) are called as
+``head(embeddings, labels)`` and return logits for softmax cross-entropy.
 """
 from .contrastive import PAIR_SELECTORS, ContrastiveLoss, OnlineContrastiveLoss
 from .distance import DISTANCES, pair_distance, pairwise_distance
+from .margin import MARGIN_HEADS, ArcFace, CosFace, SphereFace
 from .triplet import (ONLINE_TRIPLET_SELECTORS, OnlineTripletLoss, TripletBatchAllLoss,
                       TripletBatchHardLoss, TripletLoss, TripletSemiHardLoss)
 
@@ -14,4 +17,5 @@ __all__ = [
     "DISTANCES", "pair_distance", "pairwise_distance", "PAIR_SELECTORS", "ONLINE_TRIPLET_SELECTORS",
     "ContrastiveLoss", "OnlineContrastiveLoss", "TripletLoss", "TripletSemiHardLoss",
     "TripletBatchHardLoss", "TripletBatchAllLoss", "OnlineTripletLoss",
+    "MARGIN_HEADS", "ArcFace", "CosFace", "SphereFace",
 ]
