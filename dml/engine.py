@@ -75,6 +75,27 @@ def build_train_loader(cfg, splits):
                        num_workers=cfg.num_workers)
 
 
+def build_trainer(cfg, model):
+    opt_params = {"learning_rate": cfg.lr, "wd": cfg.wd}
+    if cfg.optimizer == "sgd":
+        opt_params["momentum"] = cfg.momentum
+    return gluon.Trainer(model.collect_params(), cfg.optimizer, opt_params, kvstore=cfg.kvstore)
+
+
+def train_step(method, model, loss_fn, trainer, batch, ctx):
+    """One optimization step on ``batch`` split over ``ctx`` -> (loss, stat) as 1-element arrays
+    on ``ctx[0]``, not synchronized (the caller decides when to wait)."""
+    parts = [gluon.utils.split_and_load(a, ctx, even_split=False) for a in batch]
+    with autograd.record():
+        results = [method.forward(model, loss_fn, *arrays) for arrays in zip(*parts)]
+    autograd.backward([loss for loss, _ in results])
+    # each device's loss is a batch mean: average the devices' gradients
+    trainer.step(len(ctx))
+    batch_loss = sum(loss.as_in_context(ctx[0]) for loss, _ in results) / len(ctx)
+    batch_stat = sum(a.as_in_context(ctx[0]) for _, a in results) / len(ctx)
+    return batch_loss, batch_stat
+
+
 def eval_loader(cfg, splits, dataset):
     return BatchLoader(dataset, SequentialBatches(len(dataset), cfg.eval_batch_size), splits.mean,
                        splits.std, augment=None, num_workers=cfg.num_workers)
@@ -235,10 +256,7 @@ def fit(cfg, splits, run_dir, net=None, ctx=None):
     model.hybridize(static_alloc=True, static_shape=True)
     loss_fn = build_loss(cfg)
     loss_fn.hybridize(static_alloc=True, static_shape=True)
-    opt_params = {"learning_rate": cfg.lr, "wd": cfg.wd}
-    if cfg.optimizer == "sgd":
-        opt_params["momentum"] = cfg.momentum
-    trainer = gluon.Trainer(model.collect_params(), cfg.optimizer, opt_params, kvstore=cfg.kvstore)
+    trainer = build_trainer(cfg, model)
     loader = build_train_loader(cfg, splits)
     val_set = method.val_dataset(cfg, splits.test)
     val_loader = eval_loader(cfg, splits, val_set) if val_set is not None else None
@@ -263,16 +281,9 @@ def fit(cfg, splits, run_dir, net=None, ctx=None):
             with tqdm(total=len(loader), desc="epoch %d/%d" % (epoch, cfg.epochs), unit="batch",
                       disable=None, leave=False, dynamic_ncols=True) as bar:
                 for batch in loader:
-                    parts = [gluon.utils.split_and_load(a, ctx, even_split=False) for a in batch]
-                    with autograd.record():
-                        results = [method.forward(model, loss_fn, *arrays) for arrays in zip(*parts)]
-                    autograd.backward([loss for loss, _ in results])
-                    # each device's loss is a batch mean: average the devices' gradients
-                    trainer.step(len(ctx))
+                    batch_loss, batch_stat = train_step(method, model, loss_fn, trainer, batch, ctx)
                     step += 1
                     seen += 1
-                    batch_loss = sum(loss.as_in_context(ctx[0]) for loss, _ in results) / len(ctx)
-                    batch_stat = sum(a.as_in_context(ctx[0]) for _, a in results) / len(ctx)
                     epoch_loss = batch_loss if epoch_loss is None else epoch_loss + batch_loss
                     epoch_stat = batch_stat if epoch_stat is None else epoch_stat + batch_stat
                     if step % cfg.log_interval == 0:  # the only host synchronisation in the loop

@@ -1,0 +1,315 @@
+"""Benchmarks that print tables: ``python -m dml.bench losses`` and ``python -m dml.bench train``.
+
+``losses``: for each batch loss and batch size B, the median time of one forward + backward pass
+on random B x D embeddings (P x K labels, ``--samples-per-class`` each), and the peak resident
+memory of a fresh process that runs only that measurement. Beside it: the same loss written the
+naive way (every (a, p, n) triplet in a B x B x B tensor, as the classic repositories do) where that
+fits in memory, and the floor, numpy's x @ x.T alone.
+
+``train``: images per second of full training steps (data loading, forward, backward, update) of
+each method on the same backbone and batch, and the share of the step its loss takes (the loss's
+forward + backward alone on embeddings of the step's shape, over the step time).
+
+Times are medians of ``--repeats`` runs after one warm-up run. On a shared machine compare rows
+of one run of the command rather than runs of different days.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+LOSSES = ("triplet_semihard", "triplet_batch_hard", "triplet_batch_all", "online_triplet",
+          "online_contrastive")
+TRAIN_METHODS = ("softmax", "triplet_semihard", "triplet_batch_hard", "triplet_batch_all",
+                 "online_triplet", "online_contrastive")
+NAIVE_MAX_CUBE = 1 << 28  # B^3 entries: B <= 645, about 1 GB per float32 tensor
+
+
+def _loss(name, margin=0.2):
+    from . import losses
+
+    make = {
+        "triplet_semihard": lambda: losses.TripletSemiHardLoss(margin=margin),
+        "triplet_batch_hard": lambda: losses.TripletBatchHardLoss(margin=margin),
+        "triplet_batch_all": lambda: losses.TripletBatchAllLoss(margin=margin),
+        "online_triplet": lambda: losses.OnlineTripletLoss(margin=margin, selector="random_hard"),
+        "online_contrastive": lambda: losses.OnlineContrastiveLoss(
+            margin=1.0, pair_selector="hard_negative"),
+    }
+    return make[name]()
+
+
+def _pair_masks(F, labels):
+    labels = labels.reshape((-1,))
+    same = F.broadcast_equal(labels.reshape((-1, 1)), labels.reshape((1, -1)))
+    idx = F.contrib.arange_like(labels)
+    not_self = 1 - F.broadcast_equal(idx.reshape((-1, 1)), idx.reshape((1, -1)))
+    return same, not_self
+
+
+def naive_loss(name, margin=0.2):
+    """The B x B x B formulation of ``name`` (None where the classic code is not cubic)."""
+    import mxnet as mx
+
+    from .losses.distance import pairwise_distance
+
+    class NaiveBatchAll(mx.gluon.HybridBlock):
+        """Every valid triplet in a B x B x B tensor (omoindrot's batch_all_triplet_loss)."""
+
+        def hybrid_forward(self, F, x, labels):
+            d = pairwise_distance(F, x, "euclidean")
+            same, not_self = _pair_masks(F, labels)
+            positive = same * not_self
+            negative = 1 - same
+            loss = F.relu(F.broadcast_add(d.expand_dims(2), margin - d.expand_dims(1)))
+            valid = F.broadcast_mul(positive.expand_dims(2), negative.expand_dims(1))
+            loss = loss * valid
+            return F.sum(loss) / F.maximum(F.sum(loss > 1e-16), 1)
+
+    class NaiveSemiHard(mx.gluon.HybridBlock):
+        """TensorFlow's triplet_semihard_loss: for every (a, p) the masked minimum over n of a
+        B x B x B tensor."""
+
+        def hybrid_forward(self, F, x, labels):
+            d = pairwise_distance(F, x, "euclidean")
+            same, not_self = _pair_masks(F, labels)
+            positive = same * not_self
+            negative = 1 - same
+            d_an = F.broadcast_mul(negative, d).expand_dims(1)  # a x 1 x n
+            neg = negative.expand_dims(1)
+            farther = F.broadcast_mul(F.broadcast_greater(d_an, d.expand_dims(2)), neg)  # a x p x n
+            big = 1e6
+            semihard = F.min(F.broadcast_add(d_an, (1 - farther) * big), axis=2)
+            farthest = F.max(F.broadcast_mul(d_an, neg) - (1 - neg) * big, axis=2)
+            has = F.sum(farther, axis=2) > 0
+            chosen = F.where(has, semihard, F.broadcast_like(farthest, semihard))
+            loss = F.relu(d - chosen + margin) * positive
+            return F.sum(loss) / F.maximum(F.sum(positive), 1)
+
+    return {"triplet_batch_all": NaiveBatchAll, "triplet_semihard": NaiveSemiHard}.get(name)
+
+
+def _median_ms(fn, repeats):
+    fn()  # warm-up: graph building, allocation
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    times.sort()
+    return 1000.0 * times[len(times) // 2]
+
+
+def _peak_rss_mb():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _embeddings(batch, dim, samples_per_class, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch, dim)).astype(np.float32)
+    labels = (np.arange(batch) // samples_per_class).astype(np.float32)
+    return x, labels
+
+
+def measure_loss(name, batch, dim, samples_per_class, repeats, naive=False):
+    """One (loss, B) measurement in this process: {"ms": ..., "peak_mb": ...}."""
+    import mxnet as mx
+    from mxnet import autograd
+
+    x_np, labels_np = _embeddings(batch, dim, samples_per_class)
+    if naive:
+        block_cls = naive_loss(name)
+        loss_fn = block_cls()
+    else:
+        loss_fn = _loss(name)
+    loss_fn.hybridize(static_alloc=True, static_shape=True)
+    x, labels = mx.nd.array(x_np), mx.nd.array(labels_np)
+    x.attach_grad()
+
+    def step():
+        with autograd.record():
+            loss = loss_fn(x, labels)
+        loss.backward()
+        x.grad.wait_to_read()
+
+    ms = _median_ms(step, repeats)
+    return {"ms": ms, "peak_mb": _peak_rss_mb()}
+
+
+def floor_ms(batch, dim, repeats):
+    """numpy's x @ x.T: the least any loss over all pairs must do."""
+    x, _ = _embeddings(batch, dim, 1)
+    return _median_ms(lambda: x @ x.T, repeats)
+
+
+def _in_subprocess(args):
+    proc = subprocess.run([sys.executable, "-m", "dml.bench"] + [str(a) for a in args],
+                          capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": last[:80]}
+    if not proc.stdout.strip():
+        return {"error": "no output"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cmd_losses(args):
+    names = args.losses.split(",") if args.losses else LOSSES
+    for name in names:
+        if name not in LOSSES:
+            raise SystemExit("dml.bench: unknown loss %r: choose from %s" % (name, ", ".join(LOSSES)))
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    base = _in_subprocess(["_baseline"])
+    print("peak RSS of a process that only imports mxnet and dml: %.0f MB" % base["peak_mb"])
+    header = "%-20s %6s %10s %9s %10s %9s %9s" % ("loss", "B", "ms", "peak MB", "naive ms",
+                                                 "naive MB", "x floor")
+    print(header)
+    print("-" * len(header))
+    for name in names:
+        for batch in sizes:
+            if batch % args.samples_per_class:
+                raise SystemExit("dml.bench: batch size %d is not a multiple of "
+                                 "--samples-per-class %d" % (batch, args.samples_per_class))
+            got = _in_subprocess(["_one", name, batch, args.dim, args.samples_per_class, args.repeats, 0])
+            naive = {}
+            if naive_loss(name) is not None and batch ** 3 <= NAIVE_MAX_CUBE:
+                naive = _in_subprocess(["_one", name, batch, args.dim, args.samples_per_class,
+                                        args.repeats, 1])
+            floor = floor_ms(batch, args.dim, args.repeats)
+            if "error" in got:
+                print("%-20s %6d  failed: %s" % (name, batch, got["error"]))
+                continue
+            print("%-20s %6d %10.1f %9.0f %10s %9s %9.0f" % (
+                name, batch, got["ms"], got["peak_mb"],
+                "%.1f" % naive["ms"] if "ms" in naive else "-",
+                "%.0f" % naive["peak_mb"] if "peak_mb" in naive else "-",
+                got["ms"] / max(floor, 1e-3)))
+            sys.stdout.flush()
+    return 0
+
+
+def cmd_train(args):
+    """Images/s of real training steps on digits, and the loss's share of a step."""
+    import mxnet as mx
+    from mxnet import autograd
+
+    from .config import RunConfig, defaults_for
+    from .data import load_digits
+    from .engine import (build_loss, build_net, build_train_loader, build_trainer,
+                         make_contexts, seed_everything, train_step)
+    from .methods import get_method
+
+    methods = args.methods.split(",") if args.methods else TRAIN_METHODS
+    splits = load_digits()
+    print("%-20s %6s %10s %12s %12s %10s" % ("method", "batch", "images/s", "step ms",
+                                             "loss ms", "loss share"))
+    for name in methods:
+        values = defaults_for(name, "digits")
+        method = get_method(name)
+        if method.pk_batches:
+            values.update(n_classes=args.n_classes, n_samples=args.n_samples, batch_size=0)
+        else:
+            values.update(batch_size=args.n_classes * args.n_samples)
+        values.update(method=name, dataset="digits", backbone=args.backbone,
+                      num_workers=args.num_workers, augment=True)
+        cfg = RunConfig.from_dict(values)
+        ctx = make_contexts([], 0)
+        seed_everything(0)
+        net = build_net(cfg, ctx)
+        model = method.build_model(net, splits.num_classes, ctx, cfg)
+        model.hybridize(static_alloc=True, static_shape=True)
+        loss_fn = build_loss(cfg)
+        loss_fn.hybridize(static_alloc=True, static_shape=True)
+        trainer = build_trainer(cfg, model)
+        loader = build_train_loader(cfg, splits)
+        batch_images = args.n_classes * args.n_samples
+
+        def batches():
+            while True:
+                for batch in loader:
+                    yield batch
+
+        source = batches()
+        for _ in range(2):  # warm-up
+            train_step(method, model, loss_fn, trainer, next(source), ctx)[0].wait_to_read()
+        started = time.perf_counter()
+        for _ in range(args.steps):
+            loss, _ = train_step(method, model, loss_fn, trainer, next(source), ctx)
+        loss.wait_to_read()
+        step_ms = 1000.0 * (time.perf_counter() - started) / args.steps
+
+        # the loss alone, on embeddings (or logits) of the step's shape
+        x_np, labels_np = _embeddings(batch_images, cfg.embedding_dim, args.n_samples)
+        x, labels = mx.nd.array(x_np), mx.nd.array(labels_np)
+        if name == "softmax":
+            x = mx.nd.array(x_np[:, :splits.num_classes])
+        x.attach_grad()
+
+        def loss_only():
+            with autograd.record():
+                out = loss_fn(x, labels)
+                value = out[0] if isinstance(out, (list, tuple)) else out
+            value.backward()
+            x.grad.wait_to_read()
+
+        loss_ms = _median_ms(loss_only, args.repeats) if method.pk_batches or name == "softmax" \
+            else float("nan")
+        print("%-20s %6d %10.1f %12.1f %12.2f %9.1f%%" % (
+            name, batch_images, 1000.0 * batch_images / step_ms, step_ms, loss_ms,
+            100.0 * loss_ms / step_ms))
+        sys.stdout.flush()
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m dml.bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    losses = sub.add_parser("losses", help="forward + backward time and peak memory per loss and B")
+    losses.add_argument("--batch-sizes", default="128,512,1024,2048,4096,8192")
+    losses.add_argument("--dim", type=int, default=128)
+    losses.add_argument("--samples-per-class", type=int, default=16,
+                        help="K of the P x K labels (B / K classes)")
+    losses.add_argument("--losses", default="", help="comma-separated subset of " + ", ".join(LOSSES))
+    losses.add_argument("--repeats", type=int, default=5)
+    losses.set_defaults(func=cmd_losses)
+    train = sub.add_parser("train", help="images/s and the loss's share of a training step")
+    train.add_argument("--methods", default="", help="comma-separated subset of " +
+                       ", ".join(TRAIN_METHODS))
+    train.add_argument("--n-classes", type=int, default=10)
+    train.add_argument("--n-samples", type=int, default=12)
+    train.add_argument("--backbone", default="resnet18_v1")
+    train.add_argument("--steps", type=int, default=10)
+    train.add_argument("--repeats", type=int, default=5)
+    train.add_argument("--num-workers", type=int, default=2)
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv=None):
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_baseline":
+        import mxnet  # noqa: F401
+
+        from . import losses  # noqa: F401
+
+        print(json.dumps({"peak_mb": _peak_rss_mb()}))
+        return 0
+    if argv and argv[0] == "_one":
+        name, batch, dim, k, repeats, naive = argv[1:7]
+        print(json.dumps(measure_loss(name, int(batch), int(dim), int(k), int(repeats),
+                                      naive=bool(int(naive)))))
+        return 0
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""python -m dml.bench: the loss and training benchmarks print their tables, and the naive
+B x B x B formulations they compare against compute the same losses."""
+import os
+import subprocess
+import sys
+
+import mxnet as mx
+import pytest
+
+from dml.bench import _embeddings, _loss, naive_loss
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bench(args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "dml.bench"] + args, capture_output=True,
+                          text=True, cwd=ROOT, timeout=timeout)
+
+
+@pytest.mark.parametrize("name", ["triplet_semihard", "triplet_batch_all"])
+@pytest.mark.parametrize("samples_per_class", [2, 4, 8])
+def test_naive_formulations_compute_the_same_loss(name, samples_per_class):
+    x, labels = _embeddings(48, 8, samples_per_class, seed=samples_per_class)
+    naive = naive_loss(name)()
+    naive.hybridize()
+    want = _loss(name)(mx.nd.array(x), mx.nd.array(labels)).asscalar()
+    assert naive(mx.nd.array(x), mx.nd.array(labels)).asscalar() == pytest.approx(want, rel=1e-5)
+
+
+def test_losses_table():
+    proc = bench(["losses", "--batch-sizes", "32,64", "--repeats", "1", "--samples-per-class", "8",
+                  "--losses", "triplet_semihard,triplet_batch_hard"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("peak RSS of a process that only imports mxnet and dml: ")
+    assert lines[1].split() == ["loss", "B", "ms", "peak", "MB", "naive", "ms", "naive", "MB",
+                                "x", "floor"]
+    rows = [line.split() for line in lines[3:]]
+    assert [r[:2] for r in rows] == [["triplet_semihard", "32"], ["triplet_semihard", "64"],
+                                     ["triplet_batch_hard", "32"], ["triplet_batch_hard", "64"]]
+    for r in rows:
+        assert float(r[2]) > 0 and float(r[3]) > 100  # ms, and a whole process's MB
+    assert rows[0][4] != "-" and rows[2][4] == "-"  # semi-hard has a naive form, batch-hard not
+
+
+@pytest.mark.parametrize("args,message", [
+    (["losses", "--losses", "quadruplet"], "unknown loss 'quadruplet'"),
+    (["losses", "--batch-sizes", "30", "--samples-per-class", "16"],
+     "batch size 30 is not a multiple of --samples-per-class 16"),
+])
+def test_losses_bad_input(args, message):
+    proc = bench(args)
+    assert proc.returncode != 0 and message in proc.stderr
+
+
+def test_train_table():
+    proc = bench(["train", "--methods", "softmax,triplet_batch_hard", "--steps", "1",
+                  "--repeats", "1", "--backbone", "cifar_resnet20_v1", "--n-classes", "4",
+                  "--n-samples", "4", "--num-workers", "0"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    header, *rows = proc.stdout.strip().splitlines()
+    assert header.split()[:3] == ["method", "batch", "images/s"]
+    assert [r.split()[:2] for r in rows] == [["softmax", "16"], ["triplet_batch_hard", "16"]]
+    for r in rows:
+        assert float(r.split()[2]) > 0 and r.split()[-1].endswith("%")
