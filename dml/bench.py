@@ -103,6 +103,15 @@ def _median_ms(fn, repeats):
 
 
 def _peak_rss_mb():
+    """This process's peak resident memory. VmHWM starts afresh at exec; ru_maxrss (the fallback
+    off Linux) would also count the parent's memory at fork."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
