@@ -20,6 +20,8 @@ $(STAMP): requirements.txt setup.py
 	@$(PY) -m pip uninstall -q -y $(OTHER_MXNET) >/dev/null 2>&1 || true
 	$(PY) -m pip install -q --disable-pip-version-check $(MXNET)==1.9.1 -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@echo "Compiling the loss kernels once (numba, cached; about a minute)..."
+	$(PY) -c "from dml.losses import batch; batch.warm_up()"
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

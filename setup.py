@@ -22,6 +22,7 @@ setup(
         "mxboard==0.1.0",
         "protobuf==3.20.3",
         "scikit-learn",
+        "numba>=0.57",
         "tqdm",
         "Pillow",
         "matplotlib",

@@ -291,8 +291,9 @@ def build_parser():
     train = sub.add_parser("train", help="images/s and the loss's share of a training step")
     train.add_argument("--methods", default="", help="comma-separated subset of " +
                        ", ".join(TRAIN_METHODS))
-    train.add_argument("--n-classes", type=int, default=10)
-    train.add_argument("--n-samples", type=int, default=12)
+    train.add_argument("--n-classes", type=int, default=8, help="classes per batch (P)")
+    train.add_argument("--n-samples", type=int, default=16,
+                       help="samples per class (K); the batch is P x K = 128 by default")
     train.add_argument("--backbone", default="resnet18_v1")
     train.add_argument("--steps", type=int, default=10)
     train.add_argument("--repeats", type=int, default=5)

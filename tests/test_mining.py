@@ -37,20 +37,6 @@ def test_semihard_choice_is_allowed_by_the_definition(seed, integer_distances):
         assert chosen[a, p] in options, (a, p)
 
 
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("inclusive", [False, True])
-def test_count_below_matches_brute_force(seed, inclusive):
-    rng = np.random.default_rng(seed)
-    values = rng.integers(0, 5, size=(7, 9)).astype(float)
-    values[rng.random(values.shape) < 0.2] = np.inf
-    queries = rng.integers(-1, 6, size=(7, 4)).astype(float)
-    counts, order = mining.count_below(values, queries, inclusive, return_order=True)
-    compare = np.less_equal if inclusive else np.less
-    want = compare(values[:, None, :], queries[:, :, None]).sum(axis=2)
-    np.testing.assert_array_equal(counts, want)
-    np.testing.assert_array_equal(np.take_along_axis(values, order, axis=1), np.sort(values, axis=1))
-
-
 @pytest.mark.parametrize("selector", ["hardest", "random_hard", "semihard"])
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("integer_distances", [False, True])

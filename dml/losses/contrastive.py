@@ -1,7 +1,8 @@
 """Contrastive losses: on given pairs (siamese) and on every pair of a batch (online)."""
-from . import mining  # noqa: F401  (registers the mining custom operators)
+from . import mining
 from .base import MarginLoss
-from .distance import pair_distance, pairwise_distance
+from .batch import host_loss
+from .distance import pair_distance
 
 PAIR_SELECTORS = mining.PAIR_SELECTORS
 
@@ -47,9 +48,5 @@ class OnlineContrastiveLoss(MarginLoss):
         self._selector = pair_selector
 
     def hybrid_forward(self, F, embeddings, labels):
-        dist = pairwise_distance(F, embeddings, self._distance)
-        positive, negative = F.Custom(F.BlockGrad(dist), F.BlockGrad(labels),
-                                      op_type="dml_select_pairs", selector=self._selector)
-        per_pair = 0.5 * (positive * F.square(dist) + negative * F.square(F.relu(self._margin - dist)))
-        num_pairs = F.maximum(F.sum(positive) + F.sum(negative), 1)
-        return self._result(F.sum(per_pair) / num_pairs, F.sum(per_pair > 0) / num_pairs)
+        return self._result(*host_loss(F, embeddings, labels, self._selector, self._margin,
+                                       self._distance))

@@ -1,25 +1,29 @@
-"""Mining: masks and index selections over a distance matrix, shared by every online loss.
+"""Mining: selections over a distance matrix, shared by every online loss (numpy in, numpy out).
 
-Mining chooses tuples and needs no gradient, so it runs on the host in numpy (whose sorts are an
-order of magnitude faster than MXNet's CPU kernels in this build) and hands back *indices* or
-masks; the losses then gather the differentiable distances they need with ``F.take``. Each
-selection is a plain numpy function and, for the losses, an MXNet custom operator
-(``F.Custom(dist, labels, op_type='dml_...')``) so a loss stays hybridizable and runs on any
-context: an operator copies the distance matrix to the host and its outputs back to the distance
-matrix's context. Nothing here loops over the batch in Python or builds a B x B x B array.
+Mining chooses tuples and needs no gradient, so it runs on the host, in the compiled kernels of
+:mod:`dml.losses.kernels` (one pass over each anchor's B distances plus a binary search among its
+positives: O(B^2 log P) time, no B x B x B array). The losses call these kernels through one
+custom operator (:mod:`dml.losses.batch`); the functions here are the same selections as plain
+numpy functions with B x B outputs, for users and tests.
 
 Pairs are *ordered* (every a != p of a class) for the FaceNet/TensorFlow-style losses and
 *unordered* (a < p, the anchor the lower index) for the adambielski/siamese-triplet selectors.
 """
 import logging
 
-import mxnet as mx
 import numpy as np
+
+from . import kernels
 
 log = logging.getLogger("dml.losses")
 
 NEGATIVE_SELECTORS = ("semihard_tf", "hardest", "random_hard", "semihard")
 PAIR_SELECTORS = ("all_positive", "hard_negative")
+
+
+def label_codes(labels):
+    """The labels as integers 0..C-1 (the kernels' ``codes``)."""
+    return np.unique(np.asarray(labels).reshape(-1), return_inverse=True)[1].astype(np.int64)
 
 
 def anchor_positive_mask(labels, unordered=False):
@@ -41,40 +45,17 @@ def anchor_negative_mask(labels):
     return labels[:, None] != labels[None, :]
 
 
-def count_below(values, queries, inclusive, return_order=False):
-    """Row-wise counts: ``out[r, q] = #{k : values[r, k] < queries[r, q]}`` (``<=`` when
-    ``inclusive``), for B x K ``values`` and B x Q ``queries``; +inf values never count.
-
-    One stable argsort of the B x (K + Q) concatenation: on ties the stable sort keeps whichever
-    half comes first in front, so values go first for ``<=`` and queries first for ``<``. The
-    count for a query is its sorted position minus the queries before it. With ``return_order``
-    also returns each row's value columns in ascending order (B x K).
-    """
-    values = np.asarray(values)
-    queries = np.asarray(queries)
-    batch, k = values.shape
-    q = queries.shape[1]
-    if inclusive:
-        perm = np.argsort(np.concatenate([values, queries], axis=1), axis=1, kind="stable")
-        is_query = perm >= k
-        query_col, value_col = perm - k, perm
-    else:
-        perm = np.argsort(np.concatenate([queries, values], axis=1), axis=1, kind="stable")
-        is_query = perm < q
-        query_col, value_col = perm, perm - q
-    queries_before = np.cumsum(is_query, axis=1) - is_query
-    values_before = np.arange(k + q)[None, :] - queries_before
-    rows, positions = np.nonzero(is_query)
-    counts = np.empty((batch, q), dtype=np.int64)
-    counts[rows, query_col[rows, positions]] = values_before[rows, positions]
-    if return_order:
-        return counts, value_col[~is_query].reshape(batch, k)
-    return counts
+def _pairs(labels, unordered):
+    """codes, offsets and the (anchor, positive) arrays of the candidate pairs."""
+    codes = label_codes(labels)
+    offsets = kernels.pair_offsets(codes, unordered)
+    return (codes, offsets) + kernels.positive_pairs(codes, offsets, unordered)
 
 
-def _sorted_negatives(dist, negative):
-    """Each anchor's negative distances with non-negatives pushed to +inf."""
-    return np.where(negative, dist, np.inf)
+def _scatter(shape, anchors, positives, values, fill):
+    out = np.full(shape, fill, dtype=np.asarray(values).dtype)
+    out[anchors, positives] = values
+    return out
 
 
 def semihard_negatives(dist, labels):
@@ -98,55 +79,39 @@ def select_negatives(dist, labels, selector, margin=1.0, rng=None):
     - ``semihard`` (a < p): a uniformly random negative with 0 < d(a,p) - d(a,n) + m < m,
       i.e. d(a,p) < d(a,n) < d(a,p) + m (adambielski/siamese-triplet's semi-hard selector).
 
-    Returns ``(negative, valid)`` as :func:`semihard_negatives`; pairs with no allowed negative are
-    not valid.
+    Returns ``(negative, valid)`` as :func:`semihard_negatives` (negative is 0 where not valid);
+    pairs with no allowed negative are not valid.
     """
-    dist = np.asarray(dist, dtype=np.float64)
-    rng = np.random if rng is None else rng
-    negative = anchor_negative_mask(labels)
-    num_negatives = negative.sum(axis=1)
-    positive = candidate_pairs(labels, unordered=selector != "semihard_tf")
-    neg_dist = _sorted_negatives(dist, negative)
-    if selector == "hardest":
-        closest = np.argmin(neg_dist, axis=1)
-        chosen = np.broadcast_to(closest[:, None], dist.shape).copy()
-        valid = positive & (dist - neg_dist[np.arange(len(dist)), closest][:, None] + margin > 0)
-        return chosen, valid
-    if selector == "semihard_tf":
-        not_farther, order = count_below(neg_dist, dist, inclusive=True, return_order=True)
-        farthest = np.maximum(num_negatives - 1, 0)[:, None]
-        rank = np.where(not_farther < num_negatives[:, None], not_farther, farthest)
-        return np.take_along_axis(order, rank, axis=1), positive
-    if selector not in ("random_hard", "semihard"):
+    if selector not in NEGATIVE_SELECTORS:
         raise ValueError("selector must be one of %s, not %r" % (", ".join(NEGATIVE_SELECTORS), selector))
-    # sorted positions [low, high) hold the allowed negatives of each (a, p)
-    high, order = count_below(neg_dist, dist + margin, inclusive=False, return_order=True)
-    low = count_below(neg_dist, dist, inclusive=True) if selector == "semihard" else np.zeros_like(high)
-    valid = positive & (high > low)
-    rank = low + np.floor(rng.random_sample(dist.shape) * np.maximum(high - low, 1)).astype(np.int64)
-    rank = np.minimum(rank, dist.shape[1] - 1)
-    return np.take_along_axis(order, rank, axis=1), valid
+    dist = np.ascontiguousarray(dist, dtype=np.float64)
+    codes, offsets, anchors, positives = _pairs(labels, unordered=selector != "semihard_tf")
+    negatives = choose_negatives(dist, codes, offsets, anchors, positives, selector, margin, rng)
+    valid = negatives >= 0
+    chosen = _scatter(dist.shape, anchors[valid], positives[valid], negatives[valid], 0)
+    return chosen, _scatter(dist.shape, anchors[valid], positives[valid], True, False)
+
+
+def choose_negatives(dist, codes, offsets, anchors, positives, selector, margin=1.0, rng=None):
+    """The kernel-level form of :func:`select_negatives`: one negative per listed pair (-1: none)."""
+    if selector == "semihard_tf":
+        return kernels.semihard_tf(dist, codes, offsets)
+    if selector == "hardest":
+        closest = kernels.batch_hard(dist, codes)[1][anchors]
+        keep = dist[anchors, positives] - dist[anchors, closest] + margin > 0
+        return np.where(keep, closest, -1)
+    rng = np.random if rng is None else rng
+    uniforms = rng.random_sample(len(anchors))
+    return kernels.random_negatives(dist, codes, offsets, float(margin), selector == "semihard",
+                                    uniforms)
 
 
 def batch_hard(dist, labels):
     """Per anchor: the farthest positive and the closest negative (batch-hard mining).
     Returns ``(positive, negative, valid)``, each of length B; ``valid`` marks anchors with both."""
-    dist = np.asarray(dist)
-    positive = anchor_positive_mask(labels)
-    negative = anchor_negative_mask(labels)
-    hardest_positive = np.argmax(np.where(positive, dist, -np.inf), axis=1)
-    hardest_negative = np.argmin(np.where(negative, dist, np.inf), axis=1)
-    return hardest_positive, hardest_negative, positive.any(axis=1) & negative.any(axis=1)
-
-
-def _triplet_counts(dist, labels, margin, unordered):
-    """What :func:`triplet_sums` and its gradient share: the masks, each anchor's sorted negative
-    distances, reach = d(a,p) + m, and active (counts of negatives below reach, for every a, p)."""
-    negative = anchor_negative_mask(labels)
-    positive = anchor_positive_mask(labels, unordered)
-    neg_sorted = np.sort(_sorted_negatives(dist, negative), axis=1)
-    reach = dist + margin
-    return negative, positive, neg_sorted, reach, count_below(neg_sorted, reach, inclusive=False)
+    positive, negative = kernels.batch_hard(np.ascontiguousarray(dist), label_codes(labels))
+    valid = (positive >= 0) & (negative >= 0)
+    return np.maximum(positive, 0), np.maximum(negative, 0), valid
 
 
 def triplet_sums(dist, labels, margin, unordered=False):
@@ -157,42 +122,30 @@ def triplet_sums(dist, labels, margin, unordered=False):
     - ``active[a, p] = #{n : d(a,p) - d(a,n) + m > 0}``
     - ``total[a, p]  = #{n}``
 
-    from each anchor's sorted negative distances and their prefix sums: the negatives with positive
-    loss are those with d(a,n) < d(a,p) + m, and their sum is active * (d(a,p) + m) minus the
-    prefix sum of that many. O(B^2 log B) time, O(B^2) memory.
+    (see ``kernels.triplet_sums``: sorted reaches and bucketed prefix sums, O(B^2 log P)).
     """
-    dist = np.asarray(dist, dtype=np.float64)
-    negative, positive, neg_sorted, reach, active = _triplet_counts(dist, labels, margin, unordered)
-    prefix = np.concatenate([np.zeros((len(dist), 1)),
-                             np.cumsum(np.where(np.isfinite(neg_sorted), neg_sorted, 0), axis=1)], axis=1)
-    sums = active * reach - np.take_along_axis(prefix, active, axis=1)
-    active = np.where(positive, active, 0)
-    sums = np.where(positive, np.maximum(sums, 0.0), 0.0)
-    total = np.where(positive, negative.sum(axis=1)[:, None], 0)
-    return sums, active, total
+    dist = np.ascontiguousarray(dist, dtype=np.float64)
+    codes, offsets, anchors, positives = _pairs(labels, unordered)
+    sums, active = kernels.triplet_sums(dist, codes, offsets, float(margin), unordered)
+    num_negatives = len(codes) - np.bincount(codes)[codes]
+    return (_scatter(dist.shape, anchors, positives, sums, 0.0),
+            _scatter(dist.shape, anchors, positives, active, 0),
+            _scatter(dist.shape, anchors, positives, num_negatives[anchors], 0))
 
 
 def triplet_sums_grad(dist, labels, margin, grad_sums, unordered=False, active=None):
     """Gradient of ``sum(grad_sums * sums)`` with respect to ``dist`` (see :func:`triplet_sums`):
     d/d d(a,p) = g[a,p] * active[a,p]; d/d d(a,n) = -sum of g[a,p] over the positives p with
-    d(a,p) + m > d(a,n), from each anchor's positives sorted by d(a,p) + m and suffix sums of g.
-    ``active``: the forward pass's counts, if at hand (saves sorting the negatives again)."""
-    dist = np.asarray(dist, dtype=np.float64)
-    grad_sums = np.asarray(grad_sums, dtype=np.float64)
+    d(a,p) + m > d(a,n). ``active``: the forward pass's B x B counts, if at hand."""
+    dist = np.ascontiguousarray(dist, dtype=np.float64)
+    codes, offsets, anchors, positives = _pairs(labels, unordered)
     if active is None:
-        negative, positive, _, reach, active = _triplet_counts(dist, labels, margin, unordered)
+        counts = kernels.triplet_sums(dist, codes, offsets, float(margin), unordered)[1]
     else:
-        negative, positive = anchor_negative_mask(labels), anchor_positive_mask(labels, unordered)
-        reach = dist + margin
-    active = np.where(positive, active, 0)
-    g = np.where(positive, grad_sums, 0.0)
-    grad = g * active
-    reach_pos = np.where(positive, reach, -np.inf)
-    below, order = count_below(reach_pos, dist, inclusive=True, return_order=True)
-    g_sorted = np.take_along_axis(g, order, axis=1)
-    suffix = np.concatenate([np.cumsum(g_sorted[:, ::-1], axis=1)[:, ::-1],
-                             np.zeros((len(dist), 1))], axis=1)
-    grad -= np.where(negative, np.take_along_axis(suffix, below, axis=1), 0.0)
+        counts = np.asarray(active)[anchors, positives].astype(np.int64)
+    weights = np.asarray(grad_sums, dtype=np.float64)[anchors, positives]
+    grad = np.zeros_like(dist)
+    kernels.triplet_sums_grad(dist, codes, offsets, float(margin), unordered, weights, counts, grad)
     return grad
 
 
@@ -249,160 +202,3 @@ def warn_no_tuples(labels, what="triplet"):
                     "trains nothing (%d such batches so far); online losses need batches of >= 2 "
                     "classes with >= 2 samples of a class, e.g. --n-classes 2+ --n-samples 2+",
                     len(labels), len(np.unique(labels)), what, count)
-
-
-# ------------------------------------------------------------------------------------------------
-# The custom operators. Inputs are (distances B x B, labels B); nothing flows back to the labels.
-
-
-class _MiningOp(mx.operator.CustomOp):
-    """Base: ``select(dist, labels)`` (numpy) returns the outputs in order; each is copied to the
-    distances' context in its output's dtype. No gradient flows to the inputs (the selections are
-    piecewise constant)."""
-
-    def forward(self, is_train, req, in_data, out_data, aux):
-        outputs = self.select(in_data[0].asnumpy(), in_data[1].asnumpy())
-        for i, value in enumerate(outputs):
-            self.assign(out_data[i], req[i], mx.nd.array(value, ctx=in_data[0].context,
-                                                         dtype=out_data[i].dtype))
-
-    def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
-        for i, grad in enumerate(in_grad):
-            self.assign(grad, req[i], mx.nd.zeros_like(grad))
-
-
-def _warn_unless_triplets(labels):
-    if not has_triplets(labels):
-        warn_no_tuples(labels)
-
-
-class _SelectNegatives(_MiningOp):
-    def __init__(self, selector, margin):
-        self.selector, self.margin = selector, margin
-
-    def select(self, dist, labels):
-        _warn_unless_triplets(labels)
-        chosen, valid = select_negatives(dist, labels, self.selector, self.margin)
-        flat = chosen + np.arange(len(dist))[:, None] * len(dist)
-        return flat, valid, candidate_pairs(labels, unordered=self.selector != "semihard_tf")
-
-
-class _BatchHard(_MiningOp):
-    def select(self, dist, labels):
-        _warn_unless_triplets(labels)
-        pos, neg, valid = batch_hard(dist, labels)
-        rows = np.arange(len(dist)) * len(dist)
-        return rows + pos, rows + neg, valid
-
-
-class _SelectPairs(_MiningOp):
-    def __init__(self, selector):
-        self.selector = selector
-
-    def select(self, dist, labels):
-        pos, neg = select_pairs(dist, labels, self.selector)
-        if not (pos.any() and neg.any()):
-            warn_no_tuples(labels, "positive and negative pairs")
-            pos, neg = np.zeros_like(pos), np.zeros_like(neg)
-        return pos, neg
-
-
-class _TripletSums(_MiningOp):
-    """Differentiable in its first output (``sums``) with respect to the distances."""
-
-    def __init__(self, margin, unordered):
-        self.margin, self.unordered = margin, unordered
-
-    def select(self, dist, labels):
-        _warn_unless_triplets(labels)
-        return triplet_sums(dist, labels, self.margin, self.unordered)
-
-    def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
-        # out_data[1] holds the forward's active counts: whole numbers, exact in float32
-        grad = triplet_sums_grad(in_data[0].asnumpy(), in_data[1].asnumpy(), self.margin,
-                                 out_grad[0].asnumpy(), self.unordered,
-                                 active=out_data[1].asnumpy().astype(np.int64))
-        self.assign(in_grad[0], req[0], mx.nd.array(grad, ctx=in_data[0].context,
-                                                    dtype=in_grad[0].dtype))
-        self.assign(in_grad[1], req[1], mx.nd.zeros_like(in_grad[1]))
-
-
-def _flag(value):
-    return str(value).lower() in ("1", "true")
-
-
-class _OpProp(mx.operator.CustomOpProp):
-    outputs = ()
-    int_outputs = ()
-    differentiable = False
-
-    def __init__(self, **params):
-        super().__init__(need_top_grad=self.differentiable)
-        self.params = params
-
-    def list_arguments(self):
-        return ["distances", "labels"]
-
-    def list_outputs(self):
-        return list(self.outputs)
-
-    def infer_shape(self, in_shape):
-        dist, labels = in_shape
-        shapes = [labels if name.startswith("anchor_") else dist for name in self.outputs]
-        return in_shape, shapes, []
-
-    def infer_type(self, in_type):
-        return in_type, [np.int32 if name in self.int_outputs else in_type[0]
-                         for name in self.outputs], []
-
-    def declare_backward_dependency(self, out_grad, in_data, out_data):
-        return list(in_data) + (list(out_grad) + list(out_data) if self.differentiable else [])
-
-
-@mx.operator.register("dml_select_negatives")
-class _SelectNegativesProp(_OpProp):
-    """Outputs (B x B): flat index a * B + n of the chosen negative for every (a, p) (int32), the
-    mask of pairs that got one, and the mask of candidate pairs (see ``candidate_pairs``).
-    Parameters: selector (see ``select_negatives``), margin."""
-
-    outputs = ("negative_index", "valid", "candidates")
-    int_outputs = ("negative_index",)
-
-    def create_operator(self, ctx, shapes, dtypes):
-        return _SelectNegatives(self.params.get("selector", "semihard_tf"),
-                                float(self.params.get("margin", 1.0)))
-
-
-@mx.operator.register("dml_batch_hard")
-class _BatchHardProp(_OpProp):
-    """Outputs, per anchor: flat index of its hardest positive, of its hardest negative (int32),
-    and whether it has both."""
-
-    outputs = ("anchor_positive_index", "anchor_negative_index", "anchor_valid")
-    int_outputs = ("anchor_positive_index", "anchor_negative_index")
-
-    def create_operator(self, ctx, shapes, dtypes):
-        return _BatchHard()
-
-
-@mx.operator.register("dml_select_pairs")
-class _SelectPairsProp(_OpProp):
-    """Outputs: masks of the selected positive and negative pairs (B x B). Parameter: selector."""
-
-    outputs = ("positive_pairs", "negative_pairs")
-
-    def create_operator(self, ctx, shapes, dtypes):
-        return _SelectPairs(self.params.get("selector", "all_positive"))
-
-
-@mx.operator.register("dml_triplet_sums")
-class _TripletSumsProp(_OpProp):
-    """Outputs (B x B): sums (differentiable), active and total counts (see ``triplet_sums``).
-    Parameters: margin, unordered."""
-
-    outputs = ("sums", "active", "total")
-    differentiable = True
-
-    def create_operator(self, ctx, shapes, dtypes):
-        return _TripletSums(float(self.params.get("margin", 1.0)),
-                            _flag(self.params.get("unordered", False)))

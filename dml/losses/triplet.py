@@ -1,25 +1,7 @@
 """Triplet losses over a batch of embeddings and their labels (online mining)."""
-from . import mining  # noqa: F401  (registers the mining custom operators)
 from .base import MarginLoss
-from .distance import pair_distance, pairwise_distance
-
-
-def _chosen_negative_terms(F, dist, labels, selector, margin):
-    """relu(d(a,p) - d(a,n*) + m) for the negative n* that ``selector`` picks for each positive
-    pair (0 where it picks none), the mask of pairs that got one, and the candidate pairs."""
-    negative_index, valid, candidates = F.Custom(
-        F.BlockGrad(dist), F.BlockGrad(labels), op_type="dml_select_negatives",
-        selector=selector, margin=margin)
-    d_an = F.take(dist.reshape((-1,)), negative_index)
-    return F.relu(dist - d_an + margin) * valid, valid, candidates
-
-
-def _all_triplet_sums(F, dist, labels, margin, unordered):
-    """Over every triplet (a, p, n) (a < p if ``unordered``): the summed loss, the number with
-    positive loss and the number of triplets (``mining.triplet_sums``)."""
-    sums, active, total = F.Custom(dist, F.BlockGrad(labels), op_type="dml_triplet_sums",
-                                   margin=margin, unordered=unordered)
-    return F.sum(sums), F.sum(F.BlockGrad(active)), F.sum(F.BlockGrad(total))
+from .batch import host_loss
+from .distance import pair_distance
 
 
 class TripletSemiHardLoss(MarginLoss):
@@ -32,8 +14,9 @@ class TripletSemiHardLoss(MarginLoss):
 
     where P holds the positive pairs whose anchor has a negative: anchors with no negative
     contribute nothing, and a batch of one class gives zero loss and zero gradient.
-    Mining (``mining.semihard_negatives``) selects indices without gradient; the loss gathers the
-    differentiable d(a, p), d(a, n*) from one B x B distance matrix (no B x B x B tensor).
+    Computed on the host (``batch.batch_loss``, kind ``semihard_tf``): per anchor one pass over
+    its negatives with a binary search among its positives (``kernels.semihard_tf``),
+    O(B^2 log P), no B x B x B tensor; the gradient flows through the chosen d(a, p), d(a, n*).
 
     Called as ``loss(embeddings, labels)`` it returns the batch loss as a 1-element array; with
     ``return_active_fraction=True`` it returns ``(loss, active_fraction)``, the fraction of P with
@@ -41,10 +24,8 @@ class TripletSemiHardLoss(MarginLoss):
     """
 
     def hybrid_forward(self, F, embeddings, labels):
-        dist = pairwise_distance(F, embeddings, self._distance)
-        per_pair, valid, _ = _chosen_negative_terms(F, dist, labels, "semihard_tf", self._margin)
-        num_pairs = F.maximum(F.sum(valid), 1)
-        return self._result(F.sum(per_pair) / num_pairs, F.sum(per_pair > 0) / num_pairs)
+        return self._result(*host_loss(F, embeddings, labels, "semihard_tf", self._margin,
+                                       self._distance))
 
 
 class TripletLoss(MarginLoss):
@@ -70,19 +51,14 @@ class TripletBatchHardLoss(MarginLoss):
 
     .. math:: L = \frac{1}{|A|} \sum_{a \in A} \max(\max_{p} d(a, p) - \min_{n} d(a, n) + m, 0)
 
-    over the anchors A that have a positive and a negative. Mining (``mining.batch_hard``) picks
-    indices; the loss gathers the two differentiable distances per anchor. The active fraction is
-    the fraction of A with non-zero loss.
+    over the anchors A that have a positive and a negative. Mining (``kernels.batch_hard``, one
+    pass over the distances) picks indices; the gradient flows through the two chosen distances
+    per anchor. The active fraction is the fraction of A with non-zero loss.
     """
 
     def hybrid_forward(self, F, embeddings, labels):
-        dist = pairwise_distance(F, embeddings, self._distance)
-        pos_index, neg_index, valid = F.Custom(F.BlockGrad(dist), F.BlockGrad(labels),
-                                               op_type="dml_batch_hard")
-        flat = dist.reshape((-1,))
-        per_anchor = F.relu(F.take(flat, pos_index) - F.take(flat, neg_index) + self._margin) * valid
-        num_anchors = F.maximum(F.sum(valid), 1)
-        return self._result(F.sum(per_anchor) / num_anchors, F.sum(per_anchor > 0) / num_anchors)
+        return self._result(*host_loss(F, embeddings, labels, "batch_hard", self._margin,
+                                       self._distance))
 
 
 class TripletBatchAllLoss(MarginLoss):
@@ -92,15 +68,16 @@ class TripletBatchAllLoss(MarginLoss):
     .. math:: L = \frac{\sum_{(a,p,n)} \max(d(a,p) - d(a,n) + m, 0)}{\#\{(a,p,n) : d(a,p) - d(a,n) + m > 0\}}
 
     The active fraction is the fraction of valid triplets with positive loss (it falls as the
-    embedding learns, the number to watch for this loss). Computed from each anchor's sorted
-    negative distances and their prefix sums (``mining.triplet_sums``): O(B^2 log B), no
-    B x B x B tensor.
+    embedding learns, the number to watch for this loss). For a fixed (a, p) the sum over the
+    negatives depends only on how many lie below d(a,p) + m and their sum, so each anchor's
+    negatives are bucketed by binary search among its sorted d(a,p) + m and prefix sums give every
+    pair's sum and count, and the gradient the same way (``kernels.triplet_sums``):
+    O(B^2 log P), no B x B x B tensor.
     """
 
     def hybrid_forward(self, F, embeddings, labels):
-        dist = pairwise_distance(F, embeddings, self._distance)
-        loss_sum, active, total = _all_triplet_sums(F, dist, labels, self._margin, unordered=False)
-        return self._result(loss_sum / F.maximum(active, 1), active / F.maximum(total, 1))
+        return self._result(*host_loss(F, embeddings, labels, "batch_all", self._margin,
+                                       self._distance))
 
 
 ONLINE_TRIPLET_SELECTORS = ("all", "hardest", "random_hard", "semihard")
@@ -133,12 +110,5 @@ class OnlineTripletLoss(MarginLoss):
         self._selector = selector
 
     def hybrid_forward(self, F, embeddings, labels):
-        dist = pairwise_distance(F, embeddings, self._distance)
-        if self._selector == "all":
-            loss_sum, active, total = _all_triplet_sums(F, dist, labels, self._margin, unordered=True)
-            num = F.maximum(total, 1)
-            return self._result(loss_sum / num, active / num)
-        per_pair, valid, candidates = _chosen_negative_terms(F, dist, labels, self._selector,
-                                                             self._margin)
-        loss = F.sum(per_pair) / F.maximum(F.sum(valid), 1)
-        return self._result(loss, F.sum(valid) / F.maximum(F.sum(candidates), 1))
+        return self._result(*host_loss(F, embeddings, labels, self._selector, self._margin,
+                                       self._distance))
