@@ -317,13 +317,21 @@ def triplet_sums_grad(dist, codes, offsets, margin, unordered, weights, active, 
 def random_negatives(dist, codes, offsets, margin, semihard, uniforms):
     """For every unordered positive pair (a < p): a uniformly random negative n with
     d(a,n) < d(a,p) + m, and also d(a,n) > d(a,p) when ``semihard`` (-1 when there is none).
-    ``uniforms``: one U[0, 1) draw per pair. Per anchor the negatives are sorted once and each pair's
-    allowed ones are a contiguous range of ranks, found by binary search."""
+    ``uniforms``: one U[0, 1) draw per pair.
+
+    Without ``semihard`` (random_hard), per anchor: reach = d(a,p) + m sorted; each negative v
+    lands in bucket k = #{reach <= v} (binary search) and the negatives are laid out bucket by
+    bucket (a counting sort); the pair with the i-th smallest reach allows exactly the first
+    (buckets 0..i) of them. With ``semihard`` the window has two ends, so each anchor's negatives
+    are sorted once and each pair's allowed ones are a contiguous range of ranks."""
     b = len(codes)
     negatives = np.full(offsets[-1], -1, dtype=np.int64)
     for a in prange(b):
         start, count = offsets[a], offsets[a + 1] - offsets[a]
         if count == 0:
+            continue
+        if not semihard:
+            _random_hard_anchor(dist, codes, a, start, count, margin, uniforms, negatives)
             continue
         pos = _positives(codes, a, True, count)
         num_neg = 0
@@ -337,16 +345,41 @@ def random_negatives(dist, codes, offsets, margin, semihard, uniforms):
             if codes[n] != codes[a]:
                 neg[k], vals[k] = n, dist[a, n]
                 k += 1
-        order = np.argsort(vals, kind="mergesort")
+        order = np.argsort(vals)  # quicksort: tied values are allowed or not together
         sorted_vals = vals[order]
         for i in range(count):
             t = np.float64(dist[a, pos[i]])
-            low = np.searchsorted(sorted_vals, t, side="right") if semihard else 0
+            low = np.searchsorted(sorted_vals, t, side="right")
             high = np.searchsorted(sorted_vals, t + margin)
             if high > low:
                 rank = min(low + int(uniforms[start + i] * (high - low)), high - 1)
                 negatives[start + i] = neg[order[rank]]
     return negatives
+
+
+@_jit
+def _random_hard_anchor(dist, codes, a, start, count, margin, uniforms, negatives):
+    b = len(codes)
+    pos, order, reach = _sorted_reach(dist, codes, a, True, count, margin)
+    bucket = np.empty(b, dtype=np.int64)
+    first = np.zeros(count + 2, dtype=np.int64)  # first[k + 1]: negatives in bucket k, then starts
+    for n in range(b):
+        if codes[n] != codes[a]:
+            bucket[n] = np.searchsorted(reach, dist[a, n], side="right")
+            first[bucket[n] + 1] += 1
+    for k in range(1, count + 2):
+        first[k] += first[k - 1]
+    laid_out = np.empty(first[count + 1], dtype=np.int64)
+    filled = first[:count + 1].copy()
+    for n in range(b):
+        if codes[n] != codes[a]:
+            laid_out[filled[bucket[n]]] = n
+            filled[bucket[n]] += 1
+    for i in range(count):
+        allowed = first[i + 1]  # the negatives of buckets 0..i
+        if allowed > 0:
+            pair = start + order[i]
+            negatives[pair] = laid_out[min(int(uniforms[pair] * allowed), allowed - 1)]
 
 
 @_pjit
