@@ -20,12 +20,6 @@ import numpy as np
 
 from . import kernels, mining
 
-TRIPLET_KINDS = ("semihard_tf", "batch_hard", "batch_all", "all", "hardest", "random_hard",
-                 "semihard")
-CONTRASTIVE_KINDS = ("all_positive", "hard_negative")
-KINDS = TRIPLET_KINDS + CONTRASTIVE_KINDS
-
-
 def _degenerate(codes, what="triplet"):
     mining.warn_no_tuples(codes, what)
     return 0.0, 0.0, None
@@ -68,41 +62,26 @@ def _batch_hard(dist, codes, margin, rng, need_grad):
     return loss, np.count_nonzero(per_anchor) / len(per_anchor), weights
 
 
-def _all_triplets(dist, codes, margin, need_grad, unordered):
-    """Over every triplet: (sum of losses, #active, #triplets) and the weight-1 dense gradient
-    as a function of the normaliser."""
-    offsets = kernels.pair_offsets(codes, unordered)
-    if offsets[-1] == 0:
-        return None
-    sums, active = kernels.triplet_sums(dist, codes, offsets, float(margin), unordered)
-    anchors = np.repeat(np.arange(len(codes)), np.diff(offsets))
-    total = int((len(codes) - np.bincount(codes)[codes])[anchors].sum())
-
-    def gradient(scale):
-        out = np.zeros_like(dist)
-        kernels.triplet_sums_grad(dist, codes, offsets, float(margin), unordered,
-                                  np.full(len(sums), scale), active, out)
-        return out
-
-    return float(sums.sum()), int(active.sum()), total, gradient
-
-
-def _batch_all(dist, codes, margin, rng, need_grad):
-    found = _all_triplets(dist, codes, margin, need_grad, unordered=False)
-    if found is None:
-        return _degenerate(codes)
-    loss_sum, active, total, gradient = found
-    num = max(active, 1)
-    return loss_sum / num, active / max(total, 1), gradient(1.0 / num) if need_grad else None
-
-
-def _online_all(dist, codes, margin, rng, need_grad):
-    found = _all_triplets(dist, codes, margin, need_grad, unordered=True)
-    if found is None:
-        return _degenerate(codes)
-    loss_sum, active, total, gradient = found
-    num = max(total, 1)
-    return loss_sum / num, active / num, gradient(1.0 / num) if need_grad else None
+def _all_triplets(unordered):
+    """batch_all (ordered pairs; the mean over the triplets with positive loss) or, with
+    ``unordered``, the selector ``all`` (pairs a < p; the mean over every triplet). Both report the
+    fraction of triplets with positive loss and get a dense gradient (``kernels.triplet_sums``)."""
+    def loss(dist, codes, margin, rng, need_grad):
+        offsets = kernels.pair_offsets(codes, unordered)
+        if offsets[-1] == 0:
+            return _degenerate(codes)
+        sums, active = kernels.triplet_sums(dist, codes, offsets, float(margin), unordered)
+        anchors = np.repeat(np.arange(len(codes)), np.diff(offsets))
+        total = int((len(codes) - np.bincount(codes)[codes])[anchors].sum())
+        num_active = int(active.sum())
+        num = max(total if unordered else num_active, 1)
+        grad = None
+        if need_grad:
+            grad = np.zeros_like(dist)
+            kernels.triplet_sums_grad(dist, codes, offsets, float(margin), unordered,
+                                      np.full(len(sums), 1.0 / num), active, grad)
+        return float(sums.sum()) / num, num_active / max(total, 1), grad
+    return loss
 
 
 def _selector(name):
@@ -153,14 +132,20 @@ def _contrastive_hard_negative(dist, codes, margin, rng, need_grad):
 _LOSSES = {
     "semihard_tf": _semihard_tf,
     "batch_hard": _batch_hard,
-    "batch_all": _batch_all,
-    "all": _online_all,
+    "batch_all": _all_triplets(unordered=False),
+    "all": _all_triplets(unordered=True),
     "hardest": _selector("hardest"),
     "random_hard": _selector("random_hard"),
     "semihard": _selector("semihard"),
     "all_positive": _contrastive_all_positive,
     "hard_negative": _contrastive_hard_negative,
 }
+KINDS = tuple(_LOSSES)  # the triplet kinds, then the contrastive pair selectors
+
+
+def _check_kind(kind):
+    if kind not in _LOSSES:
+        raise ValueError("kind must be one of %s, not %r" % ("|".join(KINDS), kind))
 
 
 def batch_loss(x, labels, kind, margin=1.0, distance="euclidean", rng=None, need_grad=False):
@@ -170,8 +155,7 @@ def batch_loss(x, labels, kind, margin=1.0, distance="euclidean", rng=None, need
     Returns ``(loss, fraction, grad)``: floats, and d loss / d x (B x D, x's dtype) when
     ``need_grad``, else None. A batch that forms no tuple gives (0, 0) and a zero gradient.
     """
-    if kind not in _LOSSES:
-        raise ValueError("kind must be one of %s, not %r" % ("|".join(KINDS), kind))
+    _check_kind(kind)
     x = np.ascontiguousarray(x)
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float32)
@@ -243,8 +227,7 @@ class _BatchLossProp(mx.operator.CustomOpProp):
 
     def __init__(self, kind="semihard_tf", margin=1.0, distance="euclidean"):
         super().__init__(need_top_grad=True)
-        if kind not in _LOSSES:
-            raise ValueError("kind must be one of %s, not %r" % ("|".join(KINDS), kind))
+        _check_kind(kind)
         self.kind, self.margin, self.distance = kind, float(margin), distance
 
     def list_arguments(self):

@@ -185,13 +185,6 @@ def reset_warnings():
     _degenerate_batches["count"] = 0
 
 
-def has_triplets(labels):
-    """True when some anchor has both a positive and a negative in ``labels``."""
-    labels = np.asarray(labels).reshape(-1)
-    classes, counts = np.unique(labels, return_counts=True)
-    return len(classes) > 1 and bool((counts > 1).any())
-
-
 def warn_no_tuples(labels, what="triplet"):
     """Log (the 1st, 10th, 100th, ... time) that a batch formed no tuple and so gave a zero loss."""
     labels = np.asarray(labels).reshape(-1)
