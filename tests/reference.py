@@ -2,6 +2,17 @@
 import numpy as np
 
 
+def numeric_gradient(f, x, h=1e-6):
+    """Central finite differences of the scalar function ``f`` at every entry of ``x``."""
+    grad = np.zeros_like(x)
+    for idx in np.ndindex(*x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[idx] += h
+        minus[idx] -= h
+        grad[idx] = (f(plus) - f(minus)) / (2 * h)
+    return grad
+
+
 def naive_distance(x, distance):
     n = len(x)
     d = np.zeros((n, n))

@@ -10,7 +10,8 @@ from mxnet import autograd
 from dml.losses import (ContrastiveLoss, OnlineContrastiveLoss, OnlineTripletLoss,
                         TripletBatchAllLoss, TripletBatchHardLoss, TripletLoss, mining)
 from reference import (naive_batch_all, naive_batch_hard, naive_contrastive, naive_distance,
-                       naive_online_contrastive, naive_online_triplet_all, naive_triplet)
+                       naive_online_contrastive, naive_online_triplet_all, naive_triplet,
+                       numeric_gradient)
 
 DISTANCES = ["euclidean", "squared", "cosine"]
 BATCHES = [(4, 2, 2, 0), (12, 8, 3, 1), (17, 16, 5, 2), (32, 4, 4, 3), (33, 32, 7, 4), (64, 3, 16, 5)]
@@ -44,16 +45,6 @@ def make(name, hybridize=True, **kwargs):
     if hybridize:
         loss_fn.hybridize(static_alloc=True)
     return loss_fn
-
-
-def numeric_gradient(f, x, h=1e-6):
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(*x.shape):
-        plus, minus = x.copy(), x.copy()
-        plus[idx] += h
-        minus[idx] -= h
-        grad[idx] = (f(plus) - f(minus)) / (2 * h)
-    return grad
 
 
 @pytest.mark.parametrize("name", list(BATCH_LOSSES))

@@ -13,7 +13,7 @@ import pytest
 from mxnet import autograd
 
 from dml.losses import batch, kernels
-from reference import naive_distance
+from reference import naive_distance, numeric_gradient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DETERMINISTIC = ["semihard_tf", "batch_hard", "batch_all", "all", "hardest", "all_positive",
@@ -98,14 +98,7 @@ def test_gradient_matches_finite_differences(kind, distance):
     labels = rng.integers(0, 3, size=14)
     margin = 0.3 if distance == "cosine" else 1.0
     grad = batch.batch_loss(x, labels, kind, margin, distance, need_grad=True)[2]
-    h = 1e-6
-    numeric = np.zeros_like(x)
-    for idx in np.ndindex(*x.shape):
-        plus, minus = x.copy(), x.copy()
-        plus[idx] += h
-        minus[idx] -= h
-        numeric[idx] = (batch.batch_loss(plus, labels, kind, margin, distance)[0]
-                        - batch.batch_loss(minus, labels, kind, margin, distance)[0]) / (2 * h)
+    numeric = numeric_gradient(lambda v: batch.batch_loss(v, labels, kind, margin, distance)[0], x)
     np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
 
 

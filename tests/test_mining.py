@@ -3,7 +3,7 @@ import pytest
 
 from dml.losses import mining
 from dml.losses.mining import anchor_negative_mask, anchor_positive_mask, semihard_negatives
-from reference import naive_allowed_negatives, naive_semihard_choice
+from reference import naive_allowed_negatives, naive_semihard_choice, numeric_gradient
 
 
 def test_masks():
@@ -115,14 +115,8 @@ def test_triplet_sums_gradient_matches_finite_differences(unordered):
     active = mining.triplet_sums(d, labels, 0.5, unordered)[1]
     np.testing.assert_array_equal(
         mining.triplet_sums_grad(d, labels, 0.5, weights, unordered, active=active), grad)
-    h = 1e-7
-    numeric = np.zeros_like(d)
-    for idx in np.ndindex(*d.shape):
-        plus, minus = d.copy(), d.copy()
-        plus[idx] += h
-        minus[idx] -= h
-        numeric[idx] = (np.sum(weights * mining.triplet_sums(plus, labels, 0.5, unordered)[0])
-                        - np.sum(weights * mining.triplet_sums(minus, labels, 0.5, unordered)[0])) / (2 * h)
+    numeric = numeric_gradient(
+        lambda v: np.sum(weights * mining.triplet_sums(v, labels, 0.5, unordered)[0]), d, h=1e-7)
     np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-6)
 
 
