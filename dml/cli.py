@@ -8,6 +8,9 @@ import time
 from . import DATASETS, DISTANCES, METHODS, DmlError, __version__
 
 SPLITS = ("test", "unseen")  # dml.data.SPLITS, without importing MXNet before OMP_NUM_THREADS
+KVSTORES = ("local", "device", "dist_sync", "dist_device_sync", "dist_async")
+# what --resume lets change: the run's length and where it runs; everything else is the run's
+RESUME_MAY_CHANGE = ("epochs", "gpus", "cpus", "kvstore", "num_workers")
 
 log = logging.getLogger("dml")
 
@@ -95,9 +98,15 @@ def build_parser():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     train.set_defaults(func=cmd_train)
     g = train.add_argument_group("what to train")
-    g.add_argument("--method", default="triplet_semihard", metavar="NAME",
-                   help="one of " + ", ".join(METHODS))
-    g.add_argument("--dataset", default="digits", metavar="NAME", help="one of " + ", ".join(DATASETS))
+    g.add_argument("--method", default=None, metavar="NAME",
+                   help="one of %s (default triplet_semihard)" % ", ".join(METHODS))
+    g.add_argument("--dataset", default=None, metavar="NAME",
+                   help="one of %s (default digits)" % ", ".join(DATASETS))
+    g.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="continue RUN_DIR from its newest complete checkpoint, with its own "
+                   "settings (config.json), into the same folder; --epochs may raise the epoch "
+                   "count, and the device options (--gpus, --cpus, --kvstore, --num-workers) "
+                   "may change")
     g.add_argument("--data-root", default=None, metavar="PATH",
                    help="where the dataset's files are (default: ~/.mxnet/datasets/<dataset>; "
                    "for folder: ROOT holding train/<class>/ and test/<class>/)")
@@ -150,11 +159,20 @@ def build_parser():
                    help="N CPU contexts in one process (tests the multi-device path without GPUs)")
     g.add_argument("--num-workers", type=_non_negative_int, default=None,
                    help="data loading threads (0: load in the training thread)")
+    g.add_argument("--kvstore", default=None, choices=KVSTORES,
+                   help="how gradients are summed: over this process's devices (local: on the "
+                   "CPU, device: on the GPUs), or over the workers of a job started by "
+                   "scripts/launch.py (dist_sync, dist_device_sync, dist_async; default device)")
     g.add_argument("--save-period", type=_non_negative_int, default=None,
-                   help="checkpoint and log the projector every E epochs (0: at the end only)")
+                   help="write a checkpoint (for --resume) every E epochs (0: at the end only; "
+                   "default 1)")
+    g.add_argument("--keep-checkpoints", type=_non_negative_int, default=None, metavar="N",
+                   help="keep the newest N epoch checkpoints, delete older ones (0: keep all; "
+                   "default 2)")
     g.add_argument("--eval-period", type=_non_negative_int, default=None,
                    help="evaluate the retrieval metrics every E epochs, log them as eval/* scalars "
-                   "and keep the best map_at_r in params/best (0: at the end only)")
+                   "and the projector, and keep the best map_at_r in params/best (0: at the end "
+                   "only)")
     g.add_argument("--output-root", default=None, help="where run folders go (default .)")
 
     evaluate = sub.add_parser(
@@ -191,6 +209,10 @@ def build_parser():
 def config_from_args(args):
     from .config import RunConfig, defaults_for
 
+    if args.resume is not None:
+        return resume_config(args)
+    args.method = args.method or "triplet_semihard"
+    args.dataset = args.dataset or "digits"
     if args.method not in METHODS:
         raise DmlError("unknown method %r: choose one of %s" % (args.method, ", ".join(METHODS)))
     if args.dataset not in DATASETS:
@@ -228,6 +250,45 @@ def config_from_args(args):
         raise DmlError("%s: %s (--margin %g, --scale %g)" % (args.method, err, cfg.margin,
                                                           cfg.scale)) from None
     return cfg
+
+
+def resume_config(args):
+    """The stored config of ``--resume RUN_DIR`` with the options that may change; any other
+    option given must agree with the run's."""
+    from .config import RunConfig
+    from .runs import read_run_json
+
+    run_dir = args.resume
+    if not os.path.isdir(run_dir):
+        raise DmlError("--resume %s: no such run folder" % run_dir)
+    stored = read_run_json(run_dir, "config.json")
+    cfg = RunConfig.from_dict(stored)
+    stored = cfg.to_dict()
+    for key, value in vars(args).items():
+        if key not in stored or value is None:
+            continue
+        if key in RESUME_MAY_CHANGE:
+            setattr(cfg, key, value)
+        elif key == "method" and value != stored[key]:
+            raise DmlError("--resume %s is a %s run, not %s" % (run_dir, stored[key], value))
+        elif value != stored[key]:
+            raise DmlError("--resume %s: the run has --%s %s; a resumed run keeps its settings "
+                           "(only %s may change)" % (
+                               run_dir, key.replace("_", "-"), _shown(stored[key]),
+                               ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)))
+    if args.cpus is not None and args.gpus is None:
+        cfg.gpus = []
+    if args.gpus is not None and args.cpus is None:
+        cfg.cpus = 0
+    if cfg.gpus and cfg.cpus:
+        raise DmlError("--gpus and --cpus exclude each other: pick one")
+    return cfg
+
+
+def _shown(value):
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def _all_gpus():
@@ -294,55 +355,125 @@ def _check_plain_batches(cfg, splits):
                        % (cfg.batch_size, len(splits.train)))
 
 
+def _resume_point(run_dir, cfg):
+    """The newest complete checkpoint of ``run_dir`` to continue ``cfg`` from (exit 2 when there
+    is none, or the run is finished)."""
+    from .runs import complete_checkpoints
+
+    states = complete_checkpoints(run_dir)
+    if not states:
+        raise DmlError("--resume %s: the run holds no complete checkpoint (params/state-*.json) "
+                       "to continue from" % run_dir)
+    state = states[-1]
+    if state.get("method", cfg.method) != cfg.method:
+        raise DmlError("--resume %s: its checkpoint is of method %s, not %s"
+                       % (run_dir, state["method"], cfg.method))
+    if state["batch"] is None and state["epoch"] >= cfg.epochs and os.path.isfile(
+            os.path.join(run_dir, "metrics.json")):
+        raise DmlError("--resume %s: the run finished its %d epochs; pass --epochs N (more than "
+                       "%d) to train it further" % (run_dir, state["epoch"], state["epoch"]))
+    if state["epoch"] > cfg.epochs:
+        raise DmlError("--resume %s: the newest checkpoint is of epoch %d, past --epochs %d"
+                       % (run_dir, state["epoch"], cfg.epochs))
+    return state
+
+
 def cmd_train(args):
     cfg = config_from_args(args)  # the MXNet imports below stay lazy: OMP_NUM_THREADS is set first
     from .data import apply_split, load_dataset
-    from .engine import build_net, fit, make_contexts, seed_everything
-    from .runs import create_run_dir, write_json
+    from .engine import (NonFiniteLoss, TrainingInterrupted, Workers, build_net, fit,
+                         make_contexts, make_kvstore, seed_everything)
+    from .runs import create_run_dir, remove_partial_files, write_json
 
     # Everything that can be wrong with the input fails here, before the run folder exists.
+    resume = _resume_point(args.resume, cfg) if args.resume else None
     ctx = make_contexts(cfg.gpus, cfg.cpus)
     seed_everything(cfg.seed)
     net = build_net(cfg, ctx)
     splits = apply_split(load_dataset(cfg.dataset, cfg.data_root, cfg.image_size), cfg.split)
-    if cfg.split == "unseen" and args.n_classes is None and cfg.n_classes > len(splits.train_classes):
-        log.info("--split unseen: %d training classes, so batches take %d classes (--n-classes)",
-                 len(splits.train_classes), len(splits.train_classes))
-        cfg.n_classes = len(splits.train_classes)
-    if cfg.batch_size:
-        _check_plain_batches(cfg, splits)
-    else:
-        _check_pk_batches(cfg, splits)
+    if resume is None:
+        if (cfg.split == "unseen" and args.n_classes is None
+                and cfg.n_classes > len(splits.train_classes)):
+            log.info("--split unseen: %d training classes, so batches take %d classes "
+                     "(--n-classes)", len(splits.train_classes), len(splits.train_classes))
+            cfg.n_classes = len(splits.train_classes)
+        if cfg.batch_size:
+            _check_plain_batches(cfg, splits)
+        else:
+            _check_pk_batches(cfg, splits)
+    workers = Workers(make_kvstore(cfg.kvstore))
+    if workers.count > 1 and cfg.batch_size == 0 and cfg.n_classes * cfg.n_samples * \
+            workers.count > len(splits.train):
+        raise DmlError("%d workers need %d training images for a batch each; %s has %d"
+                       % (workers.count, cfg.n_classes * cfg.n_samples * workers.count,
+                          cfg.dataset, len(splits.train)))
 
-    run_dir = create_run_dir(cfg.output_root, cfg.dataset, cfg.method)
-    file_handler = logging.FileHandler(os.path.join(run_dir, "logs", "train.log"))
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(file_handler)
+    if resume is not None:
+        run_dir = os.path.normpath(args.resume)
+        if workers.writes:
+            for path in remove_partial_files(run_dir):
+                log.info("removed %s, a partial file of the stopped run", path)
+    else:
+        run_dir = create_run_dir(cfg.output_root, cfg.dataset, cfg.method) if workers.writes \
+            else None
+    run_dir = workers.agree(run_dir)
+    file_handler = None
+    if workers.writes:
+        file_handler = logging.FileHandler(os.path.join(run_dir, "logs", "train.log"))
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(file_handler)
     try:
-        config = cfg.to_dict()
-        names = splits.class_names
-        config.update(run_dir=run_dir, dml_version=__version__, argv=sys.argv[1:],
-                      class_names=names,
-                      train_classes=[names[c] for c in splits.train_classes or range(len(names))],
-                      eval_classes=[names[c] for c in splits.eval_classes or range(len(names))],
-                      started=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        write_json(os.path.join(run_dir, "config.json"), config)
-        log.info("run folder %s", run_dir)
+        if workers.writes:
+            _write_config(run_dir, cfg, splits, args.resume)
+        log.info("run folder %s%s", run_dir, " (written by worker 0)" if not workers.writes else "")
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         with logging_redirect_tqdm(loggers=[log]):
-            metrics = fit(cfg, splits, run_dir, net=net, ctx=ctx)
-    except FloatingPointError as err:
-        log.error("stopped: %s; the last checkpoint in %s is kept", err, os.path.join(run_dir, "params"))
+            metrics = fit(cfg, splits, run_dir, net=net, ctx=ctx, resume=resume, workers=workers)
+    except TrainingInterrupted as stop:
+        sys.stderr.write("dml train: interrupted; checkpoint %s written: continue with "
+                         "python -m dml train --resume %s\n" % (stop.checkpoint, run_dir))
+        return 130
+    except NonFiniteLoss as err:
+        kept = ("the last good checkpoint, %s, is kept: python -m dml train --resume %s continues "
+                "from it" % (err.checkpoint, run_dir) if err.checkpoint
+                else "no checkpoint had been written")
+        log.error("stopped: %s; %s", err, kept)
         return 1
     finally:
-        log.removeHandler(file_handler)
-        file_handler.close()
+        if file_handler is not None:
+            log.removeHandler(file_handler)
+            file_handler.close()
 
+    if not workers.writes:
+        log.info("worker %d of %d done; worker 0 writes %s", workers.rank, workers.count, run_dir)
+        return 0
     print(_metrics_table(metrics, _shown_metrics(metrics)))
     print("run folder:  %s" % run_dir)
     print("tensorboard: tensorboard --logdir %s" % os.path.join(run_dir, "logs"))
     return 0
+
+
+def _write_config(run_dir, cfg, splits, resumed):
+    from .runs import read_json, write_json
+
+    path = os.path.join(run_dir, "config.json")
+    config = cfg.to_dict()
+    if resumed:
+        previous = read_json(path)
+        config.update(run_dir=previous["run_dir"], started=previous["started"],
+                      resumed=previous.get("resumed", []) + [time.strftime("%Y-%m-%dT%H:%M:%S")])
+        config.update((k, previous[k]) for k in ("dml_version", "argv", "class_names",
+                                                 "train_classes", "eval_classes") if k in previous)
+        write_json(path, config)
+        return
+    names = splits.class_names
+    config.update(run_dir=run_dir, dml_version=__version__, argv=sys.argv[1:],
+                  class_names=names,
+                  train_classes=[names[c] for c in splits.train_classes or range(len(names))],
+                  eval_classes=[names[c] for c in splits.eval_classes or range(len(names))],
+                  started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    write_json(path, config)
 
 
 def _load_net(cfg, kind, path, ctx):

@@ -7,6 +7,8 @@
 import logging
 import os
 import random
+import signal
+import threading
 import time
 
 import mxnet as mx
@@ -21,7 +23,8 @@ from .evaluation import METRIC_KEYS, all_metrics, embed, retrieval_metrics
 from .losses import mining
 from .methods import get_method
 from .nets import EmbeddingNet
-from .runs import write_json
+from .runs import (checkpoint_id, complete_checkpoints, prune_checkpoints, read_json,
+                   write_json)
 
 log = logging.getLogger("dml")
 
@@ -67,33 +70,101 @@ def build_loss(cfg):
     return get_method(cfg.method).build_loss(cfg)
 
 
-def build_train_loader(cfg, splits):
+def build_train_loader(cfg, splits, num_parts=1, part_index=0):
+    """The training batches; of a distributed job, worker ``part_index``'s shard."""
     method = get_method(cfg.method)
     dataset = method.train_dataset(cfg, splits.train)
-    return BatchLoader(dataset, method.batch_sampler(cfg, dataset), splits.mean, splits.std,
+    return BatchLoader(dataset, method.batch_sampler(cfg, dataset, num_parts, part_index),
+                       splits.mean, splits.std,
                        augment=splits.augment if cfg.augment else None, seed=cfg.seed,
                        num_workers=cfg.num_workers)
 
 
-def build_trainer(cfg, model):
+DIST_ENV = ("DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_WORKER",
+            "DMLC_NUM_SERVER")
+_RUN_NAME_KEY = 1 << 24  # an integer kvstore key far above the Trainer's parameter indices
+_RUN_NAME_BYTES = 4096
+
+
+def make_kvstore(kind):
+    """The kvstore object of a distributed ``kind`` (``dist_*``), or None: the local kinds are
+    created by the Trainer itself. A distributed kvstore needs the environment that MXNet's
+    launcher (``dmlc_tracker``, wrapped by ``scripts/launch.py``) gives each process."""
+    if not kind.startswith("dist"):
+        return None
+    missing = [name for name in DIST_ENV if name not in os.environ]
+    if missing:
+        raise DmlError("--kvstore %s needs the environment of MXNet's launcher (%s not set): start "
+                       "the job with python scripts/launch.py -n WORKERS -s SERVERS -- python -m "
+                       "dml train ..." % (kind, ", ".join(missing)))
+    return mx.kv.create(kind)
+
+
+class Workers:
+    """Where this process stands in the job: ``rank`` of ``count`` workers (1 without a
+    distributed kvstore). Only rank 0 writes the run folder."""
+
+    def __init__(self, kv=None):
+        self.kv = kv
+        self.rank = kv.rank if kv is not None else 0
+        self.count = kv.num_workers if kv is not None else 1
+
+    @property
+    def writes(self):
+        return self.rank == 0
+
+    @property
+    def saves_trainer(self):
+        """Trainer states can be saved unless the optimizer runs on the servers (dist_async)."""
+        return self.kv is None or "async" not in self.kv.type
+
+    def agree(self, run_dir):
+        """Rank 0's ``run_dir``, on every worker (broadcast through the kvstore)."""
+        if self.kv is None or self.count == 1:
+            return run_dir
+        code = np.zeros(_RUN_NAME_BYTES, dtype=np.float32)
+        if self.rank == 0:
+            raw = np.frombuffer(os.path.abspath(run_dir).encode("utf-8"), dtype=np.uint8)
+            if len(raw) >= _RUN_NAME_BYTES:
+                raise DmlError("the run folder path is longer than %d bytes" % _RUN_NAME_BYTES)
+            code[:len(raw)] = raw
+        value = mx.nd.array(code)
+        self.kv.broadcast(_RUN_NAME_KEY, value, out=value)
+        raw = value.asnumpy().astype(np.uint8)
+        return bytes(raw[:np.argmax(raw == 0)]).decode("utf-8")
+
+
+def build_trainer(cfg, model, workers=None):
+    """``gluon.Trainer`` over ``cfg.kvstore``. In a synchronous distributed job the servers only
+    sum gradients and every worker applies the same update (``update_on_kvstore=False``), so the
+    optimizer states are local and can be checkpointed; dist_async updates on the servers."""
     opt_params = {"learning_rate": cfg.lr, "wd": cfg.wd}
     if cfg.optimizer == "sgd":
         opt_params["momentum"] = cfg.momentum
-    return gluon.Trainer(model.collect_params(), cfg.optimizer, opt_params, kvstore=cfg.kvstore)
+    kv = workers.kv if workers is not None else None
+    if kv is None:
+        return gluon.Trainer(model.collect_params(), cfg.optimizer, opt_params,
+                             kvstore=cfg.kvstore)
+    return gluon.Trainer(model.collect_params(), cfg.optimizer, opt_params, kvstore=kv,
+                         update_on_kvstore=True if "async" in kv.type else False)
 
 
-def train_step(method, model, loss_fn, trainer, batch, ctx):
+def split_batch(batch, ctx):
+    """A numpy batch -> per device, the tuple of its slices (``parts[i]`` on ``ctx[i]``)."""
+    return list(zip(*[gluon.utils.split_and_load(a, ctx, even_split=False) for a in batch]))
+
+
+def train_step(method, model, loss_fn, trainer, batch, ctx, workers=1):
     """One optimization step on ``batch`` split over ``ctx`` -> (loss, stat) as 1-element arrays
-    on ``ctx[0]``, not synchronized (the caller decides when to wait)."""
-    parts = [gluon.utils.split_and_load(a, ctx, even_split=False) for a in batch]
+    on ``ctx[0]``, not synchronized (the caller decides when to wait). ``workers``: the number of
+    workers whose gradients the kvstore sums (each worker's loss is its batch mean)."""
+    parts = split_batch(batch, ctx)
     with autograd.record():
-        results = [method.forward(model, loss_fn, *arrays) for arrays in zip(*parts)]
-    autograd.backward([loss for loss, _ in results])
-    # each device's loss is a batch mean: average the devices' gradients
-    trainer.step(len(ctx))
-    batch_loss = sum(loss.as_in_context(ctx[0]) for loss, _ in results) / len(ctx)
-    batch_stat = sum(a.as_in_context(ctx[0]) for _, a in results) / len(ctx)
-    return batch_loss, batch_stat
+        heads, loss, stat = method.forward_batch(model, loss_fn, parts, ctx)
+    autograd.backward(heads)
+    # the heads sum to this worker's batch mean: the devices' gradients add up to its gradient
+    trainer.step(workers)
+    return loss, stat
 
 
 def eval_loader(cfg, splits, dataset):
@@ -127,17 +198,36 @@ def _save_atomic(save, path):
     os.replace(path + ".tmp", path)
 
 
-def save_checkpoint(net, trainer, params_dir, epoch, model=None):
-    """``net.export`` (symbol + params, for deployment), ``save_parameters`` and the trainer
-    states, each written under a temporary name and renamed, so a kill never leaves half a file.
-    A softmax ``model``'s classifier goes to ``classifier-%04d.params`` (the trainer states
-    cover it too). ``net`` must have run a hybridized forward pass (the export traces it)."""
+def export_net(net, params_dir, epoch):
+    """``net.export`` for deployment (``embedding-symbol.json``, ``embedding-<epoch>.params``),
+    replacing any earlier export; ``net`` must have run a hybridized forward pass."""
     _export(net, params_dir, epoch)
-    saves = [("net-%04d.params", net.save_parameters), ("trainer-%04d.states", trainer.save_states)]
+    for name in os.listdir(params_dir):
+        if name.startswith(EXPORT_PREFIX + "-") and name.endswith(".params") \
+                and name != "%s-%04d.params" % (EXPORT_PREFIX, epoch):
+            os.remove(os.path.join(params_dir, name))
+
+
+def save_checkpoint(net, trainer, params_dir, epoch, model=None, state=None, batch=None,
+                    save_trainer=True):
+    """One checkpoint (see :mod:`dml.runs`): ``net-<id>.params``, ``trainer-<id>.states`` and a
+    classifier method's ``classifier-<id>.params``. Each file is written under a temporary name
+    and renamed, and ``state-<id>.json`` (``state`` plus the files' sizes) comes last: a kill at
+    any moment leaves the previous checkpoint intact and this one ignored. Returns its id."""
+    cid = checkpoint_id(epoch, batch)
+    files = []
+    saves = [("net-%s.params", net.save_parameters)]
+    if save_trainer:
+        saves.append(("trainer-%s.states", trainer.save_states))
     if model is not None and hasattr(model, "classifier"):
-        saves.append(("classifier-%04d.params", model.classifier.save_parameters))
+        saves.append(("classifier-%s.params", model.classifier.save_parameters))
     for kind, save in saves:
-        _save_atomic(save, os.path.join(params_dir, kind % epoch))
+        _save_atomic(save, os.path.join(params_dir, kind % cid))
+        files.append(kind % cid)
+    state = dict(state or {}, id=cid, epoch=epoch, batch=batch,
+                 files={f: os.path.getsize(os.path.join(params_dir, f)) for f in files})
+    write_json(os.path.join(params_dir, "state-%s.json" % cid), state)
+    return cid
 
 
 def save_best(net, params_dir, epoch, metrics):
@@ -236,11 +326,121 @@ def _log_eval(writer, metrics, epoch, keys):
             writer.add_scalar("eval/" + key, metrics[key], global_step=epoch)
 
 
-def fit(cfg, splits, run_dir, net=None, ctx=None):
+def _log_epoch(writer, record, stat):
+    """An epoch's history record as TensorBoard scalars (at step = epoch)."""
+    epoch = record["epoch"]
+    writer.add_scalar("train/epoch_loss", record["train_loss"], global_step=epoch)
+    writer.add_scalar("train/learning_rate", record["learning_rate"], global_step=epoch)
+    writer.add_scalar("train/" + stat, record[stat], global_step=epoch)
+    if "val_loss" in record:
+        writer.add_scalar("val/loss", record["val_loss"], global_step=epoch)
+    _log_eval(writer, record, epoch, METRIC_KEYS)
+    writer.flush()
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C: the run stopped cleanly; ``checkpoint`` is the id of the checkpoint it wrote."""
+
+    def __init__(self, checkpoint):
+        super().__init__("interrupted")
+        self.checkpoint = checkpoint
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or infinite; ``checkpoint`` is the last good checkpoint's id (or
+    None), written before the loss went bad and left as it was."""
+
+    def __init__(self, message, checkpoint):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+class _NullWriter:
+    """What workers other than rank 0 log to: nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+class _StopRequest:
+    """While active, Ctrl-C (SIGINT) only sets ``requested``: the loop finishes its step, writes a
+    checkpoint and stops. A second Ctrl-C interrupts at once. Only in the main thread."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+        log.warning("Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again to stop "
+                    "at once)")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def rng_state():
+    """numpy's and Python's global RNG states (the random selectors draw from numpy's), as JSON."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+            "python": [version, list(internal), gauss_next]}
+
+
+def set_rng_state(state):
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def learning_rate_at(cfg, epoch):
+    """The learning rate of ``epoch`` (1-based): ``cfg.lr`` times ``lr_factor`` per step passed."""
+    lr = cfg.lr
+    for boundary in range(1, epoch):
+        if boundary in cfg.lr_steps:
+            lr *= cfg.lr_factor
+    return lr
+
+
+def load_checkpoint(run_dir, state, net, model, trainer, ctx):
+    """Load a complete checkpoint's (a state of :func:`dml.runs.complete_checkpoints`) weights
+    and, when it has them, the trainer's optimizer states."""
+    params_dir = os.path.join(run_dir, "params")
+    cid = state["id"]
+    net.load_parameters(os.path.join(params_dir, "net-%s.params" % cid), ctx=ctx)
+    classifier = "classifier-%s.params" % cid
+    if classifier in state["files"]:
+        model.classifier.load_parameters(os.path.join(params_dir, classifier), ctx=ctx)
+    states = "trainer-%s.states" % cid
+    if states in state["files"]:
+        trainer.load_states(os.path.join(params_dir, states))
+    else:
+        log.warning("checkpoint %s holds no optimizer states (dist_async): the optimizer restarts",
+                    cid)
+
+
+def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None):
     """Train, checkpoint, log and evaluate. ``net`` and ``ctx`` may be built beforehand (the CLI
-    does, so that a bad backbone or --gpus fails before the run folder exists)."""
+    does, so that a bad backbone or --gpus fails before the run folder exists). ``resume``: a
+    complete checkpoint's state (:func:`dml.runs.complete_checkpoints`) of ``run_dir`` to continue
+    from. ``workers``: a :class:`Workers` of a distributed job (only rank 0 writes, evaluates and
+    returns metrics; the others return None).
+
+    Raises :class:`TrainingInterrupted` after Ctrl-C (a checkpoint written) and
+    :class:`NonFiniteLoss` when the loss is NaN or infinite (nothing written after the last good
+    checkpoint)."""
     from mxboard import SummaryWriter
 
+    workers = workers or Workers()
     if ctx is None:
         ctx = make_contexts(cfg.gpus, cfg.cpus)
     if net is None:
@@ -256,84 +456,137 @@ def fit(cfg, splits, run_dir, net=None, ctx=None):
     model.hybridize(static_alloc=True, static_shape=True)
     loss_fn = build_loss(cfg)
     loss_fn.hybridize(static_alloc=True, static_shape=True)
-    trainer = build_trainer(cfg, model)
-    loader = build_train_loader(cfg, splits)
+    trainer = build_trainer(cfg, model, workers)
+    loader = build_train_loader(cfg, splits, workers.count, workers.rank)
     val_set = method.val_dataset(cfg, splits.test)
     val_loader = eval_loader(cfg, splits, val_set) if val_set is not None else None
     batch_shape = ("%d x %d images" % (cfg.n_classes, cfg.n_samples) if method.pk_batches
                    else "%d %s" % (cfg.batch_size, method.batch_unit))
-    log.info("training %s (%s) on %s: %d train / %d %s images, %d batches of %s per epoch, on %s",
+    log.info("training %s (%s) on %s: %d train / %d %s images, %d batches of %s per epoch%s, on %s",
              cfg.method, method.summary, cfg.dataset, len(splits.train), len(splits.test),
-             splits.split, len(loader), batch_shape, ", ".join(str(c) for c in ctx))
+             splits.split, len(loader), batch_shape,
+             " (worker %d of %d)" % (workers.rank, workers.count) if workers.count > 1 else "",
+             ", ".join(str(c) for c in ctx))
     stat = method.stat
 
-    writer = SummaryWriter(logdir=logs_dir, flush_secs=10)
-    history = []
-    best_map = -1.0
-    step = 0
+    writer = SummaryWriter(logdir=logs_dir, flush_secs=10) if workers.writes else _NullWriter()
+    history, best_map, step, done_seconds = [], -1.0, 0, 0.0
+    first_epoch, skip, partial, last_good = 1, 0, None, None
+    if resume is not None:
+        load_checkpoint(run_dir, resume, net, model, trainer, ctx)
+        history, best_map, step = resume["history"], resume["best_map"], resume["step"]
+        done_seconds, last_good = resume["train_seconds"], resume["id"]
+        set_rng_state(resume["rng"])
+        if resume["batch"] is None:
+            first_epoch = resume["epoch"] + 1
+        else:  # stopped inside an epoch: continue it after the batches it did
+            first_epoch, skip = resume["epoch"], resume["batch"]
+            partial = resume["partial"]
+        if hasattr(model, "set_iteration"):
+            model.set_iteration(step)
+        # TensorBoard drops what the stopped process logged after the checkpoint ...
+        _session_start(writer, step + 1)
+        if history:  # ... and gets the checkpoint's epoch again, in case it was never flushed
+            _log_epoch(writer, history[-1], stat)
+        log.info("resuming from checkpoint %s: epoch %d%s, step %d", resume["id"], resume["epoch"],
+                 "" if skip == 0 else " after batch %d" % skip, step)
+
+    def train_state(epoch_sums=None):
+        return {"step": step, "best_map": best_map, "history": history, "rng": rng_state(),
+                "train_seconds": round(done_seconds + time.time() - started, 3),
+                "method": cfg.method, "partial": epoch_sums}
+
+    def checkpoint(epoch, batch=None, epoch_sums=None):
+        if not workers.writes:
+            return None
+        cid = save_checkpoint(net, trainer, params_dir, epoch, model, train_state(epoch_sums),
+                              batch=batch, save_trainer=workers.saves_trainer)
+        prune_checkpoints(run_dir, cfg.keep_checkpoints)
+        return cid
+
     started = time.time()
+    stop = _StopRequest()
     try:
-        for epoch in range(1, cfg.epochs + 1):
-            if epoch - 1 in cfg.lr_steps:
-                trainer.set_learning_rate(trainer.learning_rate * cfg.lr_factor)
-            epoch_loss = epoch_stat = None
-            seen = 0
-            with tqdm(total=len(loader), desc="epoch %d/%d" % (epoch, cfg.epochs), unit="batch",
-                      disable=None, leave=False, dynamic_ncols=True) as bar:
-                for batch in loader:
-                    batch_loss, batch_stat = train_step(method, model, loss_fn, trainer, batch, ctx)
-                    step += 1
-                    seen += 1
-                    epoch_loss = batch_loss if epoch_loss is None else epoch_loss + batch_loss
-                    epoch_stat = batch_stat if epoch_stat is None else epoch_stat + batch_stat
-                    if step % cfg.log_interval == 0:  # the only host synchronisation in the loop
-                        value = batch_loss.asscalar()
-                        if not np.isfinite(value):
-                            raise FloatingPointError("loss is %s at step %d" % (value, step))
-                        writer.add_scalar("train/batch_loss", value, global_step=step)
-                        bar.set_postfix(loss="%.4f" % (epoch_loss.asscalar() / seen))
-                    bar.update(1)
-            mean_loss = epoch_loss.asscalar() / seen if seen else float("nan")
-            mean_stat = epoch_stat.asscalar() / seen if seen else float("nan")
-            if not np.isfinite(mean_loss):
-                raise FloatingPointError("epoch %d loss is %s" % (epoch, mean_loss))
-            writer.add_scalar("train/epoch_loss", mean_loss, global_step=epoch)
-            writer.add_scalar("train/learning_rate", trainer.learning_rate, global_step=epoch)
-            writer.add_scalar("train/" + stat, mean_stat, global_step=epoch)
-            record = {"epoch": epoch, "train_loss": mean_loss, stat: mean_stat,
-                      "learning_rate": trainer.learning_rate}
-            val_text = ""
-            if val_loader is not None:
-                val = validation_loss(method, model, loss_fn, val_loader, ctx)
-                writer.add_scalar("val/loss", val, global_step=epoch)
-                record["val_loss"] = val
-                val_text = ", val loss %.4f" % val
-            if epoch != cfg.epochs:  # the last epoch is evaluated in full below
-                eval_due = bool(cfg.eval_period) and epoch % cfg.eval_period == 0
-                save_due = bool(cfg.save_period) and epoch % cfg.save_period == 0
-                if eval_due or save_due:
+        with stop:
+            for epoch in range(first_epoch, cfg.epochs + 1):
+                trainer.set_learning_rate(learning_rate_at(cfg, epoch))
+                loader.set_epoch(epoch - 1, skip=skip)
+                epoch_loss = epoch_stat = None
+                seen = 0
+                if partial is not None:
+                    epoch_loss = mx.nd.array([partial["loss_sum"]], ctx=ctx[0])
+                    epoch_stat = mx.nd.array([partial["stat_sum"]], ctx=ctx[0])
+                    seen = partial["batches"]
+                with tqdm(total=len(loader), initial=skip, desc="epoch %d/%d" % (epoch, cfg.epochs),
+                          unit="batch", disable=None, leave=False, dynamic_ncols=True) as bar:
+                    skip, partial = 0, None
+                    for batch in loader:
+                        batch_loss, batch_stat = train_step(method, model, loss_fn, trainer, batch,
+                                                            ctx, workers.count)
+                        step += 1
+                        seen += 1
+                        epoch_loss = batch_loss if epoch_loss is None else epoch_loss + batch_loss
+                        epoch_stat = batch_stat if epoch_stat is None else epoch_stat + batch_stat
+                        if step % cfg.log_interval == 0:  # the only host synchronisation
+                            value = batch_loss.asscalar()
+                            if not np.isfinite(value):
+                                raise NonFiniteLoss("the loss is %s at step %d (epoch %d)"
+                                                    % (value, step, epoch), last_good)
+                            writer.add_scalar("train/batch_loss", value, global_step=step)
+                            bar.set_postfix(loss="%.4f" % (epoch_loss.asscalar() / seen))
+                        bar.update(1)
+                        if stop.requested and seen < len(loader):
+                            loss_sum = epoch_loss.asscalar()
+                            if not np.isfinite(loss_sum):
+                                raise NonFiniteLoss("the loss is %s in epoch %d" % (loss_sum, epoch),
+                                                    last_good)
+                            raise TrainingInterrupted(checkpoint(epoch, seen, {
+                                "loss_sum": loss_sum, "stat_sum": float(epoch_stat.asscalar()),
+                                "batches": seen}))
+                mean_loss = epoch_loss.asscalar() / seen if seen else float("nan")
+                mean_stat = epoch_stat.asscalar() / seen if seen else float("nan")
+                if not np.isfinite(mean_loss):
+                    raise NonFiniteLoss("the loss of epoch %d is %s" % (epoch, mean_loss), last_good)
+                record = {"epoch": epoch, "train_loss": mean_loss, stat: mean_stat,
+                          "learning_rate": trainer.learning_rate}
+                val_text = ""
+                if val_loader is not None:
+                    record["val_loss"] = validation_loss(method, model, loss_fn, val_loader, ctx)
+                    val_text = ", val loss %.4f" % record["val_loss"]
+                # the last epoch is evaluated in full below
+                if (workers.writes and cfg.eval_period and epoch % cfg.eval_period == 0
+                        and epoch != cfg.epochs):
                     metrics, embeddings, labels = evaluate_net(cfg, splits, net, ctx, full=False)
-                if eval_due:
-                    _log_eval(writer, metrics, epoch, METRIC_KEYS)
                     record.update((k, metrics[k]) for k in METRIC_KEYS if k in metrics)
                     val_text += ", map_at_r %.4f" % metrics["map_at_r"]
                     if metrics["map_at_r"] > best_map:
                         best_map = metrics["map_at_r"]
                         save_best(net, params_dir, epoch, metrics)
-                if save_due:
-                    save_checkpoint(net, trainer, params_dir, epoch, model)
                     add_projector(writer, embeddings, labels, splits.test, splits.class_names,
                                   projector_sample(len(labels), cfg.projector_points, cfg.seed),
                                   epoch)
-            history.append(record)
-            write_json(os.path.join(logs_dir, HISTORY_FILE), history)
-            log.info("epoch %d/%d: loss %.4f, %s %.3f%s, lr %g, %.0f s", epoch, cfg.epochs,
-                     mean_loss, stat.replace("_", " "), mean_stat, val_text, trainer.learning_rate,
-                     time.time() - started)
-        train_seconds = time.time() - started
+                history.append(record)
+                if (cfg.save_period and epoch % cfg.save_period == 0) or epoch == cfg.epochs \
+                        or stop.requested:
+                    last_good = checkpoint(epoch)
+                # logged after the checkpoint: a resumed run never logs an epoch twice
+                _log_epoch(writer, record, stat)
+                if workers.writes:
+                    write_json(os.path.join(logs_dir, HISTORY_FILE), history)
+                log.info("epoch %d/%d: loss %.4f, %s %.3f%s, lr %g, %.0f s", epoch, cfg.epochs,
+                         mean_loss, stat.replace("_", " "), mean_stat, val_text,
+                         trainer.learning_rate, done_seconds + time.time() - started)
+                if stop.requested and epoch < cfg.epochs:
+                    raise TrainingInterrupted(last_good)
+        # a worker's last gradient push must reach the servers before it exits (MXNet stops its
+        # engine at exit without finishing it, and the other workers would wait for ever)
+        mx.nd.waitall()
+        train_seconds = done_seconds + time.time() - started
+        if not workers.writes:
+            return None
 
         metrics, embeddings, labels = evaluate_net(cfg, splits, net, ctx, full=True)
-        save_checkpoint(net, trainer, params_dir, cfg.epochs, model)
+        export_net(net, params_dir, cfg.epochs)
         if metrics["map_at_r"] > best_map:
             save_best(net, params_dir, cfg.epochs, metrics)
         _log_eval(writer, metrics, cfg.epochs, METRIC_KEYS + ("verification_auc",))
@@ -350,3 +603,15 @@ def fit(cfg, splits, run_dir, net=None, ctx=None):
                    train_seconds=round(train_seconds, 2))
     write_json(os.path.join(run_dir, "metrics.json"), metrics)
     return metrics
+
+
+def _session_start(writer, step):
+    """A SessionLog START event at ``step``: TensorBoard discards the events of earlier files at
+    this step or later (what a killed process logged after its last checkpoint)."""
+    if isinstance(writer, _NullWriter):
+        return
+    from mxboard.proto import event_pb2
+
+    writer._file_writer.add_event(event_pb2.Event(  # pylint: disable=protected-access
+        wall_time=time.time(), step=step,
+        session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))

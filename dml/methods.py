@@ -53,12 +53,35 @@ class Method:
         """A fixed set to report a validation loss on each epoch, or None."""
         return None
 
-    def batch_sampler(self, cfg, dataset):
-        return BalancedBatchSampler(dataset.labels, cfg.n_classes, cfg.n_samples, seed=cfg.seed)
+    def batch_sampler(self, cfg, dataset, num_parts=1, part_index=0):
+        """``num_parts`` > 1: worker ``part_index``'s disjoint shard (distributed training)."""
+        return BalancedBatchSampler(dataset.labels, cfg.n_classes, cfg.n_samples, seed=cfg.seed,
+                                    num_parts=num_parts, part_index=part_index)
 
     def forward(self, model, loss_fn, images, labels):
         """One device's share of a batch -> (loss, stat), both 1-element arrays."""
         return loss_fn(model(images), labels)
+
+    def forward_batch(self, model, loss_fn, parts, ctx):
+        """A whole batch split over the devices ``ctx`` (``parts[i]``: the arrays on ``ctx[i]``)
+        -> ``(heads, loss, stat)``: the outputs to back-propagate, and the batch loss and stat on
+        ``ctx[0]``.
+
+        Online mining must see the whole batch, not each device's slice: every device embeds its
+        slice, the embeddings are copied to ``ctx[0]`` (a recorded copy, so the gradient flows
+        back to each device) and concatenated in batch order, and one loss call mines and scores
+        the full B x B batch. Its gradient with respect to each device's parameters is that
+        device's share of the full-batch gradient: the kvstore sums them.
+        """
+        embeddings = [model(images) for images, _ in parts]
+        labels = [lab for _, lab in parts]
+        if len(parts) > 1:
+            embeddings = mx.nd.concat(*[e.as_in_context(ctx[0]) for e in embeddings], dim=0)
+            labels = mx.nd.concat(*[lab.as_in_context(ctx[0]) for lab in labels], dim=0)
+        else:
+            embeddings, labels = embeddings[0], labels[0]
+        loss, stat = loss_fn(embeddings, labels)
+        return [loss], loss, stat
 
 
 class _PlainBatches(Method):
@@ -66,8 +89,22 @@ class _PlainBatches(Method):
 
     pk_batches = False
 
-    def batch_sampler(self, cfg, dataset):
-        return ShuffledBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed)
+    def batch_sampler(self, cfg, dataset, num_parts=1, part_index=0):
+        return ShuffledBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed,
+                                    num_parts=num_parts, part_index=part_index)
+
+    def forward_batch(self, model, loss_fn, parts, ctx):
+        """Per-sample losses: each device scores its slice, weighted by its share of the batch
+        (slices may differ by one sample), so the summed gradient is the full-batch mean's."""
+        total = sum(arrays[0].shape[0] for arrays in parts)
+        heads, loss, stat = [], 0, 0
+        for arrays in parts:
+            share = arrays[0].shape[0] / total
+            part_loss, part_stat = self.forward(model, loss_fn, *arrays)
+            heads.append(part_loss * share)
+            loss = loss + heads[-1].as_in_context(ctx[0])
+            stat = stat + (part_stat * share).as_in_context(ctx[0])
+        return heads, loss, stat
 
 
 class _TupleMethod(_PlainBatches):

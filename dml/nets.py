@@ -92,6 +92,11 @@ class MarginClassifierNet(gluon.Block):
     def forward(self, x, labels):
         return self.classifier(self.embedding_net(x), labels)
 
+    def set_iteration(self, iteration):
+        """Resuming: the head's per-batch schedule (SphereFace's lambda) continues from here."""
+        if hasattr(self.classifier, "set_iteration"):
+            self.classifier.set_iteration(iteration)
+
 
 def pretrained_file(name, root=None):
     """Where GluonCV's model store keeps ``name``'s ImageNet weights."""

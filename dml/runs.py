@@ -114,3 +114,71 @@ def _listdir(path):
         return os.listdir(path)
     except OSError:
         return []
+
+
+# Training checkpoints. A checkpoint is the files ``net-<id>.params``, ``trainer-<id>.states``
+# (and ``classifier-<id>.params`` for the classifier methods) and, written last, ``state-<id>.json``:
+# epoch, global step, RNG states, best metric, history and the size of every file. The state file
+# is the commit mark: a checkpoint without one, or whose files do not match it, is incomplete and
+# ignored. ``<id>`` is the epoch (``0003``) after a whole epoch, or ``0004-b000017`` when a run
+# stopped (Ctrl-C) after 17 batches of epoch 4.
+_STATE = re.compile(r"^state-(\d{4,})(?:-b(\d+))?\.json$")
+
+
+def checkpoint_id(epoch, batch=None):
+    return "%04d" % epoch if batch is None else "%04d-b%06d" % (epoch, batch)
+
+
+def complete_checkpoints(run_dir):
+    """The complete checkpoints of ``run_dir``, oldest first: a list of state dicts, each with its
+    ``id``. A state file that cannot be parsed, or whose files are missing or of another size (a
+    kill while it was being replaced), does not count."""
+    params_dir = os.path.join(run_dir, "params")
+    found = []
+    for name in _listdir(params_dir):
+        if not _STATE.match(name):
+            continue
+        try:
+            state = read_json(os.path.join(params_dir, name))
+            files = state["files"]
+            ok = all(os.path.getsize(os.path.join(params_dir, f)) == size
+                     for f, size in files.items())
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if ok:
+            found.append(state)
+    return sorted(found, key=lambda s: (s["step"], s["id"]))
+
+
+def remove_partial_files(run_dir):
+    """Delete the ``*.tmp`` files a killed run left (a write that never reached its rename)."""
+    removed = []
+    for folder, _, files in os.walk(run_dir):
+        for name in files:
+            if name.endswith(".tmp") or name.startswith(".tmp-"):
+                os.remove(os.path.join(folder, name))
+                removed.append(os.path.join(folder, name))
+    return removed
+
+
+def prune_checkpoints(run_dir, keep):
+    """Keep the newest ``keep`` complete whole-epoch checkpoints (0: all) and the newest one of
+    any kind; drop the others, each state file first (the checkpoint then counts as incomplete)
+    and its files after, so a kill here leaves only complete or ignored checkpoints."""
+    states = complete_checkpoints(run_dir)
+    if not states:
+        return
+    params_dir = os.path.join(run_dir, "params")
+    newest = states[-1]
+    epochs = [s for s in states if s.get("batch") is None]
+    kept = {s["id"] for s in (epochs[-keep:] if keep else epochs)} | {newest["id"]}
+    for state in states:
+        if state["id"] in kept:
+            continue
+        os.remove(os.path.join(params_dir, "state-%s.json" % state["id"]))
+        for name in state["files"]:
+            if name not in newest["files"]:
+                try:
+                    os.remove(os.path.join(params_dir, name))
+                except OSError:
+                    pass

@@ -42,7 +42,8 @@ def test_train_end_to_end_run_folder(tiny_cifar, tiny_run):
     assert glob.glob(os.path.join(logs, "events.out.tfevents.*"))
     assert os.path.getsize(os.path.join(logs, "train.log")) > 0
     projector = open(os.path.join(logs, "projector_config.pbtxt")).read()
-    for step in ("000001", "000002"):
+    assert "test_embedding_000001" not in projector  # the projector follows --eval-period
+    for step in ("000002",):
         emb_dir = os.path.join(logs, "test_embedding_" + step)
         assert 'tensor_path: "test_embedding_%s/tensors.tsv"' % step in projector
         tensors = np.loadtxt(os.path.join(emb_dir, "tensors.tsv"))
@@ -72,8 +73,10 @@ def test_train_end_to_end_run_folder(tiny_cifar, tiny_run):
 
     params = os.path.join(run, "params")
     for epoch in (1, 2):
-        for name in ("embedding-%04d.params", "net-%04d.params", "trainer-%04d.states"):
+        for name in ("net-%04d.params", "trainer-%04d.states", "state-%04d.json"):
             assert os.path.getsize(os.path.join(params, name % epoch)) > 0
+    assert sorted(f for f in os.listdir(params) if f.startswith("embedding-")) == [
+        "embedding-0002.params", "embedding-symbol.json"]
     assert not [f for f in os.listdir(params) if "tmp" in f]
     best = json.load(open(os.path.join(params, "best", "best.json")))
     assert best["epoch"] == 2 and best["map_at_r"] == metrics["map_at_r"]

@@ -1,5 +1,6 @@
 """Batches as float32 NCHW arrays: augmentation and normalization vectorized over the batch in
 numpy, prefetched by worker threads so loading overlaps the network's compute."""
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -51,12 +52,16 @@ class BatchLoader:
         self.seed = seed
         self.num_workers = int(num_workers)
         self._epoch = 0
+        self._skip = 0
 
     def __len__(self):
         return len(self.batch_sampler)
 
-    def set_epoch(self, epoch):
+    def set_epoch(self, epoch, skip=0):
+        """The next ``iter`` yields epoch ``epoch`` (0-based), from batch number ``skip`` on (a
+        resumed run: the batches and their augmentation are those of an uninterrupted run)."""
         self._epoch = int(epoch)
+        self._skip = int(skip)
         if hasattr(self.batch_sampler, "set_epoch"):
             self.batch_sampler.set_epoch(epoch)
 
@@ -74,7 +79,8 @@ class BatchLoader:
         self._epoch += 1
         if hasattr(self.dataset, "set_epoch"):  # tuple datasets draw fresh tuples per epoch
             self.dataset.set_epoch(epoch)
-        batches = enumerate(iter(self.batch_sampler))
+        batches = itertools.islice(enumerate(iter(self.batch_sampler)), self._skip, None)
+        self._skip = 0
         if self.num_workers <= 0:
             for number, indices in batches:
                 yield self._make(epoch, number, indices)

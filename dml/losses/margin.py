@@ -130,6 +130,10 @@ lambda (not trained); ``iteration`` counts training batches.
         base, gamma, power, lambda_min = self._anneal
         return max(lambda_min, base * (1.0 + gamma * iteration) ** (-power))
 
+    def set_iteration(self, iteration):
+        """Continue the annealing from training batch ``iteration`` (a resumed run)."""
+        self._calls = int(iteration) * len(self.anneal_lambda.list_ctx())
+
     def forward(self, embeddings, labels):
         if autograd.is_training():
             # the engine calls once per device per batch: the iteration counts batches
