@@ -1,0 +1,127 @@
+"""Several devices in one process (CPU contexts stand in for GPUs: the same split_and_load, copy and
+kvstore code) and the data shards of a distributed job."""
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import gluon
+
+from dml.config import RunConfig
+from dml.data import BalancedBatchSampler, ShuffledBatchSampler
+from dml.engine import build_loss, train_step
+from dml.methods import get_method
+
+CTX1 = [mx.cpu(0)]
+CTX2 = [mx.cpu(0), mx.cpu(1)]
+
+
+def _net(ctx, seed=3):
+    """An embedding net without BatchNorm, so that the devices' slices see the same function as
+    the whole batch (BatchNorm's batch statistics are per device, as in any data-parallel run)."""
+    mx.random.seed(seed)
+    net = gluon.nn.HybridSequential()
+    net.add(gluon.nn.Dense(12, activation="tanh", in_units=10), gluon.nn.Dense(6, in_units=12))
+    net.initialize(mx.init.Xavier(), ctx=ctx)
+    net.hybridize()
+    net.embedding_dim = 6  # what ClassifierNet reads from an EmbeddingNet
+    return net
+
+
+def _pk_batch(classes=4, per_class=6, seed=0):
+    rng = np.random.RandomState(seed)
+    labels = np.repeat(np.arange(classes), per_class).astype(np.float32)
+    return rng.normal(size=(len(labels), 10)).astype(np.float32), labels
+
+
+def _one_step(method_name, ctx, batch, selector=None, **cfg_args):
+    cfg = RunConfig(method=method_name, selector=selector, margin=0.2, **cfg_args)
+    method = get_method(method_name)
+    net = _net(ctx)
+    model = method.build_model(net, 4, ctx, cfg)
+    loss_fn = build_loss(cfg)
+    loss_fn.hybridize()
+    trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": 0.5}, kvstore="device")
+    np.random.seed(7)  # the random selectors draw from numpy's generator
+    loss, stat = train_step(method, model, loss_fn, trainer, batch, ctx)
+    weights = {name.split("_", 1)[1]: p.data(ctx[-1]).asnumpy()
+               for name, p in net.collect_params().items()}
+    return loss.asscalar(), stat.asscalar(), weights
+
+
+@pytest.mark.parametrize("method,selector", [
+    ("triplet_semihard", None), ("triplet_batch_hard", None), ("triplet_batch_all", None),
+    ("online_triplet", "all"), ("online_triplet", "hardest"), ("online_triplet", "random_hard"),
+    ("online_triplet", "semihard"), ("online_contrastive", "hard_negative"),
+    ("online_contrastive", "all_positive")])
+def test_two_devices_mine_the_whole_batch(method, selector):
+    """2 contexts give the loss of 1 on the same batch, and the same updated weights (on every
+    device): the embeddings of both slices are gathered before mining."""
+    batch = _pk_batch()
+    loss1, stat1, weights1 = _one_step(method, CTX1, batch, selector)
+    loss2, stat2, weights2 = _one_step(method, CTX2, batch, selector)
+    assert loss1 > 0
+    assert loss2 == pytest.approx(loss1, rel=1e-5) and stat2 == pytest.approx(stat1, rel=1e-5)
+    for name in weights1:
+        np.testing.assert_allclose(weights2[name], weights1[name], rtol=1e-4, atol=1e-6)
+
+
+def test_mining_each_slice_alone_would_differ():
+    """What the gathering avoids: the batch is grouped by class, so each device's half holds
+    half the classes and its own mining finds other negatives."""
+    x, labels = _pk_batch()
+    cfg = RunConfig(method="triplet_semihard", margin=0.2)
+    loss_fn = build_loss(cfg)
+    whole = loss_fn(mx.nd.array(x), mx.nd.array(labels))[0].asscalar()
+    halves = [loss_fn(mx.nd.array(x[s]), mx.nd.array(labels[s]))[0].asscalar()
+              for s in (slice(0, 12), slice(12, 24))]
+    assert abs(np.mean(halves) - whole) > 1e-3
+
+
+@pytest.mark.parametrize("size", [7, 8])
+def test_per_sample_losses_weight_uneven_slices(size):
+    """softmax on 7 images over 2 devices (4 + 3): the loss and the update of the full batch."""
+    rng = np.random.RandomState(1)
+    batch = (rng.normal(size=(size, 10)).astype(np.float32),
+             rng.randint(0, 4, size=size).astype(np.float32))
+    loss1, acc1, weights1 = _one_step("softmax", CTX1, batch, batch_size=size)
+    loss2, acc2, weights2 = _one_step("softmax", CTX2, batch, batch_size=size)
+    assert loss2 == pytest.approx(loss1, rel=1e-5) and acc2 == pytest.approx(acc1)
+    for name in weights1:
+        np.testing.assert_allclose(weights2[name], weights1[name], rtol=1e-4, atol=1e-6)
+
+
+def test_balanced_sampler_shards_are_disjoint_and_equal():
+    labels = np.repeat(np.arange(6), [20, 21, 22, 19, 25, 18])
+    samplers = [BalancedBatchSampler(labels, 3, 4, seed=0, num_parts=3, part_index=r)
+                for r in range(3)]
+    assert len({len(s) for s in samplers}) == 1 and len(samplers[0]) == len(labels) // (3 * 12)
+    seen = [set() for _ in samplers]
+    for epoch in range(4):
+        for s, indices in zip(samplers, seen):
+            s.set_epoch(epoch)
+            for batch in s:
+                assert len(batch) == 12
+                assert len(set(labels[batch])) == 3
+                indices.update(batch)
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+    # one part is the ordinary sampler, unchanged
+    one = BalancedBatchSampler(labels, 3, 4, seed=0, num_parts=1, part_index=0)
+    assert [list(b) for b in one] == [list(b) for b in BalancedBatchSampler(labels, 3, 4, seed=0)]
+
+
+def test_shuffled_sampler_shards_partition_each_epoch():
+    samplers = [ShuffledBatchSampler(50, 4, seed=2, num_parts=2, part_index=r) for r in range(2)]
+    assert len(samplers[0]) == len(samplers[1]) == 25 // 4
+    for epoch in range(3):
+        got = []
+        for s in samplers:
+            s.set_epoch(epoch)
+            got.append([i for b in s for i in b])
+        assert not set(got[0]) & set(got[1])
+
+
+def test_shard_errors():
+    labels = np.repeat(np.arange(3), 2)
+    with pytest.raises(ValueError, match="shard 2 of 4"):
+        BalancedBatchSampler(labels, 3, 1, num_parts=4, part_index=2)
+    with pytest.raises(ValueError, match="part_index"):
+        ShuffledBatchSampler(10, 2, num_parts=2, part_index=2)
