@@ -214,7 +214,7 @@ def test_ctrl_c_checkpoints_then_resume(tiny_cifar, reference, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cifar, tmp_path, monkeypatch,
-                                                           caplog):
+                                                           capsys):
     import mxnet as mx
 
     import dml.engine as engine
@@ -233,7 +233,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cifar, tmp_path,
     out = str(tmp_path)
     code, _ = run(train_args(tiny_cifar, out))
     assert code == 1
-    assert "is nan" in caplog.text and "last good checkpoint, 0001" in caplog.text
+    err = capsys.readouterr().err
+    assert "is nan" in err and "last good checkpoint, 0001" in err
     run_dir = only_run_dir(out, "cifar10", "triplet_semihard")
     assert [s["id"] for s in complete_checkpoints(run_dir)] == ["0001"]
     assert not os.path.exists(os.path.join(run_dir, "metrics.json"))
