@@ -7,4 +7,4 @@
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/train_common.sh"
 dml_train --method arcface --dataset cifar10 --backbone resnet18_v1 \
   --batch-size 120 --margin 0.5 --scale 64 --epochs 60 --optimizer adam --lr 1e-3 --lr-steps 40,50 \
-  --save-period 10 "$@"
+  --eval-period 10 "$@"

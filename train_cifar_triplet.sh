@@ -6,4 +6,4 @@
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/train_common.sh"
 dml_train --method triplet --dataset cifar10 --backbone resnet18_v1 \
   --batch-size 64 --margin 0.5 --epochs 60 --optimizer adam --lr 1e-3 --lr-steps 40,50 \
-  --save-period 10 "$@"
+  --eval-period 10 "$@"

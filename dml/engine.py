@@ -108,6 +108,7 @@ class Workers:
         self.kv = kv
         self.rank = kv.rank if kv is not None else 0
         self.count = kv.num_workers if kv is not None else 1
+        self._pulled = False
 
     @property
     def writes(self):
@@ -117,6 +118,20 @@ class Workers:
     def saves_trainer(self):
         """Trainer states can be saved unless the optimizer runs on the servers (dist_async)."""
         return self.kv is None or "async" not in self.kv.type
+
+    def pull_weights_before_pushing(self, trainer):
+        """Called between the first backward pass and the first update: the Trainer broadcasts
+        rank 0's initial weights (a pull per parameter) in its first step, and the gradients then
+        travel under the same kvstore keys. Nothing orders a worker's weight pull before its own
+        gradient push, and a pull served after both workers' pushes were merged returns their
+        summed gradients instead of the weights. Initialising here and waiting closes that gap
+        (seen with two workers: one started from the gradient sum)."""
+        if self.kv is None or self.count == 1 or self._pulled:
+            return
+        trainer._init_kvstore()  # pylint: disable=protected-access
+        trainer._init_params()  # pylint: disable=protected-access
+        mx.nd.waitall()
+        self._pulled = True
 
     def agree(self, run_dir):
         """Rank 0's ``run_dir``, on every worker (broadcast through the kvstore)."""
@@ -154,16 +169,19 @@ def split_batch(batch, ctx):
     return list(zip(*[gluon.utils.split_and_load(a, ctx, even_split=False) for a in batch]))
 
 
-def train_step(method, model, loss_fn, trainer, batch, ctx, workers=1):
+def train_step(method, model, loss_fn, trainer, batch, ctx, workers=None):
     """One optimization step on ``batch`` split over ``ctx`` -> (loss, stat) as 1-element arrays
-    on ``ctx[0]``, not synchronized (the caller decides when to wait). ``workers``: the number of
-    workers whose gradients the kvstore sums (each worker's loss is its batch mean)."""
+    on ``ctx[0]``, not synchronized (the caller decides when to wait). ``workers``: the
+    :class:`Workers` of a distributed job, whose gradients the kvstore sums (each worker's loss
+    is its batch mean)."""
     parts = split_batch(batch, ctx)
     with autograd.record():
         heads, loss, stat = method.forward_batch(model, loss_fn, parts, ctx)
     autograd.backward(heads)
+    if workers is not None:
+        workers.pull_weights_before_pushing(trainer)
     # the heads sum to this worker's batch mean: the devices' gradients add up to its gradient
-    trainer.step(workers)
+    trainer.step(workers.count if workers is not None else 1)
     return loss, stat
 
 
@@ -522,7 +540,7 @@ def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None):
                     skip, partial = 0, None
                     for batch in loader:
                         batch_loss, batch_stat = train_step(method, model, loss_fn, trainer, batch,
-                                                            ctx, workers.count)
+                                                            ctx, workers)
                         step += 1
                         seen += 1
                         epoch_loss = batch_loss if epoch_loss is None else epoch_loss + batch_loss

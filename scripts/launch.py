@@ -163,7 +163,12 @@ def run_local(command, num_workers, num_servers, host_ip=None, poll=0.2, linger=
 
 def run_tracker(args, command):
     """ssh, mpi, slurm, sge: dmlc_tracker's own submitters, with its option parser."""
+    import threading
+
     from dmlc_tracker import mpi, opts, sge, slurm, ssh
+
+    if not hasattr(threading.Thread, "isAlive"):  # dmlc_tracker calls it; gone since Python 3.9
+        threading.Thread.isAlive = threading.Thread.is_alive
 
     argv = ["--cluster", args.launcher, "--num-workers", str(args.num_workers),
             "--num-servers", str(args.num_servers)]

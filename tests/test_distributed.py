@@ -1,0 +1,144 @@
+"""Distributed jobs on MXNet's parameter-server kvstore, started by scripts/launch.py: a real local
+2-worker dist_sync job on digits, the ssh launcher through a stand-in ssh, and bad input."""
+import glob
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from dml.cli import main
+from runhelpers import ROOT, only_run_dir
+
+LAUNCH = os.path.join(ROOT, "scripts", "launch.py")
+TINY_DIGITS = ["--dataset", "digits", "--epochs", "1", "--n-classes", "4", "--n-samples", "4",
+               "--embedding-dim", "16", "--num-workers", "1"]
+
+# Two workers push gradients of different batches: with dist_sync both end with the same weights,
+# the update of the summed gradients; each writes its rank and weights.
+KVSTORE_SCRIPT = """
+import json, sys
+import mxnet as mx
+from mxnet import autograd, gluon, nd
+kv = mx.kv.create("dist_sync")
+net = gluon.nn.Dense(2, in_units=3)
+net.initialize(mx.init.One())
+trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1}, kvstore=kv,
+                        update_on_kvstore=False)
+with autograd.record():
+    loss = net(nd.full((1, 3), kv.rank + 1.0)).sum()
+loss.backward()
+# what dml's Workers.pull_weights_before_pushing does: the initial weights pulled before the
+# first gradient push (without it, one worker sometimes starts from the summed gradients)
+trainer._init_kvstore(); trainer._init_params(); nd.waitall()
+trainer.step(1)
+nd.waitall()
+with open("%s/rank%d.json" % (sys.argv[1], kv.rank), "w") as f:
+    json.dump({"workers": kv.num_workers, "weight": net.weight.data().asnumpy().tolist()}, f)
+"""
+
+
+def launch(args, timeout=600, **kwargs):
+    return subprocess.run([sys.executable, LAUNCH] + args, capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def no_dist_env():
+    return {k: v for k, v in os.environ.items() if not k.startswith("DMLC_")}
+
+
+def test_local_two_worker_dist_sync_job_on_digits(tmp_path):
+    out = str(tmp_path / "out")
+    proc = launch(["--launcher", "local", "-n", "2", "-s", "1", "--",
+                   sys.executable, "-m", "dml", "train", "--method", "triplet_semihard",
+                   "--kvstore", "dist_sync", "--output-root", out] + TINY_DIGITS,
+                  env=dict(no_dist_env(), PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = only_run_dir(out, "digits", "triplet_semihard")  # one folder, agreed by both
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert metrics["epochs"] == 1 and 0 < metrics["map_at_r"] <= 1
+    config = json.load(open(os.path.join(run_dir, "config.json")))
+    assert config["kvstore"] == "dist_sync"
+    log = open(os.path.join(run_dir, "logs", "train.log")).read()
+    # rank 0 alone writes; each worker trains on its half: 1347 // (2 x 16) batches
+    assert "(worker 0 of 2)" in log and "(worker 1 of 2)" not in log
+    assert "42 batches of 4 x 4 images" in log
+    assert "worker 1 of 2 done" in proc.stderr
+    assert [s for s in glob.glob(os.path.join(run_dir, "params", "state-*.json"))]
+
+
+def test_ssh_launcher_runs_a_job_through_ssh(tmp_path):
+    """--launcher ssh with a hostfile, through a stand-in ``ssh`` that runs the remote command
+    here: the path dmlc_tracker takes on a real cluster (environment exported, cd, command)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ssh = bin_dir / "ssh"
+    ssh.write_text('#!/bin/bash\n# ssh [-o ...] HOST -p PORT COMMAND: run COMMAND here\n'
+                   'exec bash -c "${@: -1}"\n')
+    ssh.chmod(ssh.stat().st_mode | stat.S_IEXEC)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1\n127.0.0.1:22\n")  # addresses: ps-lite binds to them
+    script = tmp_path / "job.py"
+    script.write_text(KVSTORE_SCRIPT)
+    env = dict(no_dist_env(), PATH=str(bin_dir) + os.pathsep + os.environ["PATH"])
+    proc = launch(["--launcher", "ssh", "-n", "2", "-s", "1", "-H", str(hosts), "--host-ip",
+                   "127.0.0.1", "--", sys.executable, str(script), str(tmp_path)],
+                  env=env, cwd=str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.load(open(tmp_path / ("rank%d.json" % r))) for r in (0, 1)]
+    assert ranks[0]["workers"] == ranks[1]["workers"] == 2
+    # weights 1 - 0.1 * (1 + 2): the gradients of both workers were summed
+    assert ranks[0]["weight"] == ranks[1]["weight"]
+    assert ranks[0]["weight"][0][0] == pytest.approx(1 - 0.1 * 3)
+
+
+def test_a_failing_worker_fails_the_job(tmp_path):
+    proc = launch(["-n", "2", "-s", "1", "--", sys.executable, "-c", "import sys; sys.exit(3)"],
+                  env=no_dist_env(), timeout=120)
+    assert proc.returncode == 3
+    assert "a worker exited with code 3" in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-n", "2"], "no command"),
+    (["-n", "2", "--"], "no command"),
+    (["--launcher", "ssh", "-n", "2", "--", "true"], "needs -H HOSTFILE"),
+    (["--launcher", "ssh", "-n", "2", "-H", "/no/such/hosts", "--", "true"], "no such file"),
+    (["--launcher", "mpi", "-n", "2", "--", "true"], "needs mpirun on the PATH"),
+    (["--launcher", "slurm", "-n", "2", "--", "true"], "needs srun on the PATH"),
+    (["--launcher", "sge", "-n", "2", "--", "true"], "needs qsub on the PATH"),
+    (["-n", "0", "--", "true"], "must be >= 1"),
+    (["--launcher", "yarn", "-n", "1", "--", "true"], "invalid choice"),
+])
+def test_launch_bad_input(tmp_path, args, message):
+    env = dict(no_dist_env(), PATH=str(tmp_path))  # no mpirun, srun or qsub here
+    proc = subprocess.run([sys.executable, LAUNCH] + args, capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_empty_hostfile(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("\n\n")
+    proc = launch(["--launcher", "ssh", "-n", "1", "-H", str(hosts), "--", "true"], timeout=60)
+    assert proc.returncode == 2 and "lists no host" in proc.stderr
+
+
+def test_dist_kvstore_without_the_launcher(tmp_path, monkeypatch, capsys):
+    for name in list(os.environ):
+        if name.startswith("DMLC_"):
+            monkeypatch.delenv(name)
+    out = str(tmp_path / "out")
+    assert main(["train", "--kvstore", "dist_sync", "--output-root", out] + TINY_DIGITS) == 2
+    err = capsys.readouterr().err
+    assert "--kvstore dist_sync needs the environment of MXNet's launcher" in err
+    assert "scripts/launch.py" in err and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(out)
+
+
+def test_launch_help():
+    proc = launch(["--help"], timeout=60)
+    assert proc.returncode == 0 and "dmlc_tracker" in proc.stdout and "--launcher" in proc.stdout
