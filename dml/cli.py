@@ -22,6 +22,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, "%s: error: %s (see --help)\n" % (self.prog, message))
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only when there is one (None means: the method's or dataset's default,
+    which the help text states)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _positive_int(text):
     try:
         value = int(text)
@@ -95,7 +105,7 @@ def build_parser():
         "it on the test split. Writes <output-root>/<dataset>/<method>/<YYYYmmddHHMM>/ with logs/, "
         "params/, config.json and metrics.json. Options left out take the method's and dataset's "
         "defaults (see README).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_Formatter)
     train.set_defaults(func=cmd_train)
     g = train.add_argument_group("what to train")
     g.add_argument("--method", default=None, metavar="NAME",
@@ -180,7 +190,7 @@ def build_parser():
         description="Load a run's config.json and a checkpoint, embed the split, compute every "
         "metric (retrieval, clustering, kNN; verification for siamese runs), rewrite metrics.json "
         "and add the projector embedding and the plots to the run's logs/ and plots/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_Formatter)
     evaluate.set_defaults(func=cmd_evaluate)
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by dml train")
     evaluate.add_argument("--split", choices=SPLITS, default=None,
@@ -197,7 +207,7 @@ def build_parser():
         "compare", help="tabulate every run under a folder",
         description="One row per run folder found under ROOT (method, dataset, split, epochs, every "
         "metric, training time), best map_at_r first.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_Formatter)
     compare.set_defaults(func=cmd_compare)
     compare.add_argument("root", metavar="ROOT", help="a folder holding run folders, at any depth")
     compare.add_argument("--format", choices=("markdown", "csv"), default="markdown")
