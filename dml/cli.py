@@ -254,6 +254,7 @@ def config_from_args(args):
     if values["gpus"] and values["cpus"]:
         raise DmlError("--gpus and --cpus exclude each other: pick one")
     cfg = RunConfig.from_dict(values)
+    _check_kvstore(cfg)
     try:
         method.check_config(cfg)
     except ValueError as err:
@@ -292,7 +293,15 @@ def resume_config(args):
         cfg.cpus = 0
     if cfg.gpus and cfg.cpus:
         raise DmlError("--gpus and --cpus exclude each other: pick one")
+    _check_kvstore(cfg)
     return cfg
+
+
+def _check_kvstore(cfg):
+    if cfg.kvstore == "dist_async" and cfg.lr_steps:
+        raise DmlError("--kvstore dist_async updates on the servers, which keep the first learning "
+                       "rate: --lr-steps %s cannot apply (pass --lr-steps '' or use dist_sync)"
+                       % ",".join(map(str, cfg.lr_steps)))
 
 
 def _shown(value):

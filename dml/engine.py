@@ -115,6 +115,12 @@ class Workers:
         return self.rank == 0
 
     @property
+    def step_scale(self):
+        """What ``trainer.step`` divides the gradient by: synchronous jobs sum the workers'
+        gradients (average them); dist_async applies each worker's push on its own."""
+        return 1 if self.kv is None or "async" in self.kv.type else self.count
+
+    @property
     def saves_trainer(self):
         """Trainer states can be saved unless the optimizer runs on the servers (dist_async)."""
         return self.kv is None or "async" not in self.kv.type
@@ -181,7 +187,7 @@ def train_step(method, model, loss_fn, trainer, batch, ctx, workers=None):
     if workers is not None:
         workers.pull_weights_before_pushing(trainer)
     # the heads sum to this worker's batch mean: the devices' gradients add up to its gradient
-    trainer.step(workers.count if workers is not None else 1)
+    trainer.step(workers.step_scale if workers is not None else 1)
     return loss, stat
 
 

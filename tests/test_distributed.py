@@ -49,24 +49,28 @@ def no_dist_env():
     return {k: v for k, v in os.environ.items() if not k.startswith("DMLC_")}
 
 
-def test_local_two_worker_dist_sync_job_on_digits(tmp_path):
+@pytest.mark.parametrize("kvstore", ["dist_sync", "dist_async"])
+def test_local_two_worker_job_on_digits(tmp_path, kvstore):
     out = str(tmp_path / "out")
     proc = launch(["--launcher", "local", "-n", "2", "-s", "1", "--",
                    sys.executable, "-m", "dml", "train", "--method", "triplet_semihard",
-                   "--kvstore", "dist_sync", "--output-root", out] + TINY_DIGITS,
+                   "--kvstore", kvstore, "--output-root", out] + TINY_DIGITS,
                   env=dict(no_dist_env(), PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = only_run_dir(out, "digits", "triplet_semihard")  # one folder, agreed by both
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert metrics["epochs"] == 1 and 0 < metrics["map_at_r"] <= 1
     config = json.load(open(os.path.join(run_dir, "config.json")))
-    assert config["kvstore"] == "dist_sync"
+    assert config["kvstore"] == kvstore
     log = open(os.path.join(run_dir, "logs", "train.log")).read()
     # rank 0 alone writes; each worker trains on its half: 1347 // (2 x 16) batches
     assert "(worker 0 of 2)" in log and "(worker 1 of 2)" not in log
     assert "42 batches of 4 x 4 images" in log
     assert "worker 1 of 2 done" in proc.stderr
-    assert [s for s in glob.glob(os.path.join(run_dir, "params", "state-*.json"))]
+    assert glob.glob(os.path.join(run_dir, "params", "state-*.json"))
+    # dist_async updates on the servers: its checkpoints hold no optimizer state
+    states = glob.glob(os.path.join(run_dir, "params", "trainer-*.states"))
+    assert bool(states) == (kvstore == "dist_sync")
 
 
 def test_ssh_launcher_runs_a_job_through_ssh(tmp_path):
@@ -142,3 +146,12 @@ def test_dist_kvstore_without_the_launcher(tmp_path, monkeypatch, capsys):
 def test_launch_help():
     proc = launch(["--help"], timeout=60)
     assert proc.returncode == 0 and "dmlc_tracker" in proc.stdout and "--launcher" in proc.stdout
+
+
+def test_dist_async_refuses_learning_rate_steps(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert main(["train", "--kvstore", "dist_async", "--lr-steps", "5", "--output-root", out]
+                + TINY_DIGITS) == 2
+    err = capsys.readouterr().err
+    assert "--lr-steps 5 cannot apply" in err and len(err.strip().splitlines()) == 1
+    assert not os.path.exists(out)
