@@ -560,7 +560,7 @@ def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None):
                             bar.set_postfix(loss="%.4f" % (epoch_loss.asscalar() / seen))
                         bar.update(1)
                         if stop.requested and seen < len(loader):
-                            loss_sum = epoch_loss.asscalar()
+                            loss_sum = float(epoch_loss.asscalar())
                             if not np.isfinite(loss_sum):
                                 raise NonFiniteLoss("the loss is %s in epoch %d" % (loss_sum, epoch),
                                                     last_good)

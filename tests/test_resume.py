@@ -213,6 +213,36 @@ def test_ctrl_c_checkpoints_then_resume(tiny_cifar, reference, tmp_path):
     assert_clean(run_dir)
 
 
+def test_ctrl_c_mid_epoch_writes_a_partial_checkpoint(tiny_cifar, reference, tmp_path,
+                                                      monkeypatch, capsys):
+    """SIGINT during the 3rd batch of epoch 2 (the real handler, in this process): checkpoint
+    0002-b000003, exit 130; --resume continues from batch 4 and ends as the uninterrupted run."""
+    import dml.engine as engine
+
+    real_step = engine.train_step
+    calls = [0]
+
+    def interrupted(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 12:  # 9 batches an epoch
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_step", interrupted)
+    out = str(tmp_path)
+    assert run(train_args(tiny_cifar, out))[0] == 130
+    assert "checkpoint 0002-b000003 written" in capsys.readouterr().err
+    monkeypatch.setattr(engine, "train_step", real_step)
+    run_dir = only_run_dir(out, "cifar10", "triplet_semihard")
+    newest = complete_checkpoints(run_dir)[-1]
+    assert (newest["epoch"], newest["batch"], newest["step"]) == (2, 3, 12)
+    assert run(["train", "--resume", run_dir])[0] == 0
+    assert_same_run(run_dir, reference)
+    assert_clean(run_dir)
+    # the partial checkpoint is dropped once later ones exist
+    assert "0002-b000003" not in [s["id"] for s in complete_checkpoints(run_dir)]
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cifar, tmp_path, monkeypatch,
                                                            capsys):
     import mxnet as mx
