@@ -450,8 +450,11 @@ def cmd_train(args):
         with logging_redirect_tqdm(loggers=[log]):
             metrics = fit(cfg, splits, run_dir, net=net, ctx=ctx, resume=resume, workers=workers)
     except TrainingInterrupted as stop:
-        sys.stderr.write("dml train: interrupted; checkpoint %s written: continue with "
-                         "python -m dml train --resume %s\n" % (stop.checkpoint, run_dir))
+        if stop.checkpoint is None:  # a worker other than rank 0, which writes the checkpoints
+            sys.stderr.write("dml train: interrupted (worker %d)\n" % workers.rank)
+        else:
+            sys.stderr.write("dml train: interrupted; checkpoint %s written: continue with "
+                             "python -m dml train --resume %s\n" % (stop.checkpoint, run_dir))
         return 130
     except NonFiniteLoss as err:
         kept = ("the last good checkpoint, %s, is kept: python -m dml train --resume %s continues "
