@@ -402,7 +402,7 @@ def cmd_train(args):
     from .data import apply_split, load_dataset
     from .engine import (NonFiniteLoss, TrainingInterrupted, Workers, build_net, fit,
                          make_contexts, make_kvstore, seed_everything)
-    from .runs import create_run_dir, remove_partial_files, write_json
+    from .runs import create_run_dir, remove_partial_files
 
     # Everything that can be wrong with the input fails here, before the run folder exists.
     resume = _resume_point(args.resume, cfg) if args.resume else None

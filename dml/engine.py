@@ -23,8 +23,7 @@ from .evaluation import METRIC_KEYS, all_metrics, embed, retrieval_metrics
 from .losses import mining
 from .methods import get_method
 from .nets import EmbeddingNet
-from .runs import (checkpoint_id, complete_checkpoints, prune_checkpoints, read_json,
-                   write_json)
+from .runs import checkpoint_id, prune_checkpoints, write_json
 
 log = logging.getLogger("dml")
 
@@ -108,6 +107,8 @@ class Workers:
         self.kv = kv
         self.rank = kv.rank if kv is not None else 0
         self.count = kv.num_workers if kv is not None else 1
+        # dist_async: the servers run the optimizer and apply each worker's push on its own
+        self.asynchronous = kv is not None and "async" in kv.type
         self._pulled = False
 
     @property
@@ -118,12 +119,12 @@ class Workers:
     def step_scale(self):
         """What ``trainer.step`` divides the gradient by: synchronous jobs sum the workers'
         gradients (average them); dist_async applies each worker's push on its own."""
-        return 1 if self.kv is None or "async" in self.kv.type else self.count
+        return 1 if self.asynchronous else self.count
 
     @property
     def saves_trainer(self):
         """Trainer states can be saved unless the optimizer runs on the servers (dist_async)."""
-        return self.kv is None or "async" not in self.kv.type
+        return not self.asynchronous
 
     def pull_weights_before_pushing(self, trainer):
         """Called between the first backward pass and the first update: the Trainer broadcasts
@@ -162,12 +163,11 @@ def build_trainer(cfg, model, workers=None):
     opt_params = {"learning_rate": cfg.lr, "wd": cfg.wd}
     if cfg.optimizer == "sgd":
         opt_params["momentum"] = cfg.momentum
-    kv = workers.kv if workers is not None else None
-    if kv is None:
+    if workers is None or workers.kv is None:
         return gluon.Trainer(model.collect_params(), cfg.optimizer, opt_params,
                              kvstore=cfg.kvstore)
-    return gluon.Trainer(model.collect_params(), cfg.optimizer, opt_params, kvstore=kv,
-                         update_on_kvstore=True if "async" in kv.type else False)
+    return gluon.Trainer(model.collect_params(), cfg.optimizer, opt_params, kvstore=workers.kv,
+                         update_on_kvstore=workers.asynchronous)
 
 
 def split_batch(batch, ctx):
@@ -200,8 +200,7 @@ def validation_loss(method, model, loss_fn, loader, ctx):
     """Mean loss over a fixed tuple set (inference mode: BatchNorm uses running statistics)."""
     total = count = 0.0
     for batch in loader:
-        parts = [gluon.utils.split_and_load(a, ctx, even_split=False) for a in batch]
-        for arrays in zip(*parts):
+        for arrays in split_batch(batch, ctx):
             loss, _ = method.forward(model, loss_fn, *arrays)
             total += loss.asscalar() * arrays[0].shape[0]
             count += arrays[0].shape[0]
@@ -515,9 +514,14 @@ def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None):
         log.info("resuming from checkpoint %s: epoch %d%s, step %d", resume["id"], resume["epoch"],
                  "" if skip == 0 else " after batch %d" % skip, step)
 
+    started = time.time()
+
+    def elapsed():  # training seconds, the stopped processes' included
+        return done_seconds + time.time() - started
+
     def train_state(epoch_sums=None):
         return {"step": step, "best_map": best_map, "history": history, "rng": rng_state(),
-                "train_seconds": round(done_seconds + time.time() - started, 3),
+                "train_seconds": round(elapsed(), 3),
                 "method": cfg.method, "partial": epoch_sums}
 
     def checkpoint(epoch, batch=None, epoch_sums=None):
@@ -528,7 +532,6 @@ def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None):
         prune_checkpoints(run_dir, cfg.keep_checkpoints)
         return cid
 
-    started = time.time()
     stop = _StopRequest()
     try:
         with stop:
@@ -599,13 +602,13 @@ def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None):
                     write_json(os.path.join(logs_dir, HISTORY_FILE), history)
                 log.info("epoch %d/%d: loss %.4f, %s %.3f%s, lr %g, %.0f s", epoch, cfg.epochs,
                          mean_loss, stat.replace("_", " "), mean_stat, val_text,
-                         trainer.learning_rate, done_seconds + time.time() - started)
+                         trainer.learning_rate, elapsed())
                 if stop.requested and epoch < cfg.epochs:
                     raise TrainingInterrupted(last_good)
         # a worker's last gradient push must reach the servers before it exits (MXNet stops its
         # engine at exit without finishing it, and the other workers would wait for ever)
         mx.nd.waitall()
-        train_seconds = done_seconds + time.time() - started
+        train_seconds = elapsed()
         if not workers.writes:
             return None
 

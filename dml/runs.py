@@ -176,9 +176,8 @@ def prune_checkpoints(run_dir, keep):
         if state["id"] in kept:
             continue
         os.remove(os.path.join(params_dir, "state-%s.json" % state["id"]))
-        for name in state["files"]:
-            if name not in newest["files"]:
-                try:
-                    os.remove(os.path.join(params_dir, name))
-                except OSError:
-                    pass
+        for name in state["files"]:  # named by the checkpoint's id: never another's
+            try:
+                os.remove(os.path.join(params_dir, name))
+            except OSError:
+                pass

@@ -3,6 +3,11 @@ import numpy as np
 from mxnet import gluon
 
 
+def _check_part(num_parts, part_index):
+    if not 0 <= part_index < num_parts:
+        raise ValueError("part_index=%d is not in [0, num_parts=%d)" % (part_index, num_parts))
+
+
 class BalancedBatchSampler(gluon.data.Sampler):
     """Batches of ``n_classes`` distinct classes with ``n_samples`` indices each (P x K sampling).
 
@@ -25,8 +30,7 @@ class BalancedBatchSampler(gluon.data.Sampler):
         labels = np.asarray(labels).reshape(-1)
         if n_classes < 1 or n_samples < 1:
             raise ValueError("n_classes and n_samples must be >= 1")
-        if not 0 <= part_index < num_parts:
-            raise ValueError("part_index=%d is not in [0, num_parts=%d)" % (part_index, num_parts))
+        _check_part(num_parts, part_index)
         classes, inverse = np.unique(labels, return_inverse=True)
         members = [np.flatnonzero(inverse == c)[part_index::num_parts]
                    for c in range(len(classes))]
@@ -76,8 +80,7 @@ class ShuffledBatchSampler(gluon.data.Sampler):
     ``num_parts``-th index of it from ``part_index`` on (disjoint shards, equal batch counts)."""
 
     def __init__(self, length, batch_size, seed=0, num_parts=1, part_index=0):
-        if not 0 <= part_index < num_parts:
-            raise ValueError("part_index=%d is not in [0, num_parts=%d)" % (part_index, num_parts))
+        _check_part(num_parts, part_index)
         self._length = int(length)
         self.batch_size = int(batch_size)
         self._seed = seed
