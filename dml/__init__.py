@@ -25,3 +25,8 @@ DISTANCES = ("euclidean", "squared", "cosine")
 
 class DmlError(Exception):
     """A problem with the user's input (arguments, data, paths): shown as one line, exit code 2."""
+
+
+class WriteFailed(Exception):
+    """A file of a run could not be written (the disk is full, the folder vanished): shown as one
+    line, exit code 1. Its temporary file is removed; what was committed before stays usable."""

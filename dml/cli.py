@@ -1,6 +1,7 @@
 """``python -m dml <command>``: the command line. User errors are one line on stderr and exit 2."""
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -52,21 +53,57 @@ def _non_negative_int(text):
     return value
 
 
-def _positive_float(text):
+def _bounded_int(low, high):
+    """A whole number in [low, high]: sizes that would exhaust memory are refused up front."""
+    def parse(text):
+        value = _positive_int(text) if low >= 1 else _non_negative_int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError("%r must be between %d and %d" % (text, low, high))
+        return value
+    return parse
+
+
+def _finite_float(text):
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError("%r is not a number" % text) from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError("%r must be a finite number" % text)
+    return value
+
+
+def _positive_float(text):
+    value = _finite_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError("%r must be > 0" % text)
     return value
 
 
-def _float(text):
+def _non_negative_float(text):
+    value = _finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("%r must be >= 0" % text)
+    return value
+
+
+def _seed(text):
     try:
-        return float(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number" % text) from None
+        raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
+    if not 0 <= value < 2 ** 32:  # numpy's seed range
+        raise argparse.ArgumentTypeError("%r must be between 0 and %d" % (text, 2 ** 32 - 1))
+    return value
+
+
+# Upper bounds of the sizes a user can type: beyond them a run would exhaust memory rather than
+# train (a batch of 120 images of 1024 x 1024 is already 1.5 GB of float32 input).
+MAX_IMAGE_SIZE = 1024
+MIN_IMAGE_SIZE = 16  # ResNet's five stride-2 stages need at least this much input
+MAX_EMBEDDING_DIM = 65536
+MAX_BATCH_IMAGES = 65536
+MAX_CONTEXTS = 256
 
 
 def parse_gpus(text):
@@ -124,7 +161,7 @@ def build_parser():
                    help="test: train on the training split, evaluate on the test split (every "
                    "class); unseen: train on the first half of the classes, evaluate on the test "
                    "images of the other half (default test)")
-    g.add_argument("--image-size", type=_positive_int, default=None,
+    g.add_argument("--image-size", type=_bounded_int(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), default=None,
                    help="side of the square network input for digits and folder (default 32)")
     g.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                    help="train without the dataset's crop/flip augmentation")
@@ -132,7 +169,8 @@ def build_parser():
     g.add_argument("--backbone", default=None, help="GluonCV model-zoo name (default resnet18_v1)")
     g.add_argument("--pretrained", action="store_true", default=None,
                    help="start from GluonCV's ImageNet weights in ~/.mxnet/models (never downloaded)")
-    g.add_argument("--embedding-dim", type=_positive_int, default=None, help="default 128")
+    g.add_argument("--embedding-dim", type=_bounded_int(1, MAX_EMBEDDING_DIM), default=None,
+                   help="default 128")
     g.add_argument("--l2-normalize", action="store_true", default=None,
                    help="L2-normalize the embedding (the default for triplet_semihard)")
     g.add_argument("--no-l2-normalize", dest="l2_normalize", action="store_false",
@@ -149,23 +187,23 @@ def build_parser():
                    "online_contrastive: hard_negative|all_positive (default hard_negative)")
     g = train.add_argument_group("optimization")
     g.add_argument("--epochs", type=_positive_int, default=None)
-    g.add_argument("--n-classes", type=_positive_int, default=None,
+    g.add_argument("--n-classes", type=_bounded_int(1, MAX_BATCH_IMAGES), default=None,
                    help="classes per batch (balanced sampler of the online-mining methods)")
-    g.add_argument("--n-samples", type=_positive_int, default=None,
+    g.add_argument("--n-samples", type=_bounded_int(1, MAX_BATCH_IMAGES), default=None,
                    help="images per class per batch (balanced sampler of the online-mining methods)")
-    g.add_argument("--batch-size", type=_positive_int, default=None,
+    g.add_argument("--batch-size", type=_bounded_int(1, MAX_BATCH_IMAGES), default=None,
                    help="pairs (siamese), triplets (triplet) or images (softmax) per batch")
     g.add_argument("--optimizer", choices=("adam", "sgd"), default=None, help="default adam")
     g.add_argument("--lr", type=_positive_float, default=None, help="learning rate")
-    g.add_argument("--wd", type=_float, default=None, help="weight decay")
+    g.add_argument("--wd", type=_non_negative_float, default=None, help="weight decay")
     g.add_argument("--lr-steps", type=_epoch_list, default=None, metavar="E1,E2",
                    help="epochs after which the learning rate is multiplied by --lr-factor")
     g.add_argument("--lr-factor", type=_positive_float, default=None)
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--seed", type=_seed, default=None, help="0 to 2^32-1 (default 0)")
     g = train.add_argument_group("devices and output")
     g.add_argument("--gpus", type=parse_gpus, default=None, metavar="0,1",
                    help="GPUs to train on (default: all GPUs mxnet sees, else the CPU)")
-    g.add_argument("--cpus", type=_non_negative_int, default=None,
+    g.add_argument("--cpus", type=_bounded_int(0, MAX_CONTEXTS), default=None,
                    help="N CPU contexts in one process (tests the multi-device path without GPUs)")
     g.add_argument("--num-workers", type=_non_negative_int, default=None,
                    help="data loading threads (0: load in the training thread)")
@@ -255,6 +293,7 @@ def config_from_args(args):
         raise DmlError("--gpus and --cpus exclude each other: pick one")
     cfg = RunConfig.from_dict(values)
     _check_kvstore(cfg)
+    _check_devices(cfg)
     try:
         method.check_config(cfg)
     except ValueError as err:
@@ -294,7 +333,18 @@ def resume_config(args):
     if cfg.gpus and cfg.cpus:
         raise DmlError("--gpus and --cpus exclude each other: pick one")
     _check_kvstore(cfg)
+    _check_devices(cfg)
     return cfg
+
+
+def _check_devices(cfg):
+    """Every device needs at least one sample of each batch."""
+    devices = len(cfg.gpus) or max(cfg.cpus, 1)
+    per_batch = cfg.batch_size or cfg.n_classes * cfg.n_samples
+    if devices > per_batch:
+        raise DmlError("%d devices (%s) but a batch holds only %d samples: every device needs at "
+                       "least one; use fewer devices or a larger batch"
+                       % (devices, "--gpus" if cfg.gpus else "--cpus", per_batch))
 
 
 def _check_kvstore(cfg):
@@ -450,12 +500,15 @@ def cmd_train(args):
         with logging_redirect_tqdm(loggers=[log]):
             metrics = fit(cfg, splits, run_dir, net=net, ctx=ctx, resume=resume, workers=workers)
     except TrainingInterrupted as stop:
+        import signal
+
+        what = "interrupted" if stop.signum == signal.SIGINT else "stopped by SIGTERM"
         if stop.checkpoint is None:  # a worker other than rank 0, which writes the checkpoints
-            sys.stderr.write("dml train: interrupted (worker %d)\n" % workers.rank)
+            sys.stderr.write("dml train: %s (worker %d)\n" % (what, workers.rank))
         else:
-            sys.stderr.write("dml train: interrupted; checkpoint %s written: continue with "
-                             "python -m dml train --resume %s\n" % (stop.checkpoint, run_dir))
-        return 130
+            sys.stderr.write("dml train: %s; checkpoint %s written: continue with "
+                             "python -m dml train --resume %s\n" % (what, stop.checkpoint, run_dir))
+        return 128 + int(stop.signum)  # 130 after Ctrl-C, 143 after SIGTERM, as a shell reports
     except NonFiniteLoss as err:
         kept = ("the last good checkpoint, %s, is kept: python -m dml train --resume %s continues "
                 "from it" % (err.checkpoint, run_dir) if err.checkpoint

@@ -23,7 +23,7 @@ from .evaluation import METRIC_KEYS, all_metrics, embed, retrieval_metrics
 from .losses import mining
 from .methods import get_method
 from .nets import EmbeddingNet
-from .runs import checkpoint_id, prune_checkpoints, write_json
+from .runs import checkpoint_id, prune_checkpoints, write_atomic, write_failure, write_json
 
 log = logging.getLogger("dml")
 
@@ -198,6 +198,7 @@ def eval_loader(cfg, splits, dataset):
 
 def validation_loss(method, model, loss_fn, loader, ctx):
     """Mean loss over a fixed tuple set (inference mode: BatchNorm uses running statistics)."""
+    settle()
     total = count = 0.0
     for batch in loader:
         for arrays in split_batch(batch, ctx):
@@ -210,20 +211,36 @@ def validation_loss(method, model, loss_fn, loader, ctx):
 def _export(net, directory, epoch):
     """``net.export`` under a temporary prefix, then renamed: a kill never leaves half a file."""
     tmp_prefix = os.path.join(directory, ".tmp-" + EXPORT_PREFIX)
-    net.export(tmp_prefix, epoch=epoch)
+    try:
+        net.export(tmp_prefix, epoch=epoch)
+    except Exception as err:  # MXNetError "Write incomplete" on a full disk
+        for suffix in ("-symbol.json", "-%04d.params" % epoch):
+            if os.path.exists(tmp_prefix + suffix):
+                os.remove(tmp_prefix + suffix)
+        raise write_failure(tmp_prefix + "-%04d.params" % epoch, err) from None
     os.replace(tmp_prefix + "-symbol.json", os.path.join(directory, EXPORT_PREFIX + "-symbol.json"))
     os.replace("%s-%04d.params" % (tmp_prefix, epoch),
                os.path.join(directory, "%s-%04d.params" % (EXPORT_PREFIX, epoch)))
 
 
-def _save_atomic(save, path):
-    save(path + ".tmp")
-    os.replace(path + ".tmp", path)
+def settle():
+    """Wait for every pending operation before the network's state is read (saved, exported or
+    evaluated).
+
+    Why: MXNet 1.9's BatchNorm updates its moving mean and variance in its *backward* operator,
+    and the engine does not order later readers of those arrays after that write. Without this
+    wait, ``save_parameters`` right after a training step stored the moving statistics of an
+    earlier step (32-40 arrays of ResNet-18 differed from the network that was then evaluated,
+    and a resumed run diverged). The wait is global: no per-array wait covers an untracked
+    write.
+    """
+    mx.nd.waitall()
 
 
 def export_net(net, params_dir, epoch):
     """``net.export`` for deployment (``embedding-symbol.json``, ``embedding-<epoch>.params``),
     replacing any earlier export; ``net`` must have run a hybridized forward pass."""
+    settle()
     _export(net, params_dir, epoch)
     for name in os.listdir(params_dir):
         if name.startswith(EXPORT_PREFIX + "-") and name.endswith(".params") \
@@ -237,6 +254,7 @@ def save_checkpoint(net, trainer, params_dir, epoch, model=None, state=None, bat
     classifier method's ``classifier-<id>.params``. Each file is written under a temporary name
     and renamed, and ``state-<id>.json`` (``state`` plus the files' sizes) comes last: a kill at
     any moment leaves the previous checkpoint intact and this one ignored. Returns its id."""
+    settle()
     cid = checkpoint_id(epoch, batch)
     files = []
     saves = [("net-%s.params", net.save_parameters)]
@@ -245,7 +263,7 @@ def save_checkpoint(net, trainer, params_dir, epoch, model=None, state=None, bat
     if model is not None and hasattr(model, "classifier"):
         saves.append(("classifier-%s.params", model.classifier.save_parameters))
     for kind, save in saves:
-        _save_atomic(save, os.path.join(params_dir, kind % cid))
+        write_atomic(save, os.path.join(params_dir, kind % cid))
         files.append(kind % cid)
     state = dict(state or {}, id=cid, epoch=epoch, batch=batch,
                  files={f: os.path.getsize(os.path.join(params_dir, f)) for f in files})
@@ -256,10 +274,11 @@ def save_checkpoint(net, trainer, params_dir, epoch, model=None, state=None, bat
 def save_best(net, params_dir, epoch, metrics):
     """``params/best/``: ``net.params``, the export (``embedding-symbol.json``,
     ``embedding-0000.params``) and ``best.json`` (its epoch and metrics), written last."""
+    settle()
     best_dir = os.path.join(params_dir, BEST_DIR)
     os.makedirs(best_dir, exist_ok=True)
     _export(net, best_dir, 0)
-    _save_atomic(net.save_parameters, os.path.join(best_dir, "net.params"))
+    write_atomic(net.save_parameters, os.path.join(best_dir, "net.params"))
     write_json(os.path.join(best_dir, "best.json"), dict(metrics, epoch=epoch))
 
 
@@ -294,6 +313,21 @@ def add_projector(writer, embeddings, labels, dataset, class_names, chosen, step
                          images=images.transpose(0, 3, 1, 2), global_step=step)
 
 
+def check_embeddings(embeddings, what):
+    """Refuse non-finite embeddings (no metric of them means anything) and warn, in one line,
+    about a collapsed one (every image embedded to the same point: its metrics only measure how
+    ties are broken, its clustering is one cluster)."""
+    from .evaluation import is_collapsed
+
+    if not np.isfinite(embeddings).all():
+        raise NonFiniteLoss("the %s embeddings hold NaN or inf: the network's weights are not "
+                            "finite" % what, None)
+    if is_collapsed(embeddings):
+        log.warning("the embedding collapsed: all %d %s images map to the same point (the "
+                    "metrics below are those of ties); try a lower learning rate or another "
+                    "backbone", len(embeddings), what)
+
+
 def embed_dataset(cfg, splits, net, ctx, dataset, desc):
     loader = eval_loader(cfg, splits, dataset)
     with tqdm(total=len(loader), desc=desc, unit="batch", disable=None, leave=False) as bar:
@@ -305,8 +339,10 @@ def evaluate_net(cfg, splits, net, ctx, full=True):
     clustering metrics, ``knn_accuracy`` (which embeds ``splits.references`` too) and, for the
     siamese method, ``verification_auc`` on its fixed validation pairs; otherwise only the
     retrieval metrics (cheap enough for every ``--eval-period`` epochs)."""
+    settle()
     embeddings, labels = embed_dataset(cfg, splits, net, ctx, splits.test,
                                        "embedding %s split" % splits.split)
+    check_embeddings(embeddings, splits.split)
     if full:
         references, reference_labels = embed_dataset(cfg, splits, net, ctx, splits.references,
                                                       "embedding kNN references")
@@ -362,16 +398,18 @@ def _log_epoch(writer, record, stat):
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C: the run stopped cleanly; ``checkpoint`` is the id of the checkpoint it wrote."""
+    """Ctrl-C or SIGTERM: the run stopped cleanly; ``checkpoint`` is the id of the checkpoint it
+    wrote, ``signum`` the signal that asked for the stop."""
 
-    def __init__(self, checkpoint):
+    def __init__(self, checkpoint, signum=signal.SIGINT):
         super().__init__("interrupted")
         self.checkpoint = checkpoint
+        self.signum = signum
 
 
 class NonFiniteLoss(FloatingPointError):
-    """The loss became NaN or infinite; ``checkpoint`` is the last good checkpoint's id (or
-    None), written before the loss went bad and left as it was."""
+    """The loss or the weights became NaN or infinite; ``checkpoint`` is the last good
+    checkpoint's id (or None), written before they went bad and left as it was."""
 
     def __init__(self, message, checkpoint):
         super().__init__(message)
@@ -385,29 +423,66 @@ class _NullWriter:
         return lambda *args, **kwargs: None
 
 
-class _StopRequest:
-    """While active, Ctrl-C (SIGINT) only sets ``requested``: the loop finishes its step, writes a
-    checkpoint and stops. A second Ctrl-C interrupts at once. Only in the main thread."""
+def non_finite_parameters(block):
+    """The names of ``block``'s parameters (weights and BatchNorm statistics) that hold a NaN or
+    an infinity; one host synchronisation when every one is finite."""
+    arrays = [(name, p.list_data()[0]) for name, p in block.collect_params().items()
+              if p._data is not None]  # pylint: disable=protected-access
+    if not arrays:
+        return []
+    poison = mx.nd.add_n(*[(a * 0).sum().as_in_context(arrays[0][1].context) for _, a in arrays])
+    if np.isfinite(poison.asscalar()):
+        return []
+    return [name for name, a in arrays if not np.isfinite((a * 0).sum().asscalar())]
 
-    def __init__(self):
-        self.requested = False
-        self._previous = None
+
+_STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+
+class StopGuard:
+    """What stops a run early: a signal, or a value that is no longer finite.
+
+    While active, Ctrl-C (SIGINT) and SIGTERM (what Slurm, Kubernetes and ``timeout`` send before
+    killing) only set ``requested``: the loop finishes its step, writes a checkpoint and stops. A
+    second signal interrupts at once. Signals are caught only in the main thread.
+
+    :meth:`check` is the one non-finite check: the loss (NaN whenever an embedding is, see
+    :func:`dml.losses.base.propagate_non_finite`) and every parameter of ``model``.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.requested = None  # the signal number once a stop was asked for
+        self._previous = {}
 
     def _handle(self, signum, frame):
-        self.requested = True
-        signal.signal(signal.SIGINT, self._previous)
-        log.warning("Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again to stop "
-                    "at once)")
+        self.requested = signum
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        log.warning("%s: stopping after this step with a checkpoint (again to stop at once)",
+                    _STOP_SIGNALS.get(signum, signum))
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in _STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
         return False
+
+    def check(self, loss, where, last_good):
+        """Raise :class:`NonFiniteLoss` when ``loss`` (a number or 1-element array) or a
+        parameter is NaN or infinite; ``where`` says when (``"at step 40 (epoch 2)"``)."""
+        value = float(loss.asscalar() if hasattr(loss, "asscalar") else loss)
+        if not np.isfinite(value):
+            raise NonFiniteLoss("the loss is %s %s" % (value, where), last_good)
+        bad = non_finite_parameters(self.model)
+        if bad:
+            raise NonFiniteLoss("the weights hold NaN or inf %s (%d arrays, first %s)"
+                                % (where, len(bad), bad[0]), last_good)
+        return value
 
 
 def rng_state():
@@ -458,9 +533,9 @@ def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None):
     from. ``workers``: a :class:`Workers` of a distributed job (only rank 0 writes, evaluates and
     returns metrics; the others return None).
 
-    Raises :class:`TrainingInterrupted` after Ctrl-C (a checkpoint written) and
-    :class:`NonFiniteLoss` when the loss is NaN or infinite (nothing written after the last good
-    checkpoint)."""
+    Raises :class:`TrainingInterrupted` after Ctrl-C or SIGTERM (a checkpoint written) and
+    :class:`NonFiniteLoss` when the loss or the weights are NaN or infinite (nothing written after
+    the last good checkpoint)."""
     from mxboard import SummaryWriter
 
     workers = workers or Workers()
@@ -532,7 +607,7 @@ def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None):
         prune_checkpoints(run_dir, cfg.keep_checkpoints)
         return cid
 
-    stop = _StopRequest()
+    stop = StopGuard(model)
     try:
         with stop:
             for epoch in range(first_epoch, cfg.epochs + 1):
@@ -555,25 +630,18 @@ def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None):
                         epoch_loss = batch_loss if epoch_loss is None else epoch_loss + batch_loss
                         epoch_stat = batch_stat if epoch_stat is None else epoch_stat + batch_stat
                         if step % cfg.log_interval == 0:  # the only host synchronisation
-                            value = batch_loss.asscalar()
-                            if not np.isfinite(value):
-                                raise NonFiniteLoss("the loss is %s at step %d (epoch %d)"
-                                                    % (value, step, epoch), last_good)
+                            value = stop.check(batch_loss, "at step %d (epoch %d)"
+                                               % (step, epoch), last_good)
                             writer.add_scalar("train/batch_loss", value, global_step=step)
                             bar.set_postfix(loss="%.4f" % (epoch_loss.asscalar() / seen))
                         bar.update(1)
                         if stop.requested and seen < len(loader):
-                            loss_sum = float(epoch_loss.asscalar())
-                            if not np.isfinite(loss_sum):
-                                raise NonFiniteLoss("the loss is %s in epoch %d" % (loss_sum, epoch),
-                                                    last_good)
+                            loss_sum = stop.check(epoch_loss, "in epoch %d" % epoch, last_good)
                             raise TrainingInterrupted(checkpoint(epoch, seen, {
                                 "loss_sum": loss_sum, "stat_sum": float(epoch_stat.asscalar()),
-                                "batches": seen}))
-                mean_loss = epoch_loss.asscalar() / seen if seen else float("nan")
-                mean_stat = epoch_stat.asscalar() / seen if seen else float("nan")
-                if not np.isfinite(mean_loss):
-                    raise NonFiniteLoss("the loss of epoch %d is %s" % (epoch, mean_loss), last_good)
+                                "batches": seen}), stop.requested)
+                mean_loss = stop.check(epoch_loss, "in epoch %d" % epoch, last_good) / max(seen, 1)
+                mean_stat = epoch_stat.asscalar() / max(seen, 1)
                 record = {"epoch": epoch, "train_loss": mean_loss, stat: mean_stat,
                           "learning_rate": trainer.learning_rate}
                 val_text = ""
@@ -604,7 +672,7 @@ def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None):
                          mean_loss, stat.replace("_", " "), mean_stat, val_text,
                          trainer.learning_rate, elapsed())
                 if stop.requested and epoch < cfg.epochs:
-                    raise TrainingInterrupted(last_good)
+                    raise TrainingInterrupted(last_good, stop.requested)
         # a worker's last gradient push must reach the servers before it exits (MXNet stops its
         # engine at exit without finishing it, and the other workers would wait for ever)
         mx.nd.waitall()

@@ -31,6 +31,16 @@ RETRIEVAL_KEYS = METRIC_KEYS[:3 + len(RECALL_KS)]
 _CHUNK_ENTRIES = 1 << 24  # distances held at once: 128 MB of float64
 
 
+def is_collapsed(embeddings):
+    """True when every embedding is the same point (to float32 precision): a collapsed network,
+    whose retrieval metrics measure only how ties are broken."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    if len(x) < 2:
+        return False
+    spread = float(np.max(np.ptp(x, axis=0)))
+    return spread <= 1e-6 * max(1.0, float(np.max(np.abs(x))))
+
+
 def pairwise_distances_np(queries, references, distance="euclidean"):
     """Distance matrix between rows, with the same definitions as ``dml.losses.distance``.
     (Euclidean and squared Euclidean rank identically.)"""

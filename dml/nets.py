@@ -100,14 +100,27 @@ class MarginClassifierNet(gluon.Block):
 
 def pretrained_file(name, root=None):
     """Where GluonCV's model store keeps ``name``'s ImageNet weights."""
-    from gluoncv.model_zoo.model_store import short_hash
-
+    short_hash = import_gluoncv_model_zoo().model_store.short_hash
     root = os.path.expanduser(root or os.path.join(base.data_dir(), "models"))
     return os.path.join(root, "%s-%s.params" % (name, short_hash(name)))
 
 
+def import_gluoncv_model_zoo():
+    """``gluoncv.model_zoo``, imported without its side effect on Pillow: importing GluonCV
+    (``gluoncv/data/mhp.py``) sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True`` for the whole
+    process, and a PNG cut in half would then decode as a grey image and train."""
+    from PIL import ImageFile
+
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    try:
+        from gluoncv import model_zoo
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
+    return model_zoo
+
+
 def backbone_features(name, pretrained=False, root=None):
-    from gluoncv.model_zoo import get_model
+    get_model = import_gluoncv_model_zoo().get_model
 
     try:
         net = get_model(name, pretrained=False)

@@ -16,12 +16,15 @@ def _pyplot():
 
 def _save(fig, path):
     """Write through a temporary file and a rename, so a reader never sees half a PNG."""
+    from .runs import write_atomic
+
     plt = _pyplot()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        write_atomic(lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"),
+                     path)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -56,12 +59,16 @@ def loss_curve(history, path, title=""):
 
 
 def embedding_2d(embeddings, seed=0):
-    """The embedding's 2-D picture: the raw plane when it is 2-D, else scikit-learn's t-SNE."""
+    """The embedding's 2-D picture: the raw plane when it is 2-D, else scikit-learn's t-SNE.
+    A collapsed embedding (every point the same, :func:`dml.evaluation.is_collapsed`) is drawn
+    as it is, one point (t-SNE crashes on it), and so are fewer than 5 points (too few for it)."""
+    from .evaluation import is_collapsed
+
     x = np.asarray(embeddings, dtype=np.float64)
     if x.shape[1] == 2:
         return x
-    if x.shape[1] == 1:
-        return np.concatenate([x, np.zeros_like(x)], axis=1)
+    if x.shape[1] == 1 or is_collapsed(x) or len(x) < 5:
+        return np.concatenate([x[:, :1], np.zeros((len(x), 1))], axis=1)
     from sklearn.manifold import TSNE
 
     perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3.0)))

@@ -1,11 +1,54 @@
 """Run folders: ``<output-root>/<dataset>/<method>/<YYYYmmddHHMM>[-N]/`` with ``logs/``,
 ``params/``, ``config.json`` and ``metrics.json``. An existing folder is never reused."""
+import errno
 import json
 import os
 import re
+import shutil
 import time
 
-from . import DmlError
+from . import DmlError, WriteFailed
+
+_LOW_SPACE = 64 << 20  # bytes: below this, a write that failed without saying why hit a full disk
+
+
+def write_failure(path, err):
+    """The :class:`WriteFailed` for a failed write of ``path``. MXNet's file writer reports a
+    full disk only as "Write incomplete", so a failure with little free space left counts as one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+    if not full:
+        try:
+            full = shutil.disk_usage(folder).free < _LOW_SPACE
+        except OSError:
+            pass
+    if full:
+        return WriteFailed("no space left on the device of %s (writing %s): free some space, or "
+                           "write the run elsewhere" % (folder, os.path.basename(path)))
+    detail = str(getattr(err, "strerror", None) or err).strip().splitlines()
+    return WriteFailed("cannot write %s (%s)" % (path, detail[0][:200] if detail else
+                                                  type(err).__name__))
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def write_atomic(save, path):
+    """``save(tmp)`` then rename ``tmp`` to ``path``: a reader (or a kill) never sees half a file.
+    A failed write leaves no temporary file and raises :class:`dml.WriteFailed`."""
+    tmp = path + ".tmp"
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    except Exception as err:  # OSError, MXNetError ("Write incomplete"), matplotlib's errors
+        _remove_quietly(tmp)
+        if isinstance(err, (DmlError, WriteFailed)):
+            raise
+        raise write_failure(path, err) from None
 
 
 def create_run_dir(output_root, dataset, method, now=None):
@@ -37,11 +80,11 @@ def create_run_dir(output_root, dataset, method, now=None):
 
 def write_json(path, data):
     """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    def save(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+    write_atomic(save, path)
 
 
 def read_json(path):

@@ -88,6 +88,29 @@ class ImageArrayDataset(gluon.data.Dataset):
         return ImageArrayDataset(self.images[indices], self.labels[indices])
 
 
+def read_image(path, size=None):
+    """The image at ``path`` fully decoded as uint8 H x W x 3 RGB (resized to ``size`` x ``size``
+    when given), or a :class:`dml.DmlError` naming the file: undecodable, truncated (whatever
+    ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` another library set) or a decompression bomb."""
+    from PIL import Image, ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # GluonCV's import turns it on for the process
+    try:
+        with Image.open(path) as img:
+            if size is not None:
+                img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, still in full
+            img = img.convert("RGB")
+            if size is not None and img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except Image.DecompressionBombError as err:
+        raise DmlError("%s is too large to decode safely (%s): shrink or remove it"
+                       % (path, str(err).split(" could be")[0])) from None
+    except (OSError, ValueError, SyntaxError) as err:  # Pillow's parsers raise all three
+        raise DmlError("%s is not an image Pillow can decode (%s): remove or replace it"
+                       % (path, str(err).strip() or type(err).__name__)) from None
+
+
 class ImageFileDataset(gluon.data.Dataset):
     """Images read lazily from files with Pillow, converted to RGB and resized to ``size`` x ``size``."""
 
@@ -100,17 +123,7 @@ class ImageFileDataset(gluon.data.Dataset):
         return len(self.paths)
 
     def _load(self, idx):
-        from PIL import Image
-
-        path = self.paths[idx]
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                if img.size != (self.size, self.size):
-                    img = img.resize((self.size, self.size), Image.BILINEAR)
-                return np.asarray(img, dtype=np.uint8)
-        except (OSError, ValueError) as err:
-            raise DmlError("cannot read image %s (%s): remove or replace it" % (path, err)) from None
+        return read_image(self.paths[idx], self.size)
 
     def __getitem__(self, idx):
         return self._load(idx), int(self.labels[idx])
@@ -276,6 +289,43 @@ def _find_cifar_source(name, root):
     return None, None
 
 
+# What an official CIFAR python file (a dict of bytes, lists and one numpy array) may import.
+_CIFAR_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
+}
+
+
+class RefusedPickle(DmlError):
+    """A data file whose pickle would import something the official files never do."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what the official CIFAR files hold: a pickle that names any other global
+    (``os.system``, ``builtins.eval``, ...) is refused before anything runs."""
+
+    def find_class(self, module, name):
+        if (module, name) in _CIFAR_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError("it imports %s.%s, which no CIFAR file does" % (module, name))
+
+
+def load_cifar_pickle(raw, where):
+    """A CIFAR python file's object, unpickled with :class:`_CifarUnpickler`."""
+    import io
+
+    try:
+        return _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except pickle.UnpicklingError as err:
+        raise RefusedPickle("%s is refused: %s (nothing in it was run); replace it with the official "
+                       "file" % (where, err)) from None
+    except Exception as err:  # unpickling garbage raises almost anything
+        raise DmlError("%s is not a CIFAR python file (%s): replace it with the official file"
+                       % (where, type(err).__name__)) from None
+
+
 def _cifar_records(spec, kind, source, files):
     images, labels = [], []
     for fname in files:
@@ -284,8 +334,8 @@ def _cifar_records(spec, kind, source, files):
                            % source.where(fname))
         raw = source.read(fname)
         if kind == "python":
+            batch = load_cifar_pickle(raw, source.where(fname))
             try:
-                batch = pickle.loads(raw, encoding="bytes")
                 data = np.asarray(batch[b"data"], dtype=np.uint8)
                 lab = np.asarray(batch[spec["py_label"]], dtype=np.int64)
                 data = data.reshape(-1, 3, 32, 32)
@@ -313,13 +363,15 @@ def _cifar_records(spec, kind, source, files):
 def _cifar_class_names(spec, kind, source):
     try:
         if kind == "python" and source.has(spec["py_meta"]):
-            meta = pickle.loads(source.read(spec["py_meta"]), encoding="bytes")
+            meta = load_cifar_pickle(source.read(spec["py_meta"]), source.where(spec["py_meta"]))
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[spec["py_names"]]]
         elif kind == "binary" and source.has(spec["bin_names"]):
             names = [n.strip() for n in source.read(spec["bin_names"]).decode().splitlines()]
             names = [n for n in names if n]
         else:
             names = []
+    except RefusedPickle:
+        raise
     except Exception:  # names are cosmetic: fall back to numbers
         names = []
     if len(names) != spec["num_classes"]:
@@ -434,30 +486,52 @@ def load_mnist(name, root=None):
 # image folders: ROOT/train/<class>/<image>, ROOT/test/<class>/<image>
 
 
-def _list_class_tree(split_dir):
-    classes = sorted(d for d in os.listdir(split_dir)
-                     if os.path.isdir(os.path.join(split_dir, d)) and not d.startswith("."))
-    items = []
-    for name in classes:
-        class_dir = os.path.join(split_dir, name)
-        for fname in sorted(os.listdir(class_dir)):
-            path = os.path.join(class_dir, fname)
-            if not fname.startswith(".") and os.path.isfile(path):
-                items.append((path, name))
-    return classes, items
-
-
-def _check_images(items):
-    """Open every image's header (cheap: no decoding) so a bad file fails before training."""
+def image_extensions():
+    """The file endings Pillow can read (``.png``, ``.jpg``, ...), lower case."""
     from PIL import Image
 
-    for path, _ in items:
-        try:
-            with Image.open(path) as img:
-                img.size  # noqa: B018  (reading the header is the check)
-        except (OSError, ValueError) as err:
-            raise DmlError("%s is not an image Pillow can read (%s): remove or replace it"
-                           % (path, type(err).__name__)) from None
+    Image.init()
+    return {ext.lower() for ext in Image.registered_extensions()}
+
+
+def _list_class_tree(split_dir):
+    """``(classes, items, skipped)``: the class folders of ``split_dir`` (first level, sorted),
+    ``(path, class)`` for every image below each one (recursively: a class may keep its images
+    in subfolders), and the number of other files (``Thumbs.db``, ``labels.csv``, ...), which
+    are skipped. A class folder without a single image is a :class:`dml.DmlError`."""
+    extensions = image_extensions()
+    classes = sorted(d for d in os.listdir(split_dir)
+                     if os.path.isdir(os.path.join(split_dir, d)) and not d.startswith("."))
+    items, skipped = [], 0
+    for name in classes:
+        class_dir = os.path.join(split_dir, name)
+        found = []
+        for folder, dirs, files in os.walk(class_dir, followlinks=False):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for fname in sorted(files):
+                if fname.startswith("."):
+                    continue
+                if os.path.splitext(fname)[1].lower() in extensions:
+                    found.append((os.path.join(folder, fname), name))
+                else:
+                    skipped += 1
+        if not found:
+            raise DmlError("class folder %s holds no image (looked for %s files, also in "
+                           "subfolders): add images or remove the folder"
+                           % (class_dir, "/".join(sorted(e.lstrip(".") for e in (
+                               ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif")))))
+        items.extend(found)
+    return classes, items, skipped
+
+
+def _check_images(items, size):
+    """Decode every image in full (at the reduced JPEG scale ``size`` allows), so a truncated or
+    undecodable file fails with its path before training, never trains as a grey image."""
+    from tqdm import tqdm
+
+    for path, _ in tqdm(items, desc="checking images", unit="image", disable=None, leave=False,
+                        mininterval=1.0):
+        read_image(path, size)
 
 
 def load_folder(root, image_size=32):
@@ -470,16 +544,20 @@ def load_folder(root, image_size=32):
         if not os.path.isdir(split_dir):
             raise DmlError("%s is not a folder: --dataset folder reads ROOT/train/<class>/<image> "
                            "and ROOT/test/<class>/<image>" % split_dir)
-        classes, items = _list_class_tree(split_dir)
-        if not items:
-            raise DmlError("%s holds no images in class folders (expected %s/<class>/<image>)"
+        if not any(os.path.isdir(os.path.join(split_dir, d)) and not d.startswith(".")
+                   for d in os.listdir(split_dir)):
+            raise DmlError("%s holds no class folders (expected %s/<class>/<image>)"
                            % (split_dir, split_dir))
+        classes, items, skipped = _list_class_tree(split_dir)
+        if skipped:
+            log.warning("%s: skipped %d files that are not images (by their extension)",
+                        split_dir, skipped)
         splits[split] = (classes, items)
     class_names = sorted(set(splits["train"][0]) | set(splits["test"][0]))
     index = {name: i for i, name in enumerate(class_names)}
     datasets = {}
     for split, (_, items) in splits.items():
-        _check_images(items)
+        _check_images(items, image_size)
         datasets[split] = ImageFileDataset([p for p, _ in items], [index[c] for _, c in items],
                                            image_size)
     return DatasetSplits(

@@ -1,13 +1,34 @@
 """What every dml loss shares: a margin > 0, a distance, and the optional second output."""
+import math
+
 from mxnet import gluon
 
 from .distance import check_distance
 
 
 def check_margin(margin):
-    if not margin > 0:
-        raise ValueError("margin must be > 0, not %r" % (margin,))
+    if not (margin > 0 and math.isfinite(margin)):
+        raise ValueError("margin must be a finite number > 0, not %r" % (margin,))
     return float(margin)
+
+
+def propagate_non_finite(F, value, *inputs):
+    r"""``value`` unchanged, unless an input holds a NaN or an infinity: then NaN, and so is its
+    gradient.
+
+    .. math:: value \cdot (1 + \mathrm{stop\_grad}(\textstyle\sum_k \sum x_k \cdot 0))
+
+    ``x * 0`` is 0 for every finite x and NaN for NaN and +-inf, so the factor is exactly 1 on
+    finite inputs (the value and gradient are bit-identical) and NaN otherwise. Why: ``relu``,
+    ``max`` and the host kernels' ``not d > 0`` turn a NaN distance into 0, and a diverged
+    network would then report a finite loss (0.2 for NaN embeddings) and train on. One pass over
+    the B x D inputs, none over B x B.
+    """
+    poison = None
+    for x in inputs:
+        term = F.sum(x * 0)
+        poison = term if poison is None else poison + term
+    return F.broadcast_mul(value, 1 + F.BlockGrad(poison))
 
 
 class MarginLoss(gluon.loss.Loss):
@@ -21,5 +42,10 @@ class MarginLoss(gluon.loss.Loss):
         self._distance = check_distance(distance)
         self._return_active_fraction = return_active_fraction
 
-    def _result(self, loss, fraction):
+    def _result(self, loss, fraction, F=None, inputs=()):
+        """``loss`` (and ``fraction``), both NaN when ``inputs`` hold a NaN or an infinity (see
+        :func:`propagate_non_finite`; the host operator does the same by itself)."""
+        if inputs:
+            loss = propagate_non_finite(F, loss, *inputs)
+            fraction = propagate_non_finite(F, fraction, *inputs)
         return (loss, fraction) if self._return_active_fraction else loss

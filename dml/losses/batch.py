@@ -153,12 +153,16 @@ def batch_loss(x, labels, kind, margin=1.0, distance="euclidean", rng=None, need
     embeddings ``x`` (B x D, float32 or float64) with ``labels``, in numpy.
 
     Returns ``(loss, fraction, grad)``: floats, and d loss / d x (B x D, x's dtype) when
-    ``need_grad``, else None. A batch that forms no tuple gives (0, 0) and a zero gradient.
+    ``need_grad``, else None. A batch that forms no tuple gives (0, 0) and a zero gradient; an
+    ``x`` holding a NaN or an infinity gives NaN for all three.
     """
     _check_kind(kind)
     x = np.ascontiguousarray(x)
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float32)
+    if not np.isfinite(x).all():  # the kernels' relu and max would turn NaN into a finite loss
+        nan = float("nan")
+        return nan, nan, (np.full_like(x, nan) if need_grad else None)
     codes = mining.label_codes(labels)
     dist, aux = kernels.distances(x, distance)
     loss, fraction, weights = _LOSSES[kind](dist, codes, margin, rng, need_grad)

@@ -22,7 +22,7 @@ class ContrastiveLoss(MarginLoss):
         y = y.reshape((-1,))
         per_pair = 0.5 * (y * F.square(d) + (1 - y) * F.square(F.relu(self._margin - d)))
         return self._result(F.mean(per_pair, axis=0, keepdims=True),
-                            F.mean(per_pair > 0, axis=0, keepdims=True))
+                            F.mean(per_pair > 0, axis=0, keepdims=True), F, (x1, x2))
 
 
 class OnlineContrastiveLoss(MarginLoss):

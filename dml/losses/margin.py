@@ -16,6 +16,8 @@ import math
 import mxnet as mx
 from mxnet import autograd, gluon
 
+from .base import propagate_non_finite
+
 COS_EPS = 1e-6
 
 
@@ -52,7 +54,8 @@ class _MarginHead(gluon.HybridBlock):
     def hybrid_forward(self, F, embeddings, labels, weight):
         cos = self._cosine(F, embeddings, weight)
         target = F.one_hot(labels.reshape((-1,)), self.num_classes)
-        return self._s * F.where(target > 0.5, self._target_logit(F, cos), cos)
+        logits = self._s * F.where(target > 0.5, self._target_logit(F, cos), cos)
+        return propagate_non_finite(F, logits, embeddings, weight)  # clip() hides a NaN
 
 
 class ArcFace(_MarginHead):
@@ -153,7 +156,8 @@ lambda (not trained); ``iteration`` counts training batches.
         psi = sign * F.cos(self._m * theta) - 2.0 * k
         lam = F.reshape(anneal_lambda, (1, 1))
         annealed = F.broadcast_div(F.broadcast_mul(cos, lam) + psi, lam + 1.0)
-        return self._s * F.where(target > 0.5, annealed, cos)
+        return propagate_non_finite(F, self._s * F.where(target > 0.5, annealed, cos),
+                                    embeddings, weight)
 
 
 MARGIN_HEADS = {"arcface": ArcFace, "cosface": CosFace, "sphereface": SphereFace}

@@ -42,7 +42,8 @@ class TripletLoss(MarginLoss):
         per_triplet = F.relu(pair_distance(F, anchor, positive, self._distance)
                              - pair_distance(F, anchor, negative, self._distance) + self._margin)
         loss = F.mean(per_triplet, axis=0, keepdims=True)
-        return self._result(loss, F.mean(per_triplet > 0, axis=0, keepdims=True))
+        return self._result(loss, F.mean(per_triplet > 0, axis=0, keepdims=True),
+                            F, (anchor, positive, negative))
 
 
 class TripletBatchHardLoss(MarginLoss):
