@@ -6,12 +6,12 @@ import os
 import sys
 import time
 
-from . import DATASETS, DISTANCES, METHODS, DmlError, __version__
+from . import DATASETS, DISTANCES, METHODS, DmlError, WriteFailed, __version__, error_summary
 
 SPLITS = ("test", "unseen")  # dml.data.SPLITS, without importing MXNet before OMP_NUM_THREADS
 KVSTORES = ("local", "device", "dist_sync", "dist_device_sync", "dist_async")
 # what --resume lets change: the run's length and where it runs; everything else is the run's
-RESUME_MAY_CHANGE = ("epochs", "gpus", "cpus", "kvstore", "num_workers")
+RESUME_MAY_CHANGE = ("epochs", "gpus", "cpus", "kvstore", "num_workers", "data_root")
 
 log = logging.getLogger("dml")
 
@@ -156,7 +156,8 @@ def build_parser():
                    "may change")
     g.add_argument("--data-root", default=None, metavar="PATH",
                    help="where the dataset's files are (default: ~/.mxnet/datasets/<dataset>; "
-                   "for folder: ROOT holding train/<class>/ and test/<class>/)")
+                   "for folder: ROOT holding train/<class>/ and test/<class>/); stored as an "
+                   "absolute path. With --resume: where the run's data is now, if it moved")
     g.add_argument("--split", choices=SPLITS, default=None,
                    help="test: train on the training split, evaluate on the test split (every "
                    "class); unseen: train on the first half of the classes, evaluate on the test "
@@ -240,6 +241,9 @@ def build_parser():
                           "map_at_r evaluated); or a net-*.params or exported embedding-*.params file")
     evaluate.add_argument("--gpus", type=parse_gpus, default=None, metavar="0,1",
                           help="GPUs to embed on (default: all GPUs mxnet sees, else the CPU)")
+    evaluate.add_argument("--data-root", default=None, metavar="PATH",
+                          help="where the run's data is now, if it moved (default: the run's "
+                          "--data-root, stored in config.json); it must hold the run's classes")
 
     compare = sub.add_parser(
         "compare", help="tabulate every run under a folder",
@@ -282,6 +286,7 @@ def config_from_args(args):
                        "online-mining methods" % args.method)
     if args.scale is not None and not method.scaled:
         raise DmlError("--scale applies to arcface, cosface and sphereface, not %s" % args.method)
+    _absolute_data_root(args)
     values = defaults_for(args.method, args.dataset)
     for key in values:
         given = getattr(args, key, None)
@@ -311,6 +316,7 @@ def resume_config(args):
     run_dir = args.resume
     if not os.path.isdir(run_dir):
         raise DmlError("--resume %s: no such run folder" % run_dir)
+    _absolute_data_root(args)
     stored = read_run_json(run_dir, "config.json")
     cfg = RunConfig.from_dict(stored)
     stored = cfg.to_dict()
@@ -335,6 +341,38 @@ def resume_config(args):
     _check_kvstore(cfg)
     _check_devices(cfg)
     return cfg
+
+
+def _allocation_failure(err):
+    """MXNet's way of saying it ran out of memory (an MXNetError, not a MemoryError)."""
+    text = str(err).lower()
+    return type(err).__name__ == "MXNetError" and any(
+        word in text for word in ("failed to allocate", "bad_alloc", "out of memory"))
+
+
+def _absolute_data_root(args):
+    """``--data-root`` as an absolute path, so that evaluate and --resume find the data from any
+    folder."""
+    if getattr(args, "data_root", None):
+        args.data_root = os.path.abspath(os.path.expanduser(args.data_root))
+
+
+def check_same_classes(stored, splits, run_dir):
+    """The dataset must hold the classes the run was trained with (config.json's class_names),
+    in the same order: labels are indices into that list."""
+    names = stored.get("class_names")
+    if names is None or list(names) == list(splits.class_names):
+        return
+    added = sorted(set(splits.class_names) - set(names))
+    missing = sorted(set(names) - set(splits.class_names))
+    detail = "; ".join(part for part in (
+        "%d new (%s)" % (len(added), ", ".join(added[:3])) if added else "",
+        "%d missing (%s)" % (len(missing), ", ".join(missing[:3])) if missing else "",
+    ) if part) or "the same names in another order"
+    raise DmlError("the %s data at %s does not hold the %d classes %s was trained on: %s; point "
+                   "--data-root at the run's data" % (splits.name, stored.get("data_root") or
+                                                      "the default folder", len(names), run_dir,
+                                                      detail))
 
 
 def _check_devices(cfg):
@@ -452,7 +490,7 @@ def cmd_train(args):
     from .data import apply_split, load_dataset
     from .engine import (NonFiniteLoss, TrainingInterrupted, Workers, build_net, fit,
                          make_contexts, make_kvstore, seed_everything)
-    from .runs import create_run_dir, remove_partial_files
+    from .runs import complete_checkpoints, create_run_dir, read_json, remove_partial_files
 
     # Everything that can be wrong with the input fails here, before the run folder exists.
     resume = _resume_point(args.resume, cfg) if args.resume else None
@@ -460,6 +498,9 @@ def cmd_train(args):
     seed_everything(cfg.seed)
     net = build_net(cfg, ctx)
     splits = apply_split(load_dataset(cfg.dataset, cfg.data_root, cfg.image_size), cfg.split)
+    if resume is not None:
+        check_same_classes(dict(read_json(os.path.join(args.resume, "config.json")),
+                                data_root=cfg.data_root), splits, args.resume)
     if resume is None:
         if (cfg.split == "unseen" and args.n_classes is None
                 and cfg.n_classes > len(splits.train_classes)):
@@ -515,6 +556,19 @@ def cmd_train(args):
                 else "no checkpoint had been written")
         log.error("stopped: %s; %s", err, kept)
         return 1
+    except Exception as err:  # pylint: disable=broad-except
+        if not isinstance(err, (WriteFailed, MemoryError)) and not _allocation_failure(err):
+            raise
+        if workers.writes:
+            remove_partial_files(run_dir)
+        states = complete_checkpoints(run_dir) if workers.writes else []
+        kept = ("; checkpoint %s is complete: python -m dml train --resume %s continues from it"
+                % (states[-1]["id"], run_dir) if states else "")
+        if not isinstance(err, WriteFailed):
+            err = "out of memory (%s): lower --image-size, --embedding-dim or the batch size" % (
+                error_summary(err) if str(err) else "MemoryError")
+        sys.stderr.write("dml train: error: %s%s\n" % (err, kept))
+        return 1
     finally:
         if file_handler is not None:
             log.removeHandler(file_handler)
@@ -567,11 +621,21 @@ def _load_net(cfg, kind, path, ctx):
     except DmlError:
         raise
     except Exception as err:  # MXNet reports a mismatch as AssertionError, MXNetError, ...
-        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise DmlError("checkpoint %s does not fit this run's network (%s, embedding dim %d): %s"
-                       % (path, cfg.backbone, cfg.embedding_dim, detail)) from None
+                       % (path, cfg.backbone, cfg.embedding_dim, error_summary(err))) from None
     net.hybridize()
     return net
+
+
+def _own_checkpoint(run_dir, path):
+    """A ``--checkpoint PATH`` must lie in ``run_dir``'s params/ folder: evaluating another run's
+    file would overwrite this run's metrics.json with numbers of another network."""
+    params_dir = os.path.realpath(os.path.join(run_dir, "params"))
+    if os.path.commonpath([params_dir, os.path.realpath(path)]) != params_dir:
+        raise DmlError("--checkpoint %s is not in %s: evaluate a run's own checkpoints (python -m "
+                       "dml evaluate THAT_RUN --checkpoint %s), or copy the file into %s/ to "
+                       "score it as this run" % (path, os.path.join(run_dir, "params"), path,
+                                                 os.path.join(run_dir, "params")))
 
 
 def cmd_evaluate(args):
@@ -582,33 +646,51 @@ def cmd_evaluate(args):
         raise DmlError("no run folder at %s" % run_dir)
     from .config import RunConfig
 
+    # Everything is read and checked before anything is written.
     stored = read_run_json(run_dir, "config.json")
     cfg = RunConfig.from_dict(stored)
     cfg.pretrained = False  # every weight comes from the checkpoint
+    _absolute_data_root(args)
+    if args.data_root:
+        cfg.data_root = args.data_root
     split = args.split or cfg.split
     if split == "unseen" and cfg.split != "unseen":
         raise DmlError("%s trained on every class: --split unseen needs a run trained with "
                        "--split unseen" % run_dir)
+    if args.checkpoint not in ("last", "best"):
+        _own_checkpoint(run_dir, args.checkpoint)
     kind, path, epoch = resolve_checkpoint(run_dir, args.checkpoint)
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    previous = read_run_json(run_dir, "metrics.json") if os.path.exists(metrics_path) else {}
+    from .engine import HISTORY_FILE
+
+    history_path = os.path.join(run_dir, "logs", HISTORY_FILE)
+    history = read_run_json(os.path.dirname(history_path), HISTORY_FILE) \
+        if os.path.exists(history_path) else []
 
     from mxboard import SummaryWriter
 
     from .data import apply_split, load_dataset
-    from .engine import HISTORY_FILE, add_projector, evaluate_net, make_contexts, projector_sample
+    from .engine import add_projector, evaluate_net, make_contexts, projector_sample
     from .engine import write_figures
-    from .runs import read_json, write_json
+    from .runs import write_json
 
     ctx = make_contexts(_all_gpus() if args.gpus is None else args.gpus)
     net = _load_net(cfg, kind, path, ctx)
     cfg.split = split
-    splits = apply_split(load_dataset(cfg.dataset, cfg.data_root, cfg.image_size), split)
+    splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
+    check_same_classes(dict(stored, data_root=cfg.data_root), splits, run_dir)
+    splits = apply_split(splits, split)
     log.info("evaluating %s (epoch %d) on the %s split of %s: %d images", path, epoch, split,
              cfg.dataset, len(splits.test))
-    metrics, embeddings, labels = evaluate_net(cfg, splits, net, ctx, full=True)
+    from .engine import NonFiniteLoss
+
+    try:
+        metrics, embeddings, labels = evaluate_net(cfg, splits, net, ctx, full=True)
+    except NonFiniteLoss as err:
+        raise DmlError("%s: %s" % (path, err)) from None
 
     logs_dir = os.path.join(run_dir, "logs")
-    history_path = os.path.join(logs_dir, HISTORY_FILE)
-    history = read_json(history_path) if os.path.isfile(history_path) else []
     writer = SummaryWriter(logdir=logs_dir, flush_secs=10)
     try:
         add_projector(writer, embeddings, labels, splits.test, splits.class_names,
@@ -618,13 +700,11 @@ def cmd_evaluate(args):
     finally:
         writer.close()
 
-    metrics_path = os.path.join(run_dir, "metrics.json")
-    previous = read_json(metrics_path) if os.path.isfile(metrics_path) else {}
     metrics.update(embedding_dim=cfg.embedding_dim, epochs=epoch,
                    checkpoint=args.checkpoint if args.checkpoint in ("last", "best") else path)
     if "train_seconds" in previous:
         metrics["train_seconds"] = previous["train_seconds"]
-    write_json(metrics_path, metrics)
+    write_json(metrics_path, metrics)  # last: a failure above leaves the old metrics.json
     print(_metrics_table(metrics, _shown_metrics(metrics)))
     print("metrics:     %s" % metrics_path)
     print("plots:       %s" % ", ".join(figures))
@@ -717,6 +797,10 @@ def cmd_compare(args):
     return 0
 
 
+_DEPENDENCIES = ("mxnet", "gluoncv", "mxboard", "numpy", "numba", "sklearn", "scipy", "PIL", "tqdm",
+                 "matplotlib")
+
+
 def main(argv=None):
     # MXNet's OpenMP pool otherwise starts with one thread on some machines: use every core.
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
@@ -731,6 +815,15 @@ def main(argv=None):
     except KeyboardInterrupt:
         sys.stderr.write("dml %s: interrupted\n" % args.command)
         return 130
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in _DEPENDENCIES:
+            raise
+        sys.stderr.write("dml %s: error: %s is not installed for %s: run make install in %s, then "
+                         "use %s -m dml (or source .venv/bin/activate)\n" % (
+                             args.command, err.name, sys.executable,
+                             os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             os.path.join(".venv", "bin", "python")))
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ import os
 
 from mxnet import base, gluon
 
-from . import DmlError
+from . import DmlError, error_summary
 
 
 class EmbeddingNet(gluon.HybridBlock):
@@ -138,5 +138,5 @@ def backbone_features(name, pretrained=False, root=None):
             net.load_parameters(path, ignore_extra=True)
         except Exception as err:  # MXNet reports a wrong or corrupt file in several ways
             raise DmlError("cannot load %s as %s weights (%s): replace it with GluonCV's file"
-                           % (path, name, str(err).strip().splitlines()[0][:200])) from None
+                           % (path, name, error_summary(err))) from None
     return net.features

@@ -86,7 +86,29 @@ def check_args(args):
     tool = SUBMIT_TOOL.get(args.launcher)
     if tool and shutil.which(tool) is None:
         return None, "--launcher %s needs %s on the PATH" % (args.launcher, tool)
+    if args.launcher == "local" and shutil.which(command[0]) is None:
+        return None, "%s: no such program (the command after -- must be one this machine runs)" \
+            % command[0]
+    kvstore = _dml_train_kvstore(command)
+    if kvstore is not None and args.num_workers > 1 and not kvstore.startswith("dist"):
+        return None, ("-n %d workers of dml train without --kvstore dist_sync (or dist_device_sync, "
+                      "dist_async) would train %d independent runs: add --kvstore dist_sync to the "
+                      "command" % (args.num_workers, args.num_workers))
     return command, None
+
+
+def _dml_train_kvstore(command):
+    """The --kvstore of a ``dml train`` command ("" when it has none), or None for any other
+    command."""
+    words = [os.path.basename(w) for w in command]
+    if "train" not in words or not ("dml" in words or "dml.cli" in words):
+        return None
+    for i, word in enumerate(command):
+        if word == "--kvstore" and i + 1 < len(command):
+            return command[i + 1]
+        if word.startswith("--kvstore="):
+            return word.split("=", 1)[1]
+    return ""
 
 
 def free_port(host):
