@@ -8,7 +8,8 @@ import pytest
 from mxnet import autograd
 
 from dml.losses import (ContrastiveLoss, OnlineContrastiveLoss, OnlineTripletLoss,
-                        TripletBatchAllLoss, TripletBatchHardLoss, TripletLoss, mining)
+                        TripletBatchAllLoss, TripletBatchHardLoss, TripletLoss,
+                        TripletSemiHardLoss, batch, mining)
 from reference import (naive_batch_all, naive_batch_hard, naive_contrastive, naive_distance,
                        naive_online_contrastive, naive_online_triplet_all, naive_triplet,
                        numeric_gradient)
@@ -247,9 +248,9 @@ def test_triplet_loss_matches_naive_reference_and_finite_differences(hybridize, 
 
 @pytest.mark.parametrize("cls", [ContrastiveLoss, TripletLoss, TripletBatchHardLoss, TripletBatchAllLoss,
                                  OnlineTripletLoss, OnlineContrastiveLoss])
-@pytest.mark.parametrize("bad", [0, -0.5, float("nan")])
+@pytest.mark.parametrize("bad", [0, -0.5, float("nan"), float("inf")])
 def test_margin_must_be_positive(cls, bad):
-    with pytest.raises(ValueError, match="margin must be > 0"):
+    with pytest.raises(ValueError, match="margin must be a finite number > 0"):
         cls(margin=bad)
 
 
@@ -260,3 +261,88 @@ def test_unknown_selectors_and_distances_are_rejected():
         OnlineContrastiveLoss(pair_selector="hardest")
     with pytest.raises(ValueError, match="distance"):
         TripletBatchAllLoss(distance="l1")
+
+
+# -- non-finite input ---------------------------------------------------------------------------
+
+_BATCH_LOSSES = [TripletSemiHardLoss, TripletBatchHardLoss, TripletBatchAllLoss,
+                 lambda **kw: OnlineTripletLoss(selector="hardest", **kw),
+                 lambda **kw: OnlineTripletLoss(selector="all", **kw),
+                 lambda **kw: OnlineContrastiveLoss(pair_selector="all_positive", **kw),
+                 lambda **kw: OnlineContrastiveLoss(pair_selector="hard_negative", **kw)]
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("make", _BATCH_LOSSES)
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_a_non_finite_embedding_gives_a_nan_loss_and_gradient(make, bad, hybridize, distance):
+    """relu/max and the kernels' `not d > 0` used to turn NaN distances into 0: a NaN batch gave
+    0.2 and training went on. One bad value now makes the loss and the whole gradient NaN."""
+    loss = make(margin=0.2, distance=distance)
+    if hybridize:
+        loss.hybridize()
+    x = mx.nd.random.normal(shape=(16, 8))
+    x[5, 3] = bad
+    x.attach_grad()
+    with autograd.record():
+        value = loss(x, mx.nd.array(np.arange(16) % 4))
+    value.backward()
+    assert np.isnan(value.asscalar())
+    assert np.isnan(x.grad.asnumpy()).all()
+
+
+def test_propagate_non_finite_leaves_finite_values_and_gradients_bit_identical():
+    from dml.losses.base import propagate_non_finite
+
+    x = mx.nd.array(np.random.default_rng(3).normal(size=(16, 8)) * 1e37)  # sum(x) overflows
+    grads = []
+    for wrap in (False, True):
+        x.attach_grad()
+        with autograd.record():
+            value = (x * 1e-3).sum(axis=1).mean().reshape((1,))
+            if wrap:
+                value = propagate_non_finite(mx.nd, value, x)
+        value.backward()
+        grads.append((value.asnumpy(), x.grad.asnumpy()))
+    assert np.array_equal(grads[0][0], grads[1][0]) and np.array_equal(grads[0][1], grads[1][1])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_tuple_losses_give_nan_on_non_finite_input(bad):
+    from dml.losses import ContrastiveLoss, TripletLoss
+
+    a = mx.nd.random.normal(shape=(8, 4))
+    a[2, 1] = bad
+    for value in (TripletLoss(margin=0.5)(a, a + 1, a * 2),
+                  ContrastiveLoss(margin=1.0)(a, a + 1, mx.nd.ones(8))):
+        assert np.isnan(value.asscalar())
+    clean = mx.nd.random.normal(shape=(8, 4))
+    assert np.isfinite(TripletLoss(margin=0.5)(clean, clean + 1, clean * 2).asscalar())
+
+
+@pytest.mark.parametrize("head", ["arcface", "cosface", "sphereface"])
+def test_margin_heads_give_nan_logits_on_non_finite_input(head):
+    """clip() inside the heads hid a NaN cosine."""
+    from mxnet import gluon
+
+    from dml.losses.margin import MARGIN_HEADS
+
+    net = MARGIN_HEADS[head](4)
+    net.initialize()
+    x = mx.nd.random.normal(shape=(8, 4))
+    x[1, 1] = float("nan")
+    labels = mx.nd.array(np.arange(8) % 4)
+    x.attach_grad()
+    with autograd.record():
+        loss = gluon.loss.SoftmaxCrossEntropyLoss()(net(x, labels), labels).mean()
+    loss.backward()
+    assert np.isnan(loss.asscalar()) and np.isnan(x.grad.asnumpy()).all()
+
+
+def test_numpy_batch_loss_is_nan_on_non_finite_input():
+    x = np.ones((6, 3), np.float32)
+    x[0, 0] = np.inf
+    for kind in batch.KINDS:
+        loss, fraction, grad = batch.batch_loss(x, np.arange(6) % 2, kind, need_grad=True)
+        assert np.isnan(loss) and np.isnan(fraction) and np.isnan(grad).all()

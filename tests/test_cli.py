@@ -296,7 +296,7 @@ BAD_INPUTS = [
     (["--method", "sphereface", "--margin", "2.5"],
      "sphereface: SphereFace margin m must be a positive integer, not 2.5"),
     (["--method", "arcface", "--scale", "0"], "must be > 0"),
-    (["--method", "arcface", "--scale", "inf"], "scale s must be a finite number > 0"),
+    (["--method", "arcface", "--scale", "inf"], "'inf' must be a finite number"),
     (["--scale", "30"], "--scale applies to arcface, cosface and sphereface, not triplet_semihard"),
     (["--method", "cosface", "--n-classes", "4"], "cosface takes --batch-size"),
     (["--method", "online_triplet", "--selector", "hard"],
