@@ -554,7 +554,7 @@ def cmd_train(args):
         kept = ("the last good checkpoint, %s, is kept: python -m dml train --resume %s continues "
                 "from it" % (err.checkpoint, run_dir) if err.checkpoint
                 else "no checkpoint had been written")
-        log.error("stopped: %s; %s", err, kept)
+        sys.stderr.write("dml train: error: stopped: %s; %s\n" % (err, kept))
         return 1
     except Exception as err:  # pylint: disable=broad-except
         if not isinstance(err, (WriteFailed, MemoryError)) and not _allocation_failure(err):
@@ -657,9 +657,9 @@ def cmd_evaluate(args):
     if split == "unseen" and cfg.split != "unseen":
         raise DmlError("%s trained on every class: --split unseen needs a run trained with "
                        "--split unseen" % run_dir)
-    if args.checkpoint not in ("last", "best"):
-        _own_checkpoint(run_dir, args.checkpoint)
     kind, path, epoch = resolve_checkpoint(run_dir, args.checkpoint)
+    if args.checkpoint not in ("last", "best"):
+        _own_checkpoint(run_dir, path)
     metrics_path = os.path.join(run_dir, "metrics.json")
     previous = read_run_json(run_dir, "metrics.json") if os.path.exists(metrics_path) else {}
     from .engine import HISTORY_FILE

@@ -277,6 +277,9 @@ def _link(source, path):
     any earlier file atomically; False where the file system has no hard links."""
     tmp = path + ".tmp"
     try:
+        if os.path.exists(path) and os.path.samefile(source, path):
+            return True  # linked already (a resumed run); rename() of two links to one file
+            # would do nothing and leave the temporary link behind
         if os.path.exists(tmp):
             os.remove(tmp)
         os.link(source, tmp)

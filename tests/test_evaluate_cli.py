@@ -238,7 +238,8 @@ def test_bad_input_is_one_line_exit_2(tiny_run, tmp_path, capsys, argv, message)
     empty.mkdir()
     names = dict(run=run_dir, missing=str(tmp_path / "missing"), empty=str(empty),
                  no_params=str(no_params), bad_config=str(bad_config),
-                 other_net=other_architecture_params(str(tmp_path / "net-0001.params")))
+                 other_net=other_architecture_params(
+                     os.path.join(run_dir, "params", "other-architecture.params")))
     before = {f: os.path.getmtime(os.path.join(run_dir, f)) for f in ("metrics.json",)}
     try:
         code = main([a.format(**names) for a in argv])

@@ -302,6 +302,10 @@ class RefusedPickle(DmlError):
     """A data file whose pickle would import something the official files never do."""
 
 
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    pass
+
+
 class _CifarUnpickler(pickle.Unpickler):
     """Unpickles only what the official CIFAR files hold: a pickle that names any other global
     (``os.system``, ``builtins.eval``, ...) is refused before anything runs."""
@@ -309,7 +313,7 @@ class _CifarUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in _CIFAR_PICKLE_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError("it imports %s.%s, which no CIFAR file does" % (module, name))
+        raise _ForbiddenGlobal("it imports %s.%s, which no CIFAR file does" % (module, name))
 
 
 def load_cifar_pickle(raw, where):
@@ -318,11 +322,11 @@ def load_cifar_pickle(raw, where):
 
     try:
         return _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    except pickle.UnpicklingError as err:
+    except _ForbiddenGlobal as err:
         raise RefusedPickle("%s is refused: %s (nothing in it was run); replace it with the official "
                        "file" % (where, err)) from None
     except Exception as err:  # unpickling garbage raises almost anything
-        raise DmlError("%s is not a CIFAR python file (%s): replace it with the official file"
+        raise DmlError("%s is not a CIFAR python batch (%s): replace it with the official file"
                        % (where, type(err).__name__)) from None
 
 
