@@ -216,8 +216,8 @@ def build_parser():
                    help="write a checkpoint (for --resume) every E epochs (0: at the end only; "
                    "default 1)")
     g.add_argument("--keep-checkpoints", type=_non_negative_int, default=None, metavar="N",
-                   help="keep the newest N epoch checkpoints, delete older ones (0: keep all; "
-                   "default 2)")
+                   help="keep the newest N epoch checkpoints, delete older ones once the next is "
+                   "complete (0: keep all; default 1)")
     g.add_argument("--eval-period", type=_non_negative_int, default=None,
                    help="evaluate the retrieval metrics every E epochs, log them as eval/* scalars "
                    "and the projector, and keep the best map_at_r in params/best (0: at the end "
@@ -610,6 +610,7 @@ def _load_net(cfg, kind, path, ctx):
     import mxnet as mx
 
     from .engine import build_net
+    from .nets import load_weights
 
     try:
         if kind == "export":
@@ -617,7 +618,7 @@ def _load_net(cfg, kind, path, ctx):
             net = mx.gluon.SymbolBlock.imports(symbol, ["data"], path, ctx=ctx)
         else:
             net = build_net(cfg, ctx)
-            net.load_parameters(path, ctx=ctx)
+            load_weights(net, path, ctx=ctx)
     except DmlError:
         raise
     except Exception as err:  # MXNet reports a mismatch as AssertionError, MXNetError, ...

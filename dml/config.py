@@ -37,7 +37,7 @@ class RunConfig:
     num_workers: int = 2
     seed: int = 0
     save_period: int = 1
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 1
     eval_period: int = 0
     log_interval: int = 10
     projector_points: int = 2000

@@ -23,7 +23,7 @@ from . import plots
 from .evaluation import METRIC_KEYS, all_metrics, embed, retrieval_metrics
 from .losses import mining
 from .methods import get_method
-from .nets import EmbeddingNet
+from .nets import EmbeddingNet, load_weights
 from .runs import checkpoint_id, prune_checkpoints, write_atomic, write_failure, write_json
 
 log = logging.getLogger("dml")
@@ -238,27 +238,51 @@ def settle():
     mx.nd.waitall()
 
 
-def export_net(net, params_dir, epoch):
+def export_net(net, params_dir, epoch, input_shape=None):
     """``net.export`` for deployment (``embedding-symbol.json``, ``embedding-<epoch>.params``),
-    replacing any earlier export; ``net`` must have run a hybridized forward pass."""
+    replacing any earlier export. ``net.export`` needs the net's own hybridized graph: a net
+    trained inside a wrapper (SiameseNet, ClassifierNet) first embeds one blank image of
+    ``input_shape`` (C x H x W) in inference mode, which changes no state. Returns the params
+    file."""
     settle()
+    if not net._cached_graph:  # pylint: disable=protected-access
+        if input_shape is None:
+            raise ValueError("export_net: the net has not run a hybridized forward pass; pass "
+                             "input_shape")
+        ctx = net.collect_params().list_ctx()[0]
+        net(mx.nd.zeros((1,) + tuple(input_shape), ctx=ctx))
+        settle()
     _export(net, params_dir, epoch)
     for name in os.listdir(params_dir):
         if name.startswith(EXPORT_PREFIX + "-") and name.endswith(".params") \
                 and name != "%s-%04d.params" % (EXPORT_PREFIX, epoch):
             os.remove(os.path.join(params_dir, name))
+    return os.path.join(params_dir, "%s-%04d.params" % (EXPORT_PREFIX, epoch))
 
 
 def save_checkpoint(net, trainer, params_dir, epoch, model=None, state=None, batch=None,
-                    save_trainer=True):
+                    save_trainer=True, net_file=None):
     """One checkpoint (see :mod:`dml.runs`): ``net-<id>.params``, ``trainer-<id>.states`` and a
     classifier method's ``classifier-<id>.params``. Each file is written under a temporary name
     and renamed, and ``state-<id>.json`` (``state`` plus the files' sizes) comes last: a kill at
-    any moment leaves the previous checkpoint intact and this one ignored. Returns its id."""
+    any moment leaves the previous checkpoint intact and this one ignored. ``net_file``: a file
+    that already holds exactly these weights (the final export), hard-linked as
+    ``net-<id>.params`` instead of a second copy (:func:`dml.nets.load_weights` reads both
+    formats). Returns its id."""
     settle()
     cid = checkpoint_id(epoch, batch)
     files = []
-    saves = [("net-%s.params", net.save_parameters)]
+
+    def save_net(tmp):
+        if net_file:
+            try:
+                os.link(net_file, tmp)
+                return
+            except OSError:  # no hard links on this file system: a copy of the weights
+                pass
+        net.save_parameters(tmp)
+
+    saves = [("net-%s.params", save_net)]
     if save_trainer:
         saves.append(("trainer-%s.states", trainer.save_states))
     if model is not None and hasattr(model, "classifier"):
@@ -541,7 +565,7 @@ def load_checkpoint(run_dir, state, net, model, trainer, ctx):
     and, when it has them, the trainer's optimizer states."""
     params_dir = os.path.join(run_dir, "params")
     cid = state["id"]
-    net.load_parameters(os.path.join(params_dir, "net-%s.params" % cid), ctx=ctx)
+    load_weights(net, os.path.join(params_dir, "net-%s.params" % cid), ctx=ctx)
     classifier = "classifier-%s.params" % cid
     if classifier in state["files"]:
         model.classifier.load_parameters(os.path.join(params_dir, classifier), ctx=ctx)
@@ -617,6 +641,7 @@ def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None):
                  "" if skip == 0 else " after batch %d" % skip, step)
 
     started = time.time()
+    input_shape = None  # one image's C x H x W, for the final export (see export_net)
 
     def elapsed():  # training seconds, the stopped processes' included
         return done_seconds + time.time() - started
@@ -629,8 +654,11 @@ def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None):
     def checkpoint(epoch, batch=None, epoch_sums=None):
         if not workers.writes:
             return None
+        net_file = None
+        if epoch == cfg.epochs and batch is None:  # the final weights: exported, kept once
+            net_file = export_net(net, params_dir, epoch, input_shape)
         cid = save_checkpoint(net, trainer, params_dir, epoch, model, train_state(epoch_sums),
-                              batch=batch, save_trainer=workers.saves_trainer)
+                              batch=batch, save_trainer=workers.saves_trainer, net_file=net_file)
         prune_checkpoints(run_dir, cfg.keep_checkpoints)
         return cid
 
@@ -650,6 +678,7 @@ def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None):
                           unit="batch", disable=None, leave=False, dynamic_ncols=True) as bar:
                     skip, partial = 0, None
                     for batch in loader:
+                        input_shape = batch[0].shape[1:]
                         batch_loss, batch_stat = train_step(method, model, loss_fn, trainer, batch,
                                                             ctx, workers)
                         step += 1
@@ -708,7 +737,6 @@ def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None):
             return None
 
         metrics, embeddings, labels = evaluate_net(cfg, splits, net, ctx, full=True)
-        export_net(net, params_dir, cfg.epochs)
         if metrics["map_at_r"] > best_map:
             final = os.path.join(params_dir, "net-%s.params" % last_good) if last_good else None
             save_best(net, params_dir, cfg.epochs, metrics, same_as=(

@@ -98,6 +98,34 @@ class MarginClassifierNet(gluon.Block):
             self.classifier.set_iteration(iteration)
 
 
+def load_weights(block, path, ctx=None):
+    """Load ``path`` into ``block``: a ``save_parameters`` file (structural names such as
+    ``features.0.weight``) or a ``net.export`` params file (``arg:``/``aux:`` and each parameter's
+    full name). Full names differ between processes only in the top block's prefix
+    (``embeddingnet0_`` or ``embeddingnet3_``), which is matched by what follows it. The final
+    checkpoint of a run is its export, so its weights are on disk once."""
+    import mxnet as mx
+
+    loaded = mx.nd.load(path)
+    if not isinstance(loaded, dict) or any("." in key for key in loaded):
+        block.load_parameters(path, ctx=ctx)
+        return
+    params = block.collect_params()
+
+    def tail(name):  # the full name after the top block's prefix
+        return name.split(":", 1)[-1].split("_", 1)[-1]
+
+    ours = {tail(name): name for name in params.keys()}
+    theirs = {tail(key): value for key, value in loaded.items()}
+    if set(ours) != set(theirs):
+        missing = sorted(set(ours) - set(theirs))
+        extra = sorted(set(theirs) - set(ours))
+        raise ValueError("%s holds other parameters than the network (%s)" % (path, "; ".join(
+            part for part in ("missing %s" % ", ".join(missing[:3]) if missing else "",
+                              "unexpected %s" % ", ".join(extra[:3]) if extra else "") if part)))
+    params.load_dict({ours[key]: value for key, value in theirs.items()}, ctx=ctx)
+
+
 def pretrained_file(name, root=None):
     """Where GluonCV's model store keeps ``name``'s ImageNet weights."""
     short_hash = import_gluoncv_model_zoo().model_store.short_hash

@@ -32,6 +32,7 @@ def tiny_run(tiny_cifar, tmp_path_factory):
     printed = io.StringIO()
     with redirect_stdout(printed):
         code = main(["train", "--method", "triplet_semihard", "--dataset", "cifar10", "--data-root",
-                     tiny_cifar, "--epochs", "2", "--save-period", "1", "--output-root", out] + TINY)
+                     tiny_cifar, "--epochs", "2", "--save-period", "1", "--keep-checkpoints", "2",
+                     "--output-root", out] + TINY)
     assert code == 0
     return out, only_run_dir(out, "cifar10", "triplet_semihard"), printed.getvalue()

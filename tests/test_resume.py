@@ -106,17 +106,20 @@ def test_resume_continues_exactly(tiny_cifar, reference, tmp_path):
     scalars = read_with_tensorboard(os.path.join(run_dir, "logs"))["scalars"]
     assert scalars["train/epoch_loss"] == [1, 2, 3]
     assert scalars["train/batch_loss"] == [10, 20]  # 9 batches an epoch, every 10 steps
-    # the newest 2 epoch checkpoints are kept
-    assert sorted(s["id"] for s in complete_checkpoints(run_dir)) == ["0002", "0003"]
+    # the newest epoch checkpoint is kept (--keep-checkpoints 1)
+    assert sorted(s["id"] for s in complete_checkpoints(run_dir)) == ["0003"]
 
 
 # The renames of a 3-epoch run: config.json (1); per epoch net, trainer, state, history.json
-# (2-5, 6-9, 10-13); then the export (14, 15), params/best (16-19), history (20), metrics (21).
-@pytest.mark.parametrize("kill_at", [6, 8, 9, 12, 15, 19, 21])
+# (2-5, 6-9); the last epoch's export (10, 11), its checkpoint with the net hard-linked to the
+# export (12-14) and history (15); then params/best (16-19), history (20), the plots (21, 22) and
+# metrics.json (23).
+@pytest.mark.parametrize("kill_at", [6, 8, 9, 11, 12, 14, 18, 23])
 def test_sigkill_at_any_write_then_resume(tiny_cifar, reference, tmp_path, kill_at):
     """SIGKILL at the kill_at-th rename: inside the 2nd checkpoint (6), before its state file
-    (8: the checkpoint is incomplete, resume takes the 1st), after it (9), before the last state
-    file (12), in the final export (15), the best checkpoint (19) and metrics.json (21).
+    (8: the checkpoint is incomplete, resume takes the 1st), after it (9), in the final export
+    (11), at the final checkpoint's linked net (12), before its state file (14), in the best
+    checkpoint (18) and before metrics.json (23).
     Resuming continues from the newest complete checkpoint and ends as the uninterrupted run;
     the partial files are gone."""
     out = str(tmp_path)
@@ -172,9 +175,9 @@ def test_sigkill_of_a_real_process_mid_epoch(tiny_cifar, reference, tmp_path):
 
 def test_a_truncated_checkpoint_is_ignored(tiny_cifar, tmp_path):
     """A file that no longer matches its state file (disk trouble, a copy cut short) makes its
-    checkpoint incomplete: resume takes the one before."""
+    checkpoint incomplete: resume takes the one before (kept with --keep-checkpoints 2)."""
     out = str(tmp_path)
-    args = train_args(tiny_cifar, out)
+    args = train_args(tiny_cifar, out, "--keep-checkpoints", "2")
     args[args.index("--epochs") + 1] = "2"
     assert run(args)[0] == 0
     run_dir = only_run_dir(out, "cifar10", "triplet_semihard")
