@@ -154,6 +154,14 @@ def run_local(command, num_workers, num_servers, host_ip=None, poll=0.2, linger=
                 break
             dead = [h.poll() for h in helpers if h.poll() not in (None, 0)]
             if dead and None in codes:
+                # a command that fails at once fails in every role: give the workers a moment
+                # to report their own code, which is the job's (the scheduler may die first)
+                grace = time.time() + 2.0
+                while time.time() < grace and None in [w.poll() for w in workers]:
+                    time.sleep(poll)
+                failed = [w.poll() for w in workers if w.poll() not in (None, 0)]
+                if failed:
+                    continue
                 code = 1
                 sys.stderr.write("launch.py: a scheduler or server exited with code %d: "
                                  "stopping the job\n" % dead[0])

@@ -1,0 +1,403 @@
+"""The hostile cases of doc/hostile.md, each run as a user would (a fresh process), against an
+older revision and this working tree: exit code and the line that explains the outcome.
+
+    .venv/bin/python scripts/hostile_table.py --before 3b4a96f > doc/hostile.md
+
+The older revision is checked out in a temporary git worktree and run with the same Python (its
+package shadows this one through PYTHONPATH). Each case gets a fresh temporary folder. Takes
+about ten minutes on two cores (the training cases run tiny ResNet-18 runs).
+"""
+import argparse
+import glob
+import os
+import pickle
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from fakedata import write_cifar, write_image_folder  # noqa: E402
+
+TINY = ["--n-classes", "4", "--n-samples", "4", "--embedding-dim", "16", "--num-workers", "1"]
+_LOG = re.compile(r"^\d\d:\d\d:\d\d ")
+
+
+class Case:
+    def __init__(self, tree, work):
+        self.tree, self.work = tree, work
+        self.env = dict(os.environ, PYTHONPATH=tree, DML_OFFLINE="1")
+
+    def path(self, *parts):
+        return os.path.join(self.work, *parts)
+
+    def run(self, argv, timeout=300, cwd=None, env=None, python=True):
+        cmd = [sys.executable] + argv if python else argv
+        started = time.time()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                  cwd=cwd or self.work, env=env or self.env)
+        except subprocess.TimeoutExpired:
+            return None, "(still running after %d s: killed)" % timeout, ""
+        return proc.returncode, proc.stderr, "%.0f s" % (time.time() - started)
+
+    def dml(self, *argv, **kwargs):
+        return self.run(["-m", "dml"] + list(argv), **kwargs)
+
+    def run_dir(self, out, dataset="cifar10", method="triplet_semihard"):
+        runs = glob.glob(os.path.join(out, dataset, method, "*"))
+        return runs[0] if runs else None
+
+    def files(self, out):
+        return len([p for p in glob.glob(os.path.join(out, "**", "*"), recursive=True)
+                    if os.path.isfile(p)]) if os.path.isdir(out) else 0
+
+    def cifar(self):
+        root = self.path("cifar")
+        if not os.path.isdir(root):
+            write_cifar(root, "cifar10", "python", n_train=150, n_test=50)
+        return root
+
+    def folder(self):
+        root = self.path("folder")
+        if not os.path.isdir(root):
+            write_image_folder(root)
+        return root
+
+
+def explain(stderr):
+    """The line that says what happened: the error line, or a traceback's first and last."""
+    lines = [l.strip() for l in stderr.splitlines() if l.strip() and not _LOG.match(l)
+             and "it/s]" not in l and "s/it]" not in l and "batch/s" not in l
+             and "WARNING" not in l and "warnings.warn" not in l]
+    if not lines:
+        return "(nothing on stderr)"
+    if any(l.startswith("Traceback") for l in lines):
+        return "Traceback ... %s" % lines[-1][:140]
+    errors = [l for l in lines if "error" in l.lower()]
+    return (errors[-1] if errors else lines[-1])[:220]
+
+
+def trained(case, *extra):
+    out = case.path("out")
+    code, err, _ = case.dml("train", "--dataset", "cifar10", "--data-root", case.cifar(),
+                            "--epochs", "2", "--output-root", out, *TINY, *extra)
+    return out, code, err
+
+
+# Each case: (name, function(case) -> (exit code, explanation)).
+
+def checkpoint_vs_evaluated(case):
+    out, code, err = trained(case)
+    if code != 0:
+        return code, explain(err)
+    run = case.run_dir(out)
+    import json
+    first = json.load(open(os.path.join(run, "metrics.json")))["map_at_r"]
+    code, err, _ = case.dml("evaluate", run)
+    again = json.load(open(os.path.join(run, "metrics.json")))["map_at_r"]
+    return code, "trained map_at_r %.6f, evaluate in a new process %.6f (%s)" % (
+        first, again, "equal" if first == again else "DIFFERENT")
+
+
+def sigterm_then_resume(case):
+    script = ("import os, signal, sys\nimport dml.engine as e\nn, c, s = 3, [0], e.train_step\n"
+              "def t(*a, **k):\n    c[0] += 1\n    if c[0] == n: os.kill(os.getpid(), "
+              "signal.SIGTERM)\n    return s(*a, **k)\ne.train_step = t\nfrom dml.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    out = case.path("out")
+    code, err, _ = case.run(["-c", script, "train", "--dataset", "cifar10", "--data-root",
+                             case.cifar(), "--epochs", "1", "--output-root", out] + TINY)
+    run = case.run_dir(out)
+    states = sorted(os.path.basename(p) for p in glob.glob(os.path.join(run or out, "params",
+                                                                        "state-*.json")))
+    return code, "%s; checkpoints: %s" % (explain(err), ", ".join(states) or "none")
+
+
+def nan_loss_value(case):
+    code, err, _ = case.run(["-c", "import mxnet as mx, numpy as np\nfrom dml.losses import "
+                             "TripletSemiHardLoss\nx = mx.nd.full((16, 16), np.nan)\nprint("
+                             "'loss', TripletSemiHardLoss(margin=0.2)(x, mx.nd.array(np.arange(16)"
+                             " % 4)).asscalar())"])
+    return code, "TripletSemiHardLoss of NaN embeddings = see stdout" if code else "ran"
+
+
+def nan_loss(case):
+    proc = subprocess.run([sys.executable, "-c", "import mxnet as mx, numpy as np\nfrom dml.losses "
+                           "import TripletSemiHardLoss\nx = mx.nd.full((16, 16), np.nan)\nprint("
+                           "TripletSemiHardLoss(margin=0.2)(x, mx.nd.array(np.arange(16) % 4))"
+                           ".asscalar())"], capture_output=True, text=True, env=case.env,
+                          cwd=case.work, timeout=120)
+    return proc.returncode, "TripletSemiHardLoss()(NaN embeddings) = %s" % proc.stdout.strip()
+
+
+def diverging(case):
+    out = case.path("out")
+    code, err, _ = case.dml("train", "--dataset", "digits", "--epochs", "1", "--lr", "1e30",
+                            "--output-root", out, *TINY, timeout=400)
+    run = case.run_dir(out, "digits")
+    wrote = os.path.exists(os.path.join(run, "metrics.json")) if run else False
+    return code, "%s%s" % (explain(err), " [metrics.json written]" if wrote else "")
+
+
+def refused(argv):
+    def case_fn(case):
+        out = case.path("out")
+        code, err, _ = case.dml("train", "--epochs", "1", "--output-root", out, *argv,
+                                timeout=120)
+        return code, "%s [%d files written]" % (explain(err), case.files(out))
+    return case_fn
+
+
+def collapsed_tsne(case):
+    proc = subprocess.run([sys.executable, "-c", "import numpy as np\nfrom dml.plots import "
+                           "embedding_2d\nprint(embedding_2d(np.ones((200, 16))).shape)"],
+                          capture_output=True, text=True, env=case.env, cwd=case.work, timeout=300)
+    return proc.returncode, explain(proc.stderr) if proc.returncode else \
+        "t-SNE picture of identical embeddings: %s" % proc.stdout.strip()
+
+
+def broken_image(kind):
+    def case_fn(case):
+        root = case.folder()
+        path = os.path.join(root, "train", "cat", "bad.png")
+        if kind == "truncated":
+            from PIL import Image
+            import numpy as np
+            Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3),
+                                                              dtype=np.uint8)).save(path)
+            raw = open(path, "rb").read()
+            open(path, "wb").write(raw[:len(raw) // 2])
+        else:
+            def chunk(k, d):
+                return struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d))
+            open(path, "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
+                ">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(
+                    b"\0" * 16)) + chunk(b"IEND", b""))
+        out = case.path("out")
+        code, err, _ = case.dml("train", "--dataset", "folder", "--data-root", root, "--epochs",
+                                "1", "--output-root", out, *TINY, timeout=300)
+        return code, "%s [%d files written]" % (explain(err).replace(case.work, "TMP"),
+                                                case.files(out))
+    return case_fn
+
+
+def pickle_payload(case):
+    root = case.cifar()
+    witness = case.path("pwned")
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch %s" % witness,))
+
+    with open(os.path.join(root, "cifar-10-batches-py", "data_batch_3"), "wb") as f:
+        pickle.dump({b"data": Payload(), b"labels": [0]}, f)
+    out = case.path("out")
+    code, err, _ = case.dml("train", "--dataset", "cifar10", "--data-root", root, "--epochs",
+                            "1", "--output-root", out, *TINY, timeout=300)
+    return code, "%s [payload %s]" % (explain(err).replace(case.work, "TMP")[:150],
+                                      "RAN" if os.path.exists(witness) else "did not run")
+
+
+def evaluate_added_class(case):
+    root = case.folder()
+    out = case.path("out")
+    case.dml("train", "--dataset", "folder", "--data-root", root, "--epochs", "1",
+             "--output-root", out, *TINY)
+    os.makedirs(os.path.join(root, "test", "zebra"))
+    shutil.copy(glob.glob(os.path.join(root, "test", "cat", "*.png"))[0],
+                os.path.join(root, "test", "zebra", "z.png"))
+    code, err, _ = case.dml("evaluate", case.run_dir(out, "folder"))
+    return code, explain(err).replace(case.work, "TMP")
+
+
+def evaluate_other_run(case):
+    out, _, _ = trained(case)
+    run = case.run_dir(out)
+    other = case.path("other")
+    shutil.copytree(run, other)
+    code, err, _ = case.dml("evaluate", run, "--checkpoint", os.path.join(other, "params",
+                                                                          "net-0002.params"))
+    return code, explain(err).replace(case.work, "TMP")[:160] if code else \
+        "evaluated another run's file into this run's metrics.json"
+
+
+def evaluate_truncated_metrics(case):
+    out, _, _ = trained(case)
+    run = case.run_dir(out)
+    path = os.path.join(run, "metrics.json")
+    text = open(path).read()
+    open(path, "w").write(text[:len(text) // 2])
+    before = case.files(run)
+    code, err, _ = case.dml("evaluate", run)
+    return code, "%s [%d files added]" % (explain(err).replace(case.work, "TMP")[:150],
+                                          case.files(run) - before)
+
+
+def evaluate_not_params(case):
+    out, _, _ = trained(case)
+    run = case.run_dir(out)
+    code, err, _ = case.dml("evaluate", run, "--checkpoint",
+                            os.path.join(run, "params", "state-0002.json"))
+    return code, explain(err).replace(case.work, "TMP")[:200]
+
+
+def launch(argv, timeout=40):
+    def case_fn(case):
+        code, err, _ = case.run([os.path.join(case.tree, "scripts", "launch.py"), "-n", "2", "--"]
+                                + argv, timeout=timeout)
+        return code, explain(err)
+    return case_fn
+
+
+def disk_full(case):
+    mount = case.path("disk")
+    os.makedirs(mount)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", mount]).returncode:
+        return None, "(cannot mount a tmpfs: not root)"
+    try:
+        code, err, _ = case.dml("train", "--dataset", "digits", "--epochs", "3",
+                                "--output-root", mount, *TINY, timeout=600)
+        tmp = [p for p in glob.glob(os.path.join(mount, "**", "*"), recursive=True)
+               if p.endswith(".tmp") or os.path.basename(p).startswith(".tmp-")]
+        return code, "%s [%d temporary files left]" % (
+            explain(err).replace(case.work, "TMP")[:170], len(tmp))
+    finally:
+        subprocess.run(["umount", mount])
+
+
+def relative_data_root(case):
+    case.folder()
+    out = case.path("out")
+    case.dml("train", "--dataset", "folder", "--data-root", "folder", "--epochs", "1",
+             "--output-root", out, *TINY)
+    code, err, _ = case.dml("evaluate", case.run_dir(out, "folder"), cwd="/")
+    return code, explain(err).replace(case.work, "TMP") if code else "evaluate from / works"
+
+
+def folder_layout(what):
+    def case_fn(case):
+        root = case.folder()
+        if what == "nested":
+            nested = os.path.join(root, "train", "owl", "sub")
+            os.makedirs(nested)
+            for p in glob.glob(os.path.join(root, "train", "owl", "*.*")):
+                shutil.move(p, nested)
+        elif what == "junk":
+            open(os.path.join(root, "train", "cat", "Thumbs.db"), "w").write("x")
+        else:
+            os.makedirs(os.path.join(root, "test", "emu"))
+        out = case.path("out")
+        code, err, _ = case.dml("train", "--dataset", "folder", "--data-root", root, "--epochs",
+                                "1", "--output-root", out, *TINY, timeout=300)
+        import json
+        run = case.run_dir(out, "folder")
+        detail = ""
+        if code == 0 and run:
+            names = json.load(open(os.path.join(run, "config.json")))["class_names"]
+            detail = "trained; classes %s" % ",".join(names)
+        return code, (detail or explain(err)).replace(case.work, "TMP")[:200]
+    return case_fn
+
+
+def no_install(case):
+    code, err, _ = case.run([sys.executable, "-S", "-m", "dml", "train"], python=False,
+                            cwd=case.tree)
+    return code, explain(err)
+
+
+def launcher_method(case):
+    code, err, _ = case.run(["bash", os.path.join(case.tree, "train_cifar_triplet_semihard.sh"),
+                             "--method", "siamese", "--epochs", "1", "--data-root", case.cifar(),
+                             "--output-root", case.path("out")], python=False)
+    return code, explain(err)
+
+
+def run_size(case):
+    out, code, _ = trained(case)
+    run = case.run_dir(out)
+    du = subprocess.run(["du", "-sm", run], capture_output=True, text=True).stdout.split()[0]
+    return code, "a finished 2-epoch run folder: %s MB" % du
+
+
+CASES = [
+    ("the checkpoint is the evaluated net", checkpoint_vs_evaluated),
+    ("SIGTERM mid-epoch", sigterm_then_resume),
+    ("loss of NaN embeddings", nan_loss),
+    ("--lr 1e30 (diverges)", diverging),
+    ("--lr inf", refused(["--lr", "inf"])),
+    ("--lr nan", refused(["--lr", "nan"])),
+    ("--wd nan", refused(["--wd", "nan"])),
+    ("--margin inf", refused(["--margin", "inf"])),
+    ("t-SNE of a collapsed embedding", collapsed_tsne),
+    ("a PNG cut in half", broken_image("truncated")),
+    ("a 30000 x 30000 PNG", broken_image("bomb")),
+    ("CIFAR pickle with a payload", pickle_payload),
+    ("evaluate after a class was added", evaluate_added_class),
+    ("evaluate RUN_A --checkpoint RUN_B/...", evaluate_other_run),
+    ("launch.py -n 2 without --kvstore dist_*",
+     launch([sys.executable, "-m", "dml", "train", "--epochs", "1"] + TINY)),
+    ("disk full (200 MB tmpfs)", disk_full),
+    ("--image-size 100000", refused(["--image-size", "100000"] + TINY)),
+    ("--embedding-dim 1000000000", refused(["--embedding-dim", "1000000000"])),
+    ("--cpus 64, batch of 16", refused(["--cpus", "64"] + TINY[:4])),
+    ("--seed -1", refused(["--seed", "-1"])),
+    ("--seed 99999999999", refused(["--seed", "99999999999"])),
+    ("evaluate with a truncated metrics.json", evaluate_truncated_metrics),
+    ("evaluate --checkpoint state-0002.json", evaluate_not_params),
+    ("launch.py -- /nonexistent/binary", launch(["/nonexistent/binary"])),
+    ("python -m dml without make install", no_install),
+    ("train_cifar_triplet_semihard.sh --method siamese", launcher_method),
+    ("relative --data-root, evaluate from /", relative_data_root),
+    ("class images in a subfolder", folder_layout("nested")),
+    ("Thumbs.db in a class folder", folder_layout("junk")),
+    ("an empty class folder", folder_layout("empty")),
+    ("run folder size", run_size),
+]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True, help="the git revision to compare with")
+    parser.add_argument("--only", default=None, help="run only the cases whose name has this")
+    args = parser.parse_args()
+    before = tempfile.mkdtemp(prefix="dml-before-")
+    subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", "-q", before, args.before],
+                   check=True)
+    rows = []
+    try:
+        for name, fn in CASES:
+            if args.only and args.only not in name:
+                continue
+            row = [name]
+            for tree in (before, ROOT):
+                work = tempfile.mkdtemp(prefix="dml-case-")
+                try:
+                    code, text = fn(Case(tree, work))
+                except Exception as err:  # a case that cannot even be set up on that tree
+                    code, text = None, "(case failed: %s)" % err
+                finally:
+                    subprocess.run(["umount", os.path.join(work, "disk")], capture_output=True)
+                    shutil.rmtree(work, ignore_errors=True)
+                row += ["-" if code is None else str(code), text.replace("|", "\\|")]
+            rows.append(row)
+            sys.stderr.write("%s: %s / %s\n" % (name, row[1], row[3]))
+    finally:
+        subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", before])
+    print("# Hostile input and failures: before and after\n")
+    print("Made with `.venv/bin/python scripts/hostile_table.py --before %s > doc/hostile.md` "
+          "(each case a fresh process in a fresh folder; TMP is that folder).\n" % args.before)
+    print("| case | exit before | before | exit now | now |")
+    print("|---|---:|---|---:|---|")
+    for row in rows:
+        print("| %s |" % " | ".join(row))
+
+
+if __name__ == "__main__":
+    main()
