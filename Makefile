@@ -5,13 +5,20 @@ PY    := $(VENV)/bin/python
 # The first Python that mxnet 1.9.1 can run on (3.8-3.11); override with `make PYTHON=... install`.
 PYTHON ?= $(shell for p in python3.11 python3.10 python3.9 python3.8 python3; do \
 	command -v $$p >/dev/null 2>&1 && { echo $$p; break; }; done)
-# The GPU wheel when nvidia-smi lists a GPU, else the CPU wheel; `MXNET=mxnet-cu112 make install` overrides.
-MXNET ?= $(shell nvidia-smi -L 2>/dev/null | grep -q GPU && echo mxnet-cu112 || echo mxnet)
+# The GPU wheel when nvidia-smi lists GPUs that mxnet-cu112 has code for (compute capability
+# 5.0-8.6: not Hopper), else the CPU wheel with the reason; `MXNET=mxnet-cu112 make install` overrides.
+ifeq ($(origin MXNET),undefined)
+MXNET := $(shell $(PYTHON) scripts/choose_mxnet.py)
+endif
 OTHER_MXNET := $(if $(filter mxnet-cu112,$(MXNET)),mxnet,mxnet-cu112)
 STAMP := $(VENV)/.installed-$(MXNET)
 
-.PHONY: install demo test doc clean
+.PHONY: install demo test doc clean which-mxnet
 install: $(STAMP)
+
+# The wheel install would choose here (and why, on stderr), without installing anything.
+which-mxnet:
+	@echo $(MXNET)
 
 $(STAMP): requirements.txt setup.py
 	@$(PYTHON) scripts/check_python.py

@@ -255,7 +255,33 @@ def build_parser():
     compare.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     compare.add_argument("--plot", default=None, metavar="OUT.png",
                          help="also draw a grouped bar chart of the metrics, one bar per run")
+    doctor = sub.add_parser(
+        "doctor", help="check this machine: installed versions, usable GPUs, one training step",
+        description="Print the Python, MXNet build (and its CUDA), numpy, numba, threads and every "
+        "GPU nvidia-smi lists with its compute capability and whether this build can run it; then "
+        "run one ResNet-18 + semi-hard-loss training step on the CPU and each usable GPU. Exit 1 "
+        "when a step fails.", formatter_class=_Formatter)
+    doctor.set_defaults(func=cmd_doctor)
     return parser
+
+
+def cmd_doctor(args):
+    from .doctor import environment, smoke_test, usable_contexts
+
+    rows = environment()
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print("%-*s  %s" % (width, key, value))
+    failed = 0
+    for ctx in usable_contexts():
+        try:
+            seconds = smoke_test(ctx)
+            print("%-*s  ok: one ResNet-18 + semi-hard training step in %.2f s"
+                  % (width, "step on %s" % ctx, seconds))
+        except Exception as err:  # pylint: disable=broad-except
+            failed += 1
+            print("%-*s  FAILED: %s" % (width, "step on %s" % ctx, error_summary(err)))
+    return 1 if failed else 0
 
 
 def config_from_args(args):
@@ -399,9 +425,18 @@ def _shown(value):
 
 
 def _all_gpus():
+    """Every GPU mxnet sees that the installed build can run (the others with a warning)."""
     import mxnet as mx
 
-    return list(range(mx.context.num_gpus()))
+    from .gpus import usable_gpus
+
+    return usable_gpus(mx.context.num_gpus())
+
+
+def _check_gpus(gpus):
+    from .gpus import check_gpus
+
+    check_gpus(gpus, cpu_hint="--gpus ''")
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -494,6 +529,7 @@ def cmd_train(args):
 
     # Everything that can be wrong with the input fails here, before the run folder exists.
     resume = _resume_point(args.resume, cfg) if args.resume else None
+    _check_gpus(cfg.gpus)
     ctx = make_contexts(cfg.gpus, cfg.cpus)
     seed_everything(cfg.seed)
     net = build_net(cfg, ctx)
@@ -676,7 +712,9 @@ def cmd_evaluate(args):
     from .engine import write_figures
     from .runs import write_json
 
-    ctx = make_contexts(_all_gpus() if args.gpus is None else args.gpus)
+    gpus = _all_gpus() if args.gpus is None else args.gpus
+    _check_gpus(gpus)
+    ctx = make_contexts(gpus)
     net = _load_net(cfg, kind, path, ctx)
     cfg.split = split
     splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)

@@ -37,6 +37,9 @@ def make_contexts(gpus=(), cpus=0):
     """``mx.gpu(i)`` for each of ``gpus``; else ``cpus`` CPU contexts (>1 exercises the multi-device
     code path without GPUs); else one CPU."""
     if gpus:
+        from .gpus import check_gpus
+
+        check_gpus(gpus)
         available = mx.context.num_gpus()
         missing = [g for g in gpus if g >= available]
         if missing:
