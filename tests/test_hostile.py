@@ -371,17 +371,26 @@ def test_bad_numbers_are_refused_before_anything_is_written(tmp_path, capsys, ar
     assert not out.exists()
 
 
-def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("error", ["MemoryError", "MXNetError"])
+def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch, error):
+    import mxnet as mx
+
     import dml.engine
 
     def fit(*args, **kwargs):
-        raise MemoryError()
+        if error == "MemoryError":
+            raise MemoryError()
+        raise mx.base.MXNetError("Traceback (most recent call last):\n  File \"src/storage/"
+                                 "./cpu_device_storage.h\", line 74\nMXNetError: Failed to "
+                                 "allocate CPU Memory")
 
     monkeypatch.setattr(dml.engine, "fit", fit)
     code, err = run_bad(capsys, ["train", "--epochs", "1", "--output-root", str(tmp_path)] + TINY)
     assert code == 1
-    assert err.splitlines()[-1].startswith("dml train: error: out of memory"), err
-    assert "lower --image-size, --embedding-dim or the batch size" in err
+    line = err.splitlines()[-1]
+    assert line.startswith("dml train: error: out of memory"), err
+    assert "lower --image-size, --embedding-dim or the batch size" in line
+    assert "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------------------------
@@ -417,6 +426,23 @@ def test_disk_full_is_one_line_leaves_no_temporary_file_and_keeps_a_resumable_ch
     code, _, err = dml("train", "--resume", moved)
     assert code == 0, err[-3000:]
     assert load(os.path.join(moved, "metrics.json"))["epochs"] == 3
+
+
+def test_resume_takes_data_that_moved(tiny_cifar, tmp_path):
+    data = str(tmp_path / "cifar")
+    shutil.copytree(tiny_cifar, data)
+    out = str(tmp_path / "out")
+    code, _, err = dml("train", "--dataset", "cifar10", "--data-root", data, "--epochs", "1",
+                       "--output-root", out, *KINDS["pk"], script=TERM_AT_STEP, script_args=["2"])
+    assert code == 143, err[-2000:]
+    run = only_run_dir(out, "cifar10", "triplet_semihard")
+    moved = str(tmp_path / "moved")
+    shutil.move(data, moved)
+    code, _, err = dml("train", "--resume", run)
+    assert code == 2 and "CIFAR-10 not found in %s" % data in error_line(err)
+    code, _, err = dml("train", "--resume", run, "--data-root", moved)
+    assert code == 0, err[-3000:]
+    assert load(os.path.join(run, "config.json"))["data_root"] == moved
 
 
 @pytest.fixture
