@@ -4,7 +4,6 @@ import logging
 import math
 import os
 import sys
-import time
 
 from . import DATASETS, DISTANCES, METHODS, DmlError, WriteFailed, __version__, error_summary
 
@@ -337,13 +336,13 @@ def resume_config(args):
     """The stored config of ``--resume RUN_DIR`` with the options that may change; any other
     option given must agree with the run's."""
     from .config import RunConfig
-    from .runs import read_run_json
+    from .runs import RunDir
 
     run_dir = args.resume
     if not os.path.isdir(run_dir):
         raise DmlError("--resume %s: no such run folder" % run_dir)
     _absolute_data_root(args)
-    stored = read_run_json(run_dir, "config.json")
+    stored = RunDir(run_dir).read(RunDir.CONFIG)
     cfg = RunConfig.from_dict(stored)
     stored = cfg.to_dict()
     for key, value in vars(args).items():
@@ -381,24 +380,6 @@ def _absolute_data_root(args):
     folder."""
     if getattr(args, "data_root", None):
         args.data_root = os.path.abspath(os.path.expanduser(args.data_root))
-
-
-def check_same_classes(stored, splits, run_dir):
-    """The dataset must hold the classes the run was trained with (config.json's class_names),
-    in the same order: labels are indices into that list."""
-    names = stored.get("class_names")
-    if names is None or list(names) == list(splits.class_names):
-        return
-    added = sorted(set(splits.class_names) - set(names))
-    missing = sorted(set(names) - set(splits.class_names))
-    detail = "; ".join(part for part in (
-        "%d new (%s)" % (len(added), ", ".join(added[:3])) if added else "",
-        "%d missing (%s)" % (len(missing), ", ".join(missing[:3])) if missing else "",
-    ) if part) or "the same names in another order"
-    raise DmlError("the %s data at %s does not hold the %d classes %s was trained on: %s; point "
-                   "--data-root at the run's data" % (splits.name, stored.get("data_root") or
-                                                      "the default folder", len(names), run_dir,
-                                                      detail))
 
 
 def _check_devices(cfg):
@@ -476,278 +457,72 @@ def _shown_metrics(metrics):
     return [k for k in METRIC_KEYS + ("verification_auc",) if k in metrics]
 
 
-def _check_pk_batches(cfg, splits):
-    if cfg.n_classes > splits.num_classes:
-        raise DmlError("--n-classes %d but %s has only %d classes: pass --n-classes %d or fewer"
-                       % (cfg.n_classes, cfg.dataset, splits.num_classes, splits.num_classes))
-    present = len(set(splits.train.labels.tolist()))
-    if cfg.n_classes > present:
-        raise DmlError("--n-classes %d but the training split holds only %d classes: pass "
-                       "--n-classes %d or fewer" % (cfg.n_classes, present, present))
-    if len(splits.train) < cfg.n_classes * cfg.n_samples:
-        raise DmlError("a batch of %d x %d images is larger than the %d training images: lower "
-                       "--n-classes or --n-samples" % (cfg.n_classes, cfg.n_samples, len(splits.train)))
-
-
-def _check_plain_batches(cfg, splits):
-    if len(set(splits.train.labels.tolist())) < 2:
-        raise DmlError("%s needs at least 2 classes in the training split" % cfg.method)
-    if cfg.batch_size > len(splits.train):
-        raise DmlError("--batch-size %d is larger than the %d training images: lower --batch-size"
-                       % (cfg.batch_size, len(splits.train)))
-
-
-def _resume_point(run_dir, cfg):
-    """The newest complete checkpoint of ``run_dir`` to continue ``cfg`` from (exit 2 when there
-    is none, or the run is finished)."""
-    from .runs import complete_checkpoints
-
-    states = complete_checkpoints(run_dir)
-    if not states:
-        raise DmlError("--resume %s: the run holds no complete checkpoint (params/state-*.json) "
-                       "to continue from" % run_dir)
-    state = states[-1]
-    if state.get("method", cfg.method) != cfg.method:
-        raise DmlError("--resume %s: its checkpoint is of method %s, not %s"
-                       % (run_dir, state["method"], cfg.method))
-    if state["batch"] is None and state["epoch"] >= cfg.epochs and os.path.isfile(
-            os.path.join(run_dir, "metrics.json")):
-        raise DmlError("--resume %s: the run finished its %d epochs; pass --epochs N (more than "
-                       "%d) to train it further" % (run_dir, state["epoch"], state["epoch"]))
-    if state["epoch"] > cfg.epochs:
-        raise DmlError("--resume %s: the newest checkpoint is of epoch %d, past --epochs %d"
-                       % (run_dir, state["epoch"], cfg.epochs))
-    return state
-
-
 def cmd_train(args):
     cfg = config_from_args(args)  # the MXNet imports below stay lazy: OMP_NUM_THREADS is set first
-    from .data import apply_split, load_dataset
-    from .engine import (NonFiniteLoss, TrainingInterrupted, Workers, build_net, fit,
-                         make_contexts, make_kvstore, seed_everything)
-    from .runs import complete_checkpoints, create_run_dir, read_json, remove_partial_files
+    import signal
 
-    # Everything that can be wrong with the input fails here, before the run folder exists.
-    resume = _resume_point(args.resume, cfg) if args.resume else None
+    from .engine import NonFiniteLoss, TrainingInterrupted, prepare, run
+
     _check_gpus(cfg.gpus)
-    ctx = make_contexts(cfg.gpus, cfg.cpus)
-    seed_everything(cfg.seed)
-    net = build_net(cfg, ctx)
-    splits = apply_split(load_dataset(cfg.dataset, cfg.data_root, cfg.image_size), cfg.split)
-    if resume is not None:
-        check_same_classes(dict(read_json(os.path.join(args.resume, "config.json")),
-                                data_root=cfg.data_root), splits, args.resume)
-    if resume is None:
-        if (cfg.split == "unseen" and args.n_classes is None
-                and cfg.n_classes > len(splits.train_classes)):
-            log.info("--split unseen: %d training classes, so batches take %d classes "
-                     "(--n-classes)", len(splits.train_classes), len(splits.train_classes))
-            cfg.n_classes = len(splits.train_classes)
-        if cfg.batch_size:
-            _check_plain_batches(cfg, splits)
-        else:
-            _check_pk_batches(cfg, splits)
-    workers = Workers(make_kvstore(cfg.kvstore))
-    if workers.count > 1 and cfg.batch_size == 0 and cfg.n_classes * cfg.n_samples * \
-            workers.count > len(splits.train):
-        raise DmlError("%d workers need %d training images for a batch each; %s has %d"
-                       % (workers.count, cfg.n_classes * cfg.n_samples * workers.count,
-                          cfg.dataset, len(splits.train)))
-
-    if resume is not None:
-        run_dir = os.path.normpath(args.resume)
-        if workers.writes:
-            for path in remove_partial_files(run_dir):
-                log.info("removed %s, a partial file of the stopped run", path)
-    else:
-        run_dir = create_run_dir(cfg.output_root, cfg.dataset, cfg.method) if workers.writes \
-            else None
-    run_dir = workers.agree(run_dir)
-    file_handler = None
-    if workers.writes:
-        file_handler = logging.FileHandler(os.path.join(run_dir, "logs", "train.log"))
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(file_handler)
+    # Everything that can be wrong with the input fails here, before the run folder exists.
+    job = prepare(cfg, resume_dir=args.resume, fit_classes=args.n_classes is None)
     try:
-        if workers.writes:
-            _write_config(run_dir, cfg, splits, args.resume)
-        log.info("run folder %s%s", run_dir, " (written by worker 0)" if not workers.writes else "")
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         with logging_redirect_tqdm(loggers=[log]):
-            metrics = fit(cfg, splits, run_dir, net=net, ctx=ctx, resume=resume, workers=workers)
+            metrics = run(cfg, job, argv=sys.argv[1:])
     except TrainingInterrupted as stop:
-        import signal
-
         what = "interrupted" if stop.signum == signal.SIGINT else "stopped by SIGTERM"
         if stop.checkpoint is None:  # a worker other than rank 0, which writes the checkpoints
-            sys.stderr.write("dml train: %s (worker %d)\n" % (what, workers.rank))
+            sys.stderr.write("dml train: %s (worker %d)\n" % (what, job.workers.rank))
         else:
-            sys.stderr.write("dml train: %s; checkpoint %s written: continue with "
-                             "python -m dml train --resume %s\n" % (what, stop.checkpoint, run_dir))
+            sys.stderr.write("dml train: %s; checkpoint %s written: continue with python -m dml "
+                             "train --resume %s\n" % (what, stop.checkpoint, job.run_dir))
         return 128 + int(stop.signum)  # 130 after Ctrl-C, 143 after SIGTERM, as a shell reports
     except NonFiniteLoss as err:
         kept = ("the last good checkpoint, %s, is kept: python -m dml train --resume %s continues "
-                "from it" % (err.checkpoint, run_dir) if err.checkpoint
+                "from it" % (err.checkpoint, job.run_dir) if err.checkpoint
                 else "no checkpoint had been written")
         sys.stderr.write("dml train: error: stopped: %s; %s\n" % (err, kept))
         return 1
     except Exception as err:  # pylint: disable=broad-except
         if not isinstance(err, (WriteFailed, MemoryError)) and not _allocation_failure(err):
             raise
-        if workers.writes:
-            remove_partial_files(run_dir)
-        states = complete_checkpoints(run_dir) if workers.writes else []
+        states = []
+        if job.workers.writes and job.run_dir is not None:
+            job.run_dir.remove_partial_files()
+            states = job.run_dir.complete_checkpoints()
         kept = ("; checkpoint %s is complete: python -m dml train --resume %s continues from it"
-                % (states[-1]["id"], run_dir) if states else "")
+                % (states[-1]["id"], job.run_dir) if states else "")
         if not isinstance(err, WriteFailed):
             err = "out of memory (%s): lower --image-size, --embedding-dim or the batch size" % (
                 error_summary(err) if str(err) else "MemoryError")
         sys.stderr.write("dml train: error: %s%s\n" % (err, kept))
         return 1
-    finally:
-        if file_handler is not None:
-            log.removeHandler(file_handler)
-            file_handler.close()
-
-    if not workers.writes:
-        log.info("worker %d of %d done; worker 0 writes %s", workers.rank, workers.count, run_dir)
+    if not job.workers.writes:
+        log.info("worker %d of %d done; worker 0 writes %s", job.workers.rank, job.workers.count,
+                 job.run_dir)
         return 0
     print(_metrics_table(metrics, _shown_metrics(metrics)))
-    print("run folder:  %s" % run_dir)
-    print("tensorboard: tensorboard --logdir %s" % os.path.join(run_dir, "logs"))
+    print("run folder:  %s" % job.run_dir)
+    print("tensorboard: tensorboard --logdir %s" % job.run_dir.logs)
     return 0
 
 
-def _write_config(run_dir, cfg, splits, resumed):
-    from .runs import read_json, write_json
-
-    path = os.path.join(run_dir, "config.json")
-    config = cfg.to_dict()
-    if resumed:
-        previous = read_json(path)
-        config.update(run_dir=previous["run_dir"], started=previous["started"],
-                      resumed=previous.get("resumed", []) + [time.strftime("%Y-%m-%dT%H:%M:%S")])
-        config.update((k, previous[k]) for k in ("dml_version", "argv", "class_names",
-                                                 "train_classes", "eval_classes") if k in previous)
-        write_json(path, config)
-        return
-    names = splits.class_names
-    config.update(run_dir=run_dir, dml_version=__version__, argv=sys.argv[1:],
-                  class_names=names,
-                  train_classes=[names[c] for c in splits.train_classes or range(len(names))],
-                  eval_classes=[names[c] for c in splits.eval_classes or range(len(names))],
-                  started=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    write_json(path, config)
-
-
-def _load_net(cfg, kind, path, ctx):
-    """The run's EmbeddingNet with the checkpoint's weights (or the exported graph itself)."""
-    import mxnet as mx
-
-    from .engine import build_net
-    from .nets import load_weights
-
-    try:
-        if kind == "export":
-            symbol = os.path.join(os.path.dirname(path), "embedding-symbol.json")
-            net = mx.gluon.SymbolBlock.imports(symbol, ["data"], path, ctx=ctx)
-        else:
-            net = build_net(cfg, ctx)
-            load_weights(net, path, ctx=ctx)
-    except DmlError:
-        raise
-    except Exception as err:  # MXNet reports a mismatch as AssertionError, MXNetError, ...
-        raise DmlError("checkpoint %s does not fit this run's network (%s, embedding dim %d): %s"
-                       % (path, cfg.backbone, cfg.embedding_dim, error_summary(err))) from None
-    net.hybridize()
-    return net
-
-
-def _own_checkpoint(run_dir, path):
-    """A ``--checkpoint PATH`` must lie in ``run_dir``'s params/ folder: evaluating another run's
-    file would overwrite this run's metrics.json with numbers of another network."""
-    params_dir = os.path.realpath(os.path.join(run_dir, "params"))
-    if os.path.commonpath([params_dir, os.path.realpath(path)]) != params_dir:
-        raise DmlError("--checkpoint %s is not in %s: evaluate a run's own checkpoints (python -m "
-                       "dml evaluate THAT_RUN --checkpoint %s), or copy the file into %s/ to "
-                       "score it as this run" % (path, os.path.join(run_dir, "params"), path,
-                                                 os.path.join(run_dir, "params")))
-
-
 def cmd_evaluate(args):
-    from .runs import read_run_json, resolve_checkpoint
-
-    run_dir = os.path.normpath(args.run_dir)
-    if not os.path.isdir(run_dir):
-        raise DmlError("no run folder at %s" % run_dir)
-    from .config import RunConfig
-
-    # Everything is read and checked before anything is written.
-    stored = read_run_json(run_dir, "config.json")
-    cfg = RunConfig.from_dict(stored)
-    cfg.pretrained = False  # every weight comes from the checkpoint
     _absolute_data_root(args)
-    if args.data_root:
-        cfg.data_root = args.data_root
-    split = args.split or cfg.split
-    if split == "unseen" and cfg.split != "unseen":
-        raise DmlError("%s trained on every class: --split unseen needs a run trained with "
-                       "--split unseen" % run_dir)
-    kind, path, epoch = resolve_checkpoint(run_dir, args.checkpoint)
-    if args.checkpoint not in ("last", "best"):
-        _own_checkpoint(run_dir, path)
-    metrics_path = os.path.join(run_dir, "metrics.json")
-    previous = read_run_json(run_dir, "metrics.json") if os.path.exists(metrics_path) else {}
-    from .engine import HISTORY_FILE
+    from .engine import evaluate_run
 
-    history_path = os.path.join(run_dir, "logs", HISTORY_FILE)
-    history = read_run_json(os.path.dirname(history_path), HISTORY_FILE) \
-        if os.path.exists(history_path) else []
-
-    from mxboard import SummaryWriter
-
-    from .data import apply_split, load_dataset
-    from .engine import add_projector, evaluate_net, make_contexts, projector_sample
-    from .engine import write_figures
-    from .runs import write_json
-
-    gpus = _all_gpus() if args.gpus is None else args.gpus
-    _check_gpus(gpus)
-    ctx = make_contexts(gpus)
-    net = _load_net(cfg, kind, path, ctx)
-    cfg.split = split
-    splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
-    check_same_classes(dict(stored, data_root=cfg.data_root), splits, run_dir)
-    splits = apply_split(splits, split)
-    log.info("evaluating %s (epoch %d) on the %s split of %s: %d images", path, epoch, split,
-             cfg.dataset, len(splits.test))
-    from .engine import NonFiniteLoss
-
-    try:
-        metrics, embeddings, labels = evaluate_net(cfg, splits, net, ctx, full=True)
-    except NonFiniteLoss as err:
-        raise DmlError("%s: %s" % (path, err)) from None
-
-    logs_dir = os.path.join(run_dir, "logs")
-    writer = SummaryWriter(logdir=logs_dir, flush_secs=10)
-    try:
-        add_projector(writer, embeddings, labels, splits.test, splits.class_names,
-                      projector_sample(len(labels), cfg.projector_points, cfg.seed), epoch,
-                      tag="%s_embedding" % split)
-        figures = write_figures(writer, run_dir, cfg, splits, embeddings, labels, history, epoch)
-    finally:
-        writer.close()
-
-    metrics.update(embedding_dim=cfg.embedding_dim, epochs=epoch,
-                   checkpoint=args.checkpoint if args.checkpoint in ("last", "best") else path)
-    if "train_seconds" in previous:
-        metrics["train_seconds"] = previous["train_seconds"]
-    write_json(metrics_path, metrics)  # last: a failure above leaves the old metrics.json
+    gpus = None
+    if args.gpus is not None:
+        _check_gpus(args.gpus)
+        gpus = args.gpus
+    metrics, figures, run = evaluate_run(args.run_dir, args.checkpoint, args.split, gpus,
+                                         args.data_root)
     print(_metrics_table(metrics, _shown_metrics(metrics)))
-    print("metrics:     %s" % metrics_path)
+    print("metrics:     %s" % run.metrics_file)
     print("plots:       %s" % ", ".join(figures))
-    print("tensorboard: tensorboard --logdir %s" % logs_dir)
+    print("tensorboard: tensorboard --logdir %s" % run.logs)
     return 0
 
 
@@ -756,14 +531,14 @@ COMPARE_COLUMNS = ("run", "method", "dataset", "split", "epochs")
 
 def compare_rows(root):
     """One dict per run under ``root``, best ``map_at_r`` first."""
-    from .runs import find_runs, read_json
+    from .runs import RunDir, find_runs
 
     rows = []
     for run_dir in find_runs(root):
+        run = RunDir(run_dir)
         try:
-            metrics = read_json(os.path.join(run_dir, "metrics.json"))
-            config = read_json(os.path.join(run_dir, "config.json"))
-        except (OSError, ValueError) as err:
+            metrics, config = run.read(run.METRICS), run.read(run.CONFIG)
+        except DmlError as err:
             log.warning("skipping %s: %s", run_dir, err)
             continue
         method = config.get("method", "?")

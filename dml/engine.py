@@ -1,36 +1,30 @@
-"""The fit loop: contexts, Trainer/kvstore, progress bars, mxboard, checkpoints, evaluation.
+"""The training engine: devices and workers, one ``train_step``, the ``fit`` loop and
+``evaluate_run``.
 
-``fit(cfg, splits, run_dir)`` trains ``cfg.method`` on ``splits.train``, writes everything under
-``run_dir`` and returns the metrics it wrote to ``metrics.json``. ``evaluate_net``,
-``add_projector`` and ``write_figures`` are shared with ``dml evaluate``.
+Data flows one way: dataset -> sampler -> :class:`dml.data.BatchLoader` -> net (hybridized) ->
+loss (hybridized) -> ``gluon.Trainer`` -> hooks (:mod:`dml.hooks`: stop guard, run recorder,
+TensorBoard logger) -> run folder (:class:`dml.runs.RunDir`, the only owner of its files).
 """
 import logging
 import os
 import random
-import shutil
-import signal
-import threading
-import time
 
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 from tqdm import tqdm
 
-from . import DmlError
+from . import DmlError, error_summary
 from .data import BatchLoader, SequentialBatches
-from . import plots
-from .evaluation import METRIC_KEYS, all_metrics, embed, retrieval_metrics
+from .evaluation import all_metrics, embed, retrieval_metrics
 from .losses import mining
-from .methods import get_method
-from .nets import EmbeddingNet, load_weights
-from .runs import checkpoint_id, prune_checkpoints, write_atomic, write_failure, write_json
+from .hooks import (Hooks, NonFiniteLoss, RunRecorder, StopGuard, TensorBoardLogger,
+                    TrainingInterrupted, TrainState, set_rng_state)
+from .methods import gather_embeddings, get_method  # noqa: F401  (gather: part of the API)
+from .nets import EmbeddingNet
+from .runs import RunDir, settle
 
 log = logging.getLogger("dml")
-
-EXPORT_PREFIX = "embedding"
-BEST_DIR = "best"  # params/best/: the checkpoint with the highest evaluated map_at_r
-HISTORY_FILE = "history.json"  # logs/history.json: per-epoch losses and evaluated metrics
 
 
 def make_contexts(gpus=(), cpus=0):
@@ -212,159 +206,6 @@ def validation_loss(method, model, loss_fn, loader, ctx):
     return total / max(count, 1)
 
 
-def _export(net, directory, epoch):
-    """``net.export`` under a temporary prefix, then renamed: a kill never leaves half a file."""
-    tmp_prefix = os.path.join(directory, ".tmp-" + EXPORT_PREFIX)
-    try:
-        net.export(tmp_prefix, epoch=epoch)
-    except Exception as err:  # MXNetError "Write incomplete" on a full disk
-        for suffix in ("-symbol.json", "-%04d.params" % epoch):
-            if os.path.exists(tmp_prefix + suffix):
-                os.remove(tmp_prefix + suffix)
-        raise write_failure(tmp_prefix + "-%04d.params" % epoch, err) from None
-    os.replace(tmp_prefix + "-symbol.json", os.path.join(directory, EXPORT_PREFIX + "-symbol.json"))
-    os.replace("%s-%04d.params" % (tmp_prefix, epoch),
-               os.path.join(directory, "%s-%04d.params" % (EXPORT_PREFIX, epoch)))
-
-
-def settle():
-    """Wait for every pending operation before the network's state is read (saved, exported or
-    evaluated).
-
-    Why: MXNet 1.9's BatchNorm updates its moving mean and variance in its *backward* operator,
-    and the engine does not order later readers of those arrays after that write. Without this
-    wait, ``save_parameters`` right after a training step stored the moving statistics of an
-    earlier step (32-40 arrays of ResNet-18 differed from the network that was then evaluated,
-    and a resumed run diverged). The wait is global: no per-array wait covers an untracked
-    write.
-    """
-    mx.nd.waitall()
-
-
-def export_net(net, params_dir, epoch, input_shape=None):
-    """``net.export`` for deployment (``embedding-symbol.json``, ``embedding-<epoch>.params``),
-    replacing any earlier export. ``net.export`` needs the net's own hybridized graph: a net
-    trained inside a wrapper (SiameseNet, ClassifierNet) first embeds one blank image of
-    ``input_shape`` (C x H x W) in inference mode, which changes no state. Returns the params
-    file."""
-    settle()
-    if not net._cached_graph:  # pylint: disable=protected-access
-        if input_shape is None:
-            raise ValueError("export_net: the net has not run a hybridized forward pass; pass "
-                             "input_shape")
-        ctx = net.collect_params().list_ctx()[0]
-        net(mx.nd.zeros((1,) + tuple(input_shape), ctx=ctx))
-        settle()
-    _export(net, params_dir, epoch)
-    for name in os.listdir(params_dir):
-        if name.startswith(EXPORT_PREFIX + "-") and name.endswith(".params") \
-                and name != "%s-%04d.params" % (EXPORT_PREFIX, epoch):
-            os.remove(os.path.join(params_dir, name))
-    return os.path.join(params_dir, "%s-%04d.params" % (EXPORT_PREFIX, epoch))
-
-
-def save_checkpoint(net, trainer, params_dir, epoch, model=None, state=None, batch=None,
-                    save_trainer=True, net_file=None):
-    """One checkpoint (see :mod:`dml.runs`): ``net-<id>.params``, ``trainer-<id>.states`` and a
-    classifier method's ``classifier-<id>.params``. Each file is written under a temporary name
-    and renamed, and ``state-<id>.json`` (``state`` plus the files' sizes) comes last: a kill at
-    any moment leaves the previous checkpoint intact and this one ignored. ``net_file``: a file
-    that already holds exactly these weights (the final export), hard-linked as
-    ``net-<id>.params`` instead of a second copy (:func:`dml.nets.load_weights` reads both
-    formats). Returns its id."""
-    settle()
-    cid = checkpoint_id(epoch, batch)
-    files = []
-
-    def save_net(tmp):
-        if net_file:
-            try:
-                os.link(net_file, tmp)
-                return
-            except OSError:  # no hard links on this file system: a copy of the weights
-                pass
-        net.save_parameters(tmp)
-
-    saves = [("net-%s.params", save_net)]
-    if save_trainer:
-        saves.append(("trainer-%s.states", trainer.save_states))
-    if model is not None and hasattr(model, "classifier"):
-        saves.append(("classifier-%s.params", model.classifier.save_parameters))
-    for kind, save in saves:
-        write_atomic(save, os.path.join(params_dir, kind % cid))
-        files.append(kind % cid)
-    state = dict(state or {}, id=cid, epoch=epoch, batch=batch,
-                 files={f: os.path.getsize(os.path.join(params_dir, f)) for f in files})
-    write_json(os.path.join(params_dir, "state-%s.json" % cid), state)
-    return cid
-
-
-def _link(source, path):
-    """``path`` as a hard link to ``source`` (no second copy of the bytes on disk), replacing
-    any earlier file atomically; False where the file system has no hard links."""
-    tmp = path + ".tmp"
-    try:
-        if os.path.exists(path) and os.path.samefile(source, path):
-            return True  # linked already (a resumed run); rename() of two links to one file
-            # would do nothing and leave the temporary link behind
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        os.link(source, tmp)
-    except OSError:
-        return False
-    os.replace(tmp, path)
-    return True
-
-
-def save_best(net, params_dir, epoch, metrics, same_as=None):
-    """``params/best/``: ``net.params``, the export (``embedding-symbol.json``,
-    ``embedding-0000.params``) and ``best.json`` (its epoch and metrics), written last.
-    ``same_as``: ``(net params, export params)`` files already holding this very network (the
-    final checkpoint and export), hard-linked instead of written again (90 MB for ResNet-18)."""
-    settle()
-    best_dir = os.path.join(params_dir, BEST_DIR)
-    os.makedirs(best_dir, exist_ok=True)
-    net_file, export_file = same_as or (None, None)
-    if not (export_file and _link(export_file, os.path.join(best_dir, EXPORT_PREFIX + "-0000.params"))):
-        _export(net, best_dir, 0)
-    else:
-        write_atomic(lambda tmp: shutil.copyfile(
-            os.path.join(params_dir, EXPORT_PREFIX + "-symbol.json"), tmp),
-            os.path.join(best_dir, EXPORT_PREFIX + "-symbol.json"))
-    if not (net_file and _link(net_file, os.path.join(best_dir, "net.params"))):
-        write_atomic(net.save_parameters, os.path.join(best_dir, "net.params"))
-    write_json(os.path.join(best_dir, "best.json"), dict(metrics, epoch=epoch))
-
-
-def projector_sample(n, max_points, seed):
-    """The (sorted) indices of the at most ``max_points`` test embeddings that are pictured."""
-    return np.sort(np.random.default_rng(seed).permutation(n)[:max_points])
-
-
-def _drop_projector_entry(logdir, data_dir):
-    """Forget an earlier embedding of the same name (mxboard would list it twice)."""
-    import shutil
-
-    shutil.rmtree(os.path.join(logdir, data_dir), ignore_errors=True)
-    config = os.path.join(logdir, "projector_config.pbtxt")
-    if not os.path.isfile(config):
-        return
-    with open(config, encoding="utf-8") as f:
-        blocks = ["embeddings {" + b for b in f.read().split("embeddings {") if b.strip()]
-    kept = [b for b in blocks if 'tensor_name: "%s"' % data_dir not in b]
-    with open(config + ".tmp", "w", encoding="utf-8") as f:
-        f.write("".join(kept))
-    os.replace(config + ".tmp", config)
-
-
-def add_projector(writer, embeddings, labels, dataset, class_names, chosen, step,
-                  tag="test_embedding"):
-    """The embeddings ``chosen`` in TensorBoard's projector, with class names and sprite images."""
-    _drop_projector_entry(writer.get_logdir(), "%s_%s" % (tag, str(step).zfill(6)))
-    images, _ = dataset.batch(chosen)
-    writer.add_embedding(tag, embeddings[chosen],
-                         labels=[class_names[int(c)] for c in labels[chosen]],
-                         images=images.transpose(0, 3, 1, 2), global_step=step)
 
 
 def check_embeddings(embeddings, what):
@@ -410,150 +251,6 @@ def evaluate_net(cfg, splits, net, ctx, full=True):
     return metrics, embeddings, labels
 
 
-def write_figures(writer, run_dir, cfg, splits, embeddings, labels, history, step, name=None):
-    """``plots/loss.png`` (when there is a history) and ``plots/embedding_<name>.png`` in the run
-    folder, and the same pictures in TensorBoard's image tab. Returns the paths written."""
-    plots_dir = os.path.join(run_dir, "plots")
-    name = name or splits.split
-    written = []
-    if history:
-        written.append(("plots/loss", plots.loss_curve(
-            history, os.path.join(plots_dir, "loss.png"),
-            title="%s on %s: training loss" % (cfg.method, cfg.dataset))))
-    chosen = projector_sample(len(labels), cfg.projector_points, cfg.seed)
-    how = "t-SNE of the" if embeddings.shape[1] > 2 else "the"
-    points = plots.embedding_2d(embeddings[chosen], seed=cfg.seed)
-    written.append(("plots/embedding_" + name, plots.embedding_scatter(
-        points, labels[chosen], splits.class_names,
-        os.path.join(plots_dir, "embedding_%s.png" % name),
-        title="%s on %s: %s %d-D %s embedding (epoch %d)" % (
-            cfg.method, cfg.dataset, how, embeddings.shape[1], splits.split, step))))
-    for tag, path in written:
-        writer.add_image(tag, plots.png_to_chw(path), global_step=step)
-    return [path for _, path in written]
-
-
-def _log_eval(writer, metrics, epoch, keys):
-    for key in keys:
-        if key in metrics:
-            writer.add_scalar("eval/" + key, metrics[key], global_step=epoch)
-
-
-def _log_epoch(writer, record, stat):
-    """An epoch's history record as TensorBoard scalars (at step = epoch)."""
-    epoch = record["epoch"]
-    writer.add_scalar("train/epoch_loss", record["train_loss"], global_step=epoch)
-    writer.add_scalar("train/learning_rate", record["learning_rate"], global_step=epoch)
-    writer.add_scalar("train/" + stat, record[stat], global_step=epoch)
-    if "val_loss" in record:
-        writer.add_scalar("val/loss", record["val_loss"], global_step=epoch)
-    _log_eval(writer, record, epoch, METRIC_KEYS)
-    writer.flush()
-
-
-class TrainingInterrupted(Exception):
-    """Ctrl-C or SIGTERM: the run stopped cleanly; ``checkpoint`` is the id of the checkpoint it
-    wrote, ``signum`` the signal that asked for the stop."""
-
-    def __init__(self, checkpoint, signum=signal.SIGINT):
-        super().__init__("interrupted")
-        self.checkpoint = checkpoint
-        self.signum = signum
-
-
-class NonFiniteLoss(FloatingPointError):
-    """The loss or the weights became NaN or infinite; ``checkpoint`` is the last good
-    checkpoint's id (or None), written before they went bad and left as it was."""
-
-    def __init__(self, message, checkpoint):
-        super().__init__(message)
-        self.checkpoint = checkpoint
-
-
-class _NullWriter:
-    """What workers other than rank 0 log to: nothing."""
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
-
-
-def non_finite_parameters(block):
-    """The names of ``block``'s parameters (weights and BatchNorm statistics) that hold a NaN or
-    an infinity; one host synchronisation when every one is finite."""
-    arrays = [(name, p.list_data()[0]) for name, p in block.collect_params().items()
-              if p._data is not None]  # pylint: disable=protected-access
-    if not arrays:
-        return []
-    poison = mx.nd.add_n(*[(a * 0).sum().as_in_context(arrays[0][1].context) for _, a in arrays])
-    if np.isfinite(poison.asscalar()):
-        return []
-    return [name for name, a in arrays if not np.isfinite((a * 0).sum().asscalar())]
-
-
-_STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
-
-
-class StopGuard:
-    """What stops a run early: a signal, or a value that is no longer finite.
-
-    While active, Ctrl-C (SIGINT) and SIGTERM (what Slurm, Kubernetes and ``timeout`` send before
-    killing) only set ``requested``: the loop finishes its step, writes a checkpoint and stops. A
-    second signal interrupts at once. Signals are caught only in the main thread.
-
-    :meth:`check` is the one non-finite check: the loss (NaN whenever an embedding is, see
-    :func:`dml.losses.base.propagate_non_finite`) and every parameter of ``model``.
-    """
-
-    def __init__(self, model):
-        self.model = model
-        self.requested = None  # the signal number once a stop was asked for
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        self.requested = signum
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        log.warning("%s: stopping after this step with a checkpoint (again to stop at once)",
-                    _STOP_SIGNALS.get(signum, signum))
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in _STOP_SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        return False
-
-    def check(self, loss, where, last_good):
-        """Raise :class:`NonFiniteLoss` when ``loss`` (a number or 1-element array) or a
-        parameter is NaN or infinite; ``where`` says when (``"at step 40 (epoch 2)"``)."""
-        value = float(loss.asscalar() if hasattr(loss, "asscalar") else loss)
-        if not np.isfinite(value):
-            raise NonFiniteLoss("the loss is %s %s" % (value, where), last_good)
-        bad = non_finite_parameters(self.model)
-        if bad:
-            raise NonFiniteLoss("the weights hold NaN or inf %s (%d arrays, first %s)"
-                                % (where, len(bad), bad[0]), last_good)
-        return value
-
-
-def rng_state():
-    """numpy's and Python's global RNG states (the random selectors draw from numpy's), as JSON."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    return {"numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-            "python": [version, list(internal), gauss_next]}
-
-
-def set_rng_state(state):
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-
-
 def learning_rate_at(cfg, epoch):
     """The learning rate of ``epoch`` (1-based): ``cfg.lr`` times ``lr_factor`` per step passed."""
     lr = cfg.lr
@@ -563,44 +260,81 @@ def learning_rate_at(cfg, epoch):
     return lr
 
 
-def load_checkpoint(run_dir, state, net, model, trainer, ctx):
-    """Load a complete checkpoint's (a state of :func:`dml.runs.complete_checkpoints`) weights
-    and, when it has them, the trainer's optimizer states."""
-    params_dir = os.path.join(run_dir, "params")
-    cid = state["id"]
-    load_weights(net, os.path.join(params_dir, "net-%s.params" % cid), ctx=ctx)
-    classifier = "classifier-%s.params" % cid
-    if classifier in state["files"]:
-        model.classifier.load_parameters(os.path.join(params_dir, classifier), ctx=ctx)
-    states = "trainer-%s.states" % cid
-    if states in state["files"]:
-        trainer.load_states(os.path.join(params_dir, states))
-    else:
-        log.warning("checkpoint %s holds no optimizer states (dist_async): the optimizer restarts",
-                    cid)
+def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None, hooks=None):
+    """Train ``cfg.method`` on ``splits.train``, record everything in ``run_dir`` (a path or a
+    :class:`dml.runs.RunDir`) and return the final metrics (None on workers other than rank 0).
+
+    The loop: for each epoch, set the learning rate, then for each batch ``train_step`` and the
+    hooks' ``batch_end``; at the epoch's end the hooks' ``epoch_end``; after the last epoch
+    ``train_end``. The default hooks (:func:`default_hooks`) are the stop guard, the run recorder
+    and the TensorBoard logger; ``hooks`` adds more after them. ``resume``: a complete checkpoint's
+    state (:meth:`dml.runs.RunDir.complete_checkpoints`) to continue from, exactly.
+
+    Raises :class:`dml.hooks.TrainingInterrupted` after Ctrl-C or SIGTERM (a checkpoint written)
+    and :class:`dml.hooks.NonFiniteLoss` when the loss or the weights are NaN or infinite
+    (nothing written after the last good checkpoint)."""
+    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    state, loader = prepare_training(cfg, splits, net, ctx, workers)
+    recorder, logger, chain = default_hooks(cfg, splits, run_dir, state, hooks)
+    if resume is not None:
+        resume_state(run_dir, state, loader, resume)
+    try:
+        with chain:
+            chain.train_start(state)
+            for epoch in range(state.epoch + (state.skip == 0), cfg.epochs + 1):
+                state.trainer.set_learning_rate(learning_rate_at(cfg, epoch))
+                loader.set_epoch(epoch - 1, skip=state.skip)
+                state.begin_epoch(epoch, len(loader))
+                with tqdm(total=len(loader), initial=state.skip, desc="epoch %d/%d" % (
+                        epoch, cfg.epochs), unit="batch", disable=None, leave=False,
+                          dynamic_ncols=True) as bar:
+                    state.skip = 0
+                    for batch in loader:
+                        state.input_shape = batch[0].shape[1:]
+                        state.add_batch(*train_step(state.method, state.model, state.loss_fn,
+                                                    state.trainer, batch, state.ctx,
+                                                    state.workers))
+                        chain.batch_end(state)
+                        if state.checked_loss is not None:
+                            bar.set_postfix(loss="%.4f" % (state.epoch_loss.asscalar() / state.seen))
+                        bar.update(1)
+                chain.epoch_end(state)
+                log.info("epoch %d/%d: %s, %.0f s", epoch, cfg.epochs, _epoch_summary(state),
+                         state.elapsed())
+                if state.guard.requested and epoch < cfg.epochs:
+                    raise TrainingInterrupted(state.last_good, state.guard.requested)
+            # a worker's last gradient push must reach the servers before it exits (MXNet stops
+            # its engine at exit without finishing it, and the other workers would wait for ever)
+            mx.nd.waitall()
+            state.train_seconds = state.elapsed()
+            if not state.workers.writes:
+                return None
+            chain.train_end(state)
+    finally:
+        logger.close()
+    recorder.finish(state)
+    return state.metrics
 
 
-def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None):
-    """Train, checkpoint, log and evaluate. ``net`` and ``ctx`` may be built beforehand (the CLI
-    does, so that a bad backbone or --gpus fails before the run folder exists). ``resume``: a
-    complete checkpoint's state (:func:`dml.runs.complete_checkpoints`) of ``run_dir`` to continue
-    from. ``workers``: a :class:`Workers` of a distributed job (only rank 0 writes, evaluates and
-    returns metrics; the others return None).
+def _epoch_summary(state):
+    record, stat = state.record, state.method.stat
+    text = "loss %.4f, %s %.3f" % (record["train_loss"], stat.replace("_", " "), record[stat])
+    if "val_loss" in record:
+        text += ", val loss %.4f" % record["val_loss"]
+    if "map_at_r" in record:
+        text += ", map_at_r %.4f" % record["map_at_r"]
+    return text + ", lr %g" % record["learning_rate"]
 
-    Raises :class:`TrainingInterrupted` after Ctrl-C or SIGTERM (a checkpoint written) and
-    :class:`NonFiniteLoss` when the loss or the weights are NaN or infinite (nothing written after
-    the last good checkpoint)."""
-    from mxboard import SummaryWriter
 
+def prepare_training(cfg, splits, net=None, ctx=None, workers=None):
+    """The :class:`dml.hooks.TrainState` of a fresh run (model, loss and trainer built and
+    hybridized) and its training loader. ``net`` and ``ctx`` may be built beforehand (the CLI
+    does, so that a bad backbone or GPU fails before the run folder exists)."""
     workers = workers or Workers()
-    if ctx is None:
-        ctx = make_contexts(cfg.gpus, cfg.cpus)
+    ctx = ctx or make_contexts(cfg.gpus, cfg.cpus)
     if net is None:
         seed_everything(cfg.seed)
         net = build_net(cfg, ctx)
-    logs_dir = os.path.join(run_dir, "logs")
-    params_dir = os.path.join(run_dir, "params")
-
     mining.reset_warnings()
     method = get_method(cfg.method)
     # labels keep their values under --split unseen: the classifier covers the training labels
@@ -608,10 +342,9 @@ def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None):
     model.hybridize(static_alloc=True, static_shape=True)
     loss_fn = build_loss(cfg)
     loss_fn.hybridize(static_alloc=True, static_shape=True)
-    trainer = build_trainer(cfg, model, workers)
+    state = TrainState(cfg, splits, net, model, loss_fn, build_trainer(cfg, model, workers),
+                       method, ctx, workers)
     loader = build_train_loader(cfg, splits, workers.count, workers.rank)
-    val_set = method.val_dataset(cfg, splits.test)
-    val_loader = eval_loader(cfg, splits, val_set) if val_set is not None else None
     batch_shape = ("%d x %d images" % (cfg.n_classes, cfg.n_samples) if method.pk_batches
                    else "%d %s" % (cfg.batch_size, method.batch_unit))
     log.info("training %s (%s) on %s: %d train / %d %s images, %d batches of %s per epoch%s, on %s",
@@ -619,155 +352,237 @@ def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None):
              splits.split, len(loader), batch_shape,
              " (worker %d of %d)" % (workers.rank, workers.count) if workers.count > 1 else "",
              ", ".join(str(c) for c in ctx))
-    stat = method.stat
+    return state, loader
 
-    writer = SummaryWriter(logdir=logs_dir, flush_secs=10) if workers.writes else _NullWriter()
-    history, best_map, step, done_seconds = [], -1.0, 0, 0.0
-    first_epoch, skip, partial, last_good = 1, 0, None, None
-    if resume is not None:
-        load_checkpoint(run_dir, resume, net, model, trainer, ctx)
-        history, best_map, step = resume["history"], resume["best_map"], resume["step"]
-        done_seconds, last_good = resume["train_seconds"], resume["id"]
-        set_rng_state(resume["rng"])
-        if resume["batch"] is None:
-            first_epoch = resume["epoch"] + 1
-        else:  # stopped inside an epoch: continue it after the batches it did
-            first_epoch, skip = resume["epoch"], resume["batch"]
-            partial = resume["partial"]
-        if hasattr(model, "set_iteration"):
-            model.set_iteration(step)
-        # TensorBoard drops what the stopped process logged after the checkpoint ...
-        _session_start(writer, step + 1)
-        if history:  # ... and gets the checkpoint's epoch again, in case it was never flushed
-            _log_epoch(writer, history[-1], stat)
-        log.info("resuming from checkpoint %s: epoch %d%s, step %d", resume["id"], resume["epoch"],
-                 "" if skip == 0 else " after batch %d" % skip, step)
 
-    started = time.time()
-    input_shape = None  # one image's C x H x W, for the final export (see export_net)
+def default_hooks(cfg, splits, run_dir, state, extra=None):
+    """``(recorder, logger, hooks)``: the stop guard, the :class:`dml.hooks.RunRecorder` and the
+    :class:`dml.hooks.TensorBoardLogger` of ``run_dir``, then ``extra``."""
+    method = state.method
+    state.guard = StopGuard(state.model, cfg.log_interval)
+    val_set = method.val_dataset(cfg, splits.test)
+    val_loss = None
+    if val_set is not None:
+        val_loader = eval_loader(cfg, splits, val_set)
+        val_loss = lambda s: validation_loss(s.method, s.model, s.loss_fn, val_loader, s.ctx)  # noqa: E731
+    recorder = RunRecorder(run_dir, cfg, lambda s, full: evaluate_net(cfg, splits, s.net, s.ctx,
+                                                                      full), val_loss)
+    logger = TensorBoardLogger(run_dir, cfg, writes=state.workers.writes)
+    return recorder, logger, Hooks([state.guard, recorder, logger] + list(extra or []))
 
-    def elapsed():  # training seconds, the stopped processes' included
-        return done_seconds + time.time() - started
 
-    def train_state(epoch_sums=None):
-        return {"step": step, "best_map": best_map, "history": history, "rng": rng_state(),
-                "train_seconds": round(elapsed(), 3),
-                "method": cfg.method, "partial": epoch_sums}
+def resume_state(run_dir, state, loader, resume):
+    """Continue ``state`` from a complete checkpoint of ``run_dir``: weights, optimizer states,
+    RNGs, history, best, the step and the position in the epoch (the partial sums of a
+    mid-epoch stop)."""
+    if not run_dir.load_checkpoint(resume, state.net, state.trainer,
+                                   getattr(state.model, "classifier", None), state.ctx):
+        log.warning("checkpoint %s holds no optimizer states (dist_async): the optimizer "
+                    "restarts", resume["id"])
+    state.history, state.best_map, state.step = resume["history"], resume["best_map"], resume["step"]
+    state.done_seconds, state.last_good = resume["train_seconds"], resume["id"]
+    set_rng_state(resume["rng"])
+    state.epoch = resume["epoch"]
+    if resume["batch"] is not None:  # stopped inside an epoch: continue it after its batches
+        state.skip, state.partial = resume["batch"], resume["partial"]
+    if hasattr(state.model, "set_iteration"):
+        state.model.set_iteration(state.step)
+    log.info("resuming from checkpoint %s: epoch %d%s, step %d", resume["id"], resume["epoch"],
+             "" if state.skip == 0 else " after batch %d" % state.skip, state.step)
 
-    def checkpoint(epoch, batch=None, epoch_sums=None):
-        if not workers.writes:
-            return None
-        net_file = None
-        if epoch == cfg.epochs and batch is None:  # the final weights: exported, kept once
-            net_file = export_net(net, params_dir, epoch, input_shape)
-        cid = save_checkpoint(net, trainer, params_dir, epoch, model, train_state(epoch_sums),
-                              batch=batch, save_trainer=workers.saves_trainer, net_file=net_file)
-        prune_checkpoints(run_dir, cfg.keep_checkpoints)
-        return cid
 
-    stop = StopGuard(model)
+def load_net(cfg, kind, path, ctx):
+    """The run's EmbeddingNet with a checkpoint's weights (``kind`` "net"), or the exported graph
+    itself (``kind`` "export"), hybridized; a file that does not fit is a :class:`DmlError`."""
+    from .nets import load_weights
+
     try:
-        with stop:
-            for epoch in range(first_epoch, cfg.epochs + 1):
-                trainer.set_learning_rate(learning_rate_at(cfg, epoch))
-                loader.set_epoch(epoch - 1, skip=skip)
-                epoch_loss = epoch_stat = None
-                seen = 0
-                if partial is not None:
-                    epoch_loss = mx.nd.array([partial["loss_sum"]], ctx=ctx[0])
-                    epoch_stat = mx.nd.array([partial["stat_sum"]], ctx=ctx[0])
-                    seen = partial["batches"]
-                with tqdm(total=len(loader), initial=skip, desc="epoch %d/%d" % (epoch, cfg.epochs),
-                          unit="batch", disable=None, leave=False, dynamic_ncols=True) as bar:
-                    skip, partial = 0, None
-                    for batch in loader:
-                        input_shape = batch[0].shape[1:]
-                        batch_loss, batch_stat = train_step(method, model, loss_fn, trainer, batch,
-                                                            ctx, workers)
-                        step += 1
-                        seen += 1
-                        epoch_loss = batch_loss if epoch_loss is None else epoch_loss + batch_loss
-                        epoch_stat = batch_stat if epoch_stat is None else epoch_stat + batch_stat
-                        if step % cfg.log_interval == 0:  # the only host synchronisation
-                            value = stop.check(batch_loss, "at step %d (epoch %d)"
-                                               % (step, epoch), last_good)
-                            writer.add_scalar("train/batch_loss", value, global_step=step)
-                            bar.set_postfix(loss="%.4f" % (epoch_loss.asscalar() / seen))
-                        bar.update(1)
-                        if stop.requested and seen < len(loader):
-                            loss_sum = stop.check(epoch_loss, "in epoch %d" % epoch, last_good)
-                            raise TrainingInterrupted(checkpoint(epoch, seen, {
-                                "loss_sum": loss_sum, "stat_sum": float(epoch_stat.asscalar()),
-                                "batches": seen}), stop.requested)
-                mean_loss = stop.check(epoch_loss, "in epoch %d" % epoch, last_good) / max(seen, 1)
-                mean_stat = epoch_stat.asscalar() / max(seen, 1)
-                record = {"epoch": epoch, "train_loss": mean_loss, stat: mean_stat,
-                          "learning_rate": trainer.learning_rate}
-                val_text = ""
-                if val_loader is not None:
-                    record["val_loss"] = validation_loss(method, model, loss_fn, val_loader, ctx)
-                    val_text = ", val loss %.4f" % record["val_loss"]
-                # the last epoch is evaluated in full below
-                if (workers.writes and cfg.eval_period and epoch % cfg.eval_period == 0
-                        and epoch != cfg.epochs):
-                    metrics, embeddings, labels = evaluate_net(cfg, splits, net, ctx, full=False)
-                    record.update((k, metrics[k]) for k in METRIC_KEYS if k in metrics)
-                    val_text += ", map_at_r %.4f" % metrics["map_at_r"]
-                    if metrics["map_at_r"] > best_map:
-                        best_map = metrics["map_at_r"]
-                        save_best(net, params_dir, epoch, metrics)
-                    add_projector(writer, embeddings, labels, splits.test, splits.class_names,
-                                  projector_sample(len(labels), cfg.projector_points, cfg.seed),
-                                  epoch)
-                history.append(record)
-                if (cfg.save_period and epoch % cfg.save_period == 0) or epoch == cfg.epochs \
-                        or stop.requested:
-                    last_good = checkpoint(epoch)
-                # logged after the checkpoint: a resumed run never logs an epoch twice
-                _log_epoch(writer, record, stat)
-                if workers.writes:
-                    write_json(os.path.join(logs_dir, HISTORY_FILE), history)
-                log.info("epoch %d/%d: loss %.4f, %s %.3f%s, lr %g, %.0f s", epoch, cfg.epochs,
-                         mean_loss, stat.replace("_", " "), mean_stat, val_text,
-                         trainer.learning_rate, elapsed())
-                if stop.requested and epoch < cfg.epochs:
-                    raise TrainingInterrupted(last_good, stop.requested)
-        # a worker's last gradient push must reach the servers before it exits (MXNet stops its
-        # engine at exit without finishing it, and the other workers would wait for ever)
-        mx.nd.waitall()
-        train_seconds = elapsed()
-        if not workers.writes:
-            return None
+        if kind == "export":
+            net = mx.gluon.SymbolBlock.imports(RunDir.export_symbol(path), ["data"], path, ctx=ctx)
+        else:
+            net = build_net(cfg, ctx)
+            load_weights(net, path, ctx=ctx)
+    except DmlError:
+        raise
+    except Exception as err:  # MXNet reports a mismatch as AssertionError, MXNetError, ...
+        raise DmlError("checkpoint %s does not fit this run's network (%s, embedding dim %d): %s"
+                       % (path, cfg.backbone, cfg.embedding_dim, error_summary(err))) from None
+    net.hybridize()
+    return net
 
+
+def evaluate_run(run_dir, checkpoint="last", split=None, gpus=None, data_root=None):
+    """Re-evaluate a run folder's checkpoint (``last``, ``best`` or a file in its params/) on
+    ``split`` (default: the run's) -> ``(metrics, figure paths, RunDir)``. Everything is read and
+    checked before anything is written: a dataset whose classes differ from the run's, a
+    checkpoint of another run, an unreadable metrics.json are :class:`DmlError`. Then
+    metrics.json is rewritten (``epochs`` the checkpoint's, ``train_seconds`` kept), and the
+    projector entry and figures are replaced. ``data_root``: where the data is now, if it moved;
+    ``gpus``: None for every usable GPU, else the indices ([]: the CPU)."""
+    from .config import RunConfig
+    from .data import apply_split, check_same_classes, load_dataset
+    from .gpus import usable_gpus
+
+    if not os.path.isdir(run_dir):
+        raise DmlError("no run folder at %s" % run_dir)
+    run = RunDir(run_dir)
+    stored = run.read(run.CONFIG)
+    cfg = RunConfig.from_dict(stored)
+    cfg.pretrained = False  # every weight comes from the checkpoint
+    if data_root:
+        cfg.data_root = data_root
+    split = split or cfg.split
+    if split == "unseen" and cfg.split != "unseen":
+        raise DmlError("%s trained on every class: --split unseen needs a run trained with "
+                       "--split unseen" % run.path)
+    kind, path, epoch = run.resolve(checkpoint)
+    if checkpoint not in ("last", "best"):
+        run.check_own(path)
+    previous = run.read(run.METRICS) if run.has(run.METRICS) else {}
+    history = run.read_history()
+
+    ctx = make_contexts(usable_gpus(mx.context.num_gpus()) if gpus is None else gpus)
+    net = load_net(cfg, kind, path, ctx)
+    cfg.split = split
+    splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
+    check_same_classes(stored.get("class_names"), splits, run.path, cfg.data_root)
+    splits = apply_split(splits, split)
+    log.info("evaluating %s (epoch %d) on the %s split of %s: %d images", path, epoch, split,
+             cfg.dataset, len(splits.test))
+    try:
         metrics, embeddings, labels = evaluate_net(cfg, splits, net, ctx, full=True)
-        if metrics["map_at_r"] > best_map:
-            final = os.path.join(params_dir, "net-%s.params" % last_good) if last_good else None
-            save_best(net, params_dir, cfg.epochs, metrics, same_as=(
-                final if final and os.path.isfile(final) and last_good == checkpoint_id(cfg.epochs)
-                else None, os.path.join(params_dir, "%s-%04d.params" % (EXPORT_PREFIX, cfg.epochs))))
-        _log_eval(writer, metrics, cfg.epochs, METRIC_KEYS + ("verification_auc",))
-        history[-1].update((k, metrics[k]) for k in METRIC_KEYS if k in metrics)
-        write_json(os.path.join(logs_dir, HISTORY_FILE), history)
-        add_projector(writer, embeddings, labels, splits.test, splits.class_names,
-                      projector_sample(len(labels), cfg.projector_points, cfg.seed), cfg.epochs,
-                      tag="%s_embedding" % splits.split)
-        write_figures(writer, run_dir, cfg, splits, embeddings, labels, history, cfg.epochs)
+    except NonFiniteLoss as err:
+        raise DmlError("%s: %s" % (path, err)) from None
+
+    logger = TensorBoardLogger(run, cfg)
+    try:
+        logger.add_projector(embeddings, labels, splits, epoch, tag="%s_embedding" % split)
+        figures = logger.figures(splits, embeddings, labels, history, epoch)
     finally:
-        writer.close()
+        logger.close()
+    metrics.update(embedding_dim=cfg.embedding_dim, epochs=epoch,
+                   checkpoint=checkpoint if checkpoint in ("last", "best") else path)
+    if "train_seconds" in previous:
+        metrics["train_seconds"] = previous["train_seconds"]
+    run.write(run.METRICS, metrics)  # last: a failure above leaves the old metrics.json
+    return metrics, figures, run
 
-    metrics.update(embedding_dim=cfg.embedding_dim, epochs=cfg.epochs, checkpoint="last",
-                   train_seconds=round(train_seconds, 2))
-    write_json(os.path.join(run_dir, "metrics.json"), metrics)
-    return metrics
+
+# ------------------------------------------------------------------------------------------------
+# A run as the CLI starts it: every check first (prepare), then the folder and the training (run).
 
 
-def _session_start(writer, step):
-    """A SessionLog START event at ``step``: TensorBoard discards the events of earlier files at
-    this step or later (what a killed process logged after its last checkpoint)."""
-    if isinstance(writer, _NullWriter):
-        return
-    from mxboard.proto import event_pb2
+class Job:
+    """What :func:`prepare` checked and built: ``ctx``, ``net``, ``splits``, ``workers``, the
+    ``resume`` checkpoint state (or None), and once :func:`run` made it, ``run_dir``."""
 
-    writer._file_writer.add_event(event_pb2.Event(  # pylint: disable=protected-access
-        wall_time=time.time(), step=step,
-        session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+    def __init__(self, **kwargs):
+        self.run_dir = None
+        self.__dict__.update(kwargs)
+
+
+def _check_pk_batches(cfg, splits):
+    if cfg.n_classes > splits.num_classes:
+        raise DmlError("--n-classes %d but %s has only %d classes: pass --n-classes %d or fewer"
+                       % (cfg.n_classes, cfg.dataset, splits.num_classes, splits.num_classes))
+    present = len(set(splits.train.labels.tolist()))
+    if cfg.n_classes > present:
+        raise DmlError("--n-classes %d but the training split holds only %d classes: pass "
+                       "--n-classes %d or fewer" % (cfg.n_classes, present, present))
+    if len(splits.train) < cfg.n_classes * cfg.n_samples:
+        raise DmlError("a batch of %d x %d images is larger than the %d training images: lower "
+                       "--n-classes or --n-samples" % (cfg.n_classes, cfg.n_samples, len(splits.train)))
+
+
+def _check_plain_batches(cfg, splits):
+    if len(set(splits.train.labels.tolist())) < 2:
+        raise DmlError("%s needs at least 2 classes in the training split" % cfg.method)
+    if cfg.batch_size > len(splits.train):
+        raise DmlError("--batch-size %d is larger than the %d training images: lower --batch-size"
+                       % (cfg.batch_size, len(splits.train)))
+
+
+def _resume_point(run_dir, cfg):
+    """The newest complete checkpoint of ``run_dir`` to continue ``cfg`` from (exit 2 when there
+    is none, or the run is finished)."""
+    states = RunDir(run_dir).complete_checkpoints()
+    if not states:
+        raise DmlError("--resume %s: the run holds no complete checkpoint (params/state-*.json) "
+                       "to continue from" % run_dir)
+    state = states[-1]
+    if state.get("method", cfg.method) != cfg.method:
+        raise DmlError("--resume %s: its checkpoint is of method %s, not %s"
+                       % (run_dir, state["method"], cfg.method))
+    if state["batch"] is None and state["epoch"] >= cfg.epochs and RunDir(run_dir).has(
+            RunDir.METRICS):
+        raise DmlError("--resume %s: the run finished its %d epochs; pass --epochs N (more than "
+                       "%d) to train it further" % (run_dir, state["epoch"], state["epoch"]))
+    if state["epoch"] > cfg.epochs:
+        raise DmlError("--resume %s: the newest checkpoint is of epoch %d, past --epochs %d"
+                       % (run_dir, state["epoch"], cfg.epochs))
+    return state
+
+
+def prepare(cfg, resume_dir=None, fit_classes=True):
+    """Check everything a run needs and build what can fail (devices, backbone, dataset, the
+    kvstore) before any folder exists: a problem is a :class:`DmlError`. ``fit_classes``: under
+    the unseen split, lower ``cfg.n_classes`` to the training classes (it was not given)."""
+    from .data import apply_split, check_same_classes, load_dataset
+
+    resume = _resume_point(resume_dir, cfg) if resume_dir else None
+    ctx = make_contexts(cfg.gpus, cfg.cpus)
+    seed_everything(cfg.seed)
+    net = build_net(cfg, ctx)
+    splits = apply_split(load_dataset(cfg.dataset, cfg.data_root, cfg.image_size), cfg.split)
+    if resume is not None:
+        check_same_classes(RunDir(resume_dir).read(RunDir.CONFIG).get("class_names"), splits,
+                           resume_dir, cfg.data_root)
+    else:
+        if (cfg.split == "unseen" and fit_classes
+                and cfg.n_classes > len(splits.train_classes)):
+            log.info("--split unseen: %d training classes, so batches take %d classes "
+                     "(--n-classes)", len(splits.train_classes), len(splits.train_classes))
+            cfg.n_classes = len(splits.train_classes)
+        if cfg.batch_size:
+            _check_plain_batches(cfg, splits)
+        else:
+            _check_pk_batches(cfg, splits)
+    workers = Workers(make_kvstore(cfg.kvstore))
+    if workers.count > 1 and cfg.batch_size == 0 and cfg.n_classes * cfg.n_samples * \
+            workers.count > len(splits.train):
+        raise DmlError("%d workers need %d training images for a batch each; %s has %d"
+                       % (workers.count, cfg.n_classes * cfg.n_samples * workers.count,
+                          cfg.dataset, len(splits.train)))
+    return Job(ctx=ctx, net=net, splits=splits, workers=workers, resume=resume,
+               resume_dir=resume_dir)
+
+
+def run(cfg, job, argv=()):
+    """Create the run folder (rank 0; or reuse the resumed one), write config.json and
+    logs/train.log, and :func:`fit` -> the final metrics (None on other workers). ``job.run_dir``
+    is set before training starts, for the caller's messages."""
+    workers = job.workers
+    if job.resume is not None:
+        run_dir = RunDir(job.resume_dir)
+        if workers.writes:
+            for path in run_dir.remove_partial_files():
+                log.info("removed %s, a partial file of the stopped run", path)
+    else:
+        run_dir = RunDir.create(cfg.output_root, cfg.dataset, cfg.method) if workers.writes \
+            else None
+    job.run_dir = run_dir = RunDir(workers.agree(run_dir.path if run_dir else None))
+    handler = None
+    if workers.writes:
+        handler = logging.FileHandler(run_dir.train_log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+    try:
+        if workers.writes:
+            run_dir.write_config(cfg, job.splits, resumed=job.resume is not None, argv=argv)
+        log.info("run folder %s%s", run_dir, " (written by worker 0)" if not workers.writes else "")
+        return fit(cfg, job.splits, run_dir, net=job.net, ctx=job.ctx, resume=job.resume,
+                   workers=workers)
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()

@@ -171,6 +171,32 @@ def all_metrics(embeddings, labels, reference_embeddings, reference_labels, dist
     return metrics
 
 
+def evaluate(net, dataset, mean, std, ctx=None, distance="euclidean", references=None,
+             batch_size=256, seed=0):
+    """Every metric of ``net``'s embedding of ``dataset`` (a dml dataset: uint8 images, labels),
+    normalized with ``mean``/``std`` as in training: the retrieval metrics, ``nmi``/``ami`` and,
+    with ``references`` (e.g. the training split), ``knn_accuracy``. ``ctx``: a context or a list
+    of them (default the CPU)."""
+    import mxnet as mx
+
+    from .data import BatchLoader, SequentialBatches
+
+    ctx = ctx or mx.cpu()
+
+    def embedded(data):
+        return embed(net, BatchLoader(data, SequentialBatches(len(data), batch_size), mean, std,
+                                      num_workers=0), ctx)
+
+    embeddings, labels = embedded(dataset)
+    metrics = retrieval_metrics(embeddings, labels, distance)
+    metrics.update(clustering_metrics(embeddings, labels, distance, seed))
+    if references is not None:
+        ref_embeddings, ref_labels = embedded(references)
+        metrics["knn_accuracy"] = knn_accuracy(ref_embeddings, ref_labels, embeddings, labels,
+                                               distance)
+    return metrics
+
+
 def embed(net, loader, ctx, progress=None):
     """Embeddings (numpy, N x D) and labels of everything ``loader`` yields, in order."""
     import mxnet as mx

@@ -16,6 +16,19 @@ from .losses.margin import MARGIN_HEADS
 from .nets import ClassifierNet, MarginClassifierNet, SiameseNet, TripletNet
 
 
+def gather_embeddings(net, parts, ctx):
+    """``(embeddings, labels)`` of a batch split over devices (``parts[i]``: the ``(images,
+    labels)`` on ``ctx[i]``), in batch order on ``ctx[0]``: each device embeds its slice and the
+    embeddings are copied by a recorded ``as_in_context``, so inside ``autograd.record()`` the
+    gradient of a loss on the whole batch flows back to every device."""
+    embeddings = [net(images) for images, _ in parts]
+    labels = [lab for _, lab in parts]
+    if len(parts) == 1:
+        return embeddings[0], labels[0]
+    return (mx.nd.concat(*[e.as_in_context(ctx[0]) for e in embeddings], dim=0),
+            mx.nd.concat(*[lab.as_in_context(ctx[0]) for lab in labels], dim=0))
+
+
 class Method:
     """A P x K method: batches of ``n_classes`` classes x ``n_samples`` images, the embedding net
     as is, ``loss(embeddings, labels)``."""
@@ -73,13 +86,7 @@ class Method:
         the full B x B batch. Its gradient with respect to each device's parameters is that
         device's share of the full-batch gradient: the kvstore sums them.
         """
-        embeddings = [model(images) for images, _ in parts]
-        labels = [lab for _, lab in parts]
-        if len(parts) > 1:
-            embeddings = mx.nd.concat(*[e.as_in_context(ctx[0]) for e in embeddings], dim=0)
-            labels = mx.nd.concat(*[lab.as_in_context(ctx[0]) for lab in labels], dim=0)
-        else:
-            embeddings, labels = embeddings[0], labels[0]
+        embeddings, labels = gather_embeddings(model, parts, ctx)
         loss, stat = loss_fn(embeddings, labels)
         return [loss], loss, stat
 

@@ -224,3 +224,293 @@ def prune_checkpoints(run_dir, keep):
                 os.remove(os.path.join(params_dir, name))
             except OSError:
                 pass
+
+
+def settle():
+    """Wait for every pending MXNet operation before a network's state is read (saved,
+    exported or evaluated).
+
+    Why: MXNet 1.9's BatchNorm updates its moving mean and variance in its *backward* operator,
+    and the engine does not order later readers of those arrays after that write. Without this
+    wait, ``save_parameters`` right after a training step stored the moving statistics of an
+    earlier step (32-40 arrays of ResNet-18 differed from the network that was then evaluated,
+    and a resumed run diverged). The wait is global: no per-array wait covers an untracked
+    write.
+    """
+    import mxnet as mx
+
+    mx.nd.waitall()
+
+
+def _link(source, path):
+    """``path`` as a hard link to ``source`` (no second copy of the bytes on disk), replacing
+    any earlier file atomically; False where the file system has no hard links."""
+    tmp = path + ".tmp"
+    try:
+        if os.path.exists(path) and os.path.samefile(source, path):
+            return True  # linked already (a resumed run); rename() of two links to one file
+            # would do nothing and leave the temporary link behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        os.link(source, tmp)
+    except OSError:
+        return False
+    os.replace(tmp, path)
+    return True
+
+
+class RunDir:
+    """One run folder, and the only code that names a file inside it::
+
+        config.json  metrics.json
+        logs/        train.log, history.json, mxboard events, projector_config.pbtxt + data
+        plots/       loss.png, embedding_<split>.png
+        params/      net-<id>.params, trainer-<id>.states, classifier-<id>.params,
+                     state-<id>.json (a checkpoint, committed by its state file, written last),
+                     embedding-symbol.json + embedding-<epoch>.params (the export),
+                     best/ (net.params, the export as embedding-0000.params, best.json)
+
+    Every write goes through a temporary file and a rename (:func:`write_atomic`).
+    """
+
+    CONFIG, METRICS, HISTORY, TRAIN_LOG = "config.json", "metrics.json", "history.json", "train.log"
+    EXPORT_PREFIX, BEST = "embedding", "best"
+
+    def __init__(self, path):
+        self.path = os.path.normpath(path)
+
+    @classmethod
+    def create(cls, output_root, dataset, method, now=None):
+        """A fresh ``<output_root>/<dataset>/<method>/<YYYYmmddHHMM>[-N]/`` (see
+        :func:`create_run_dir`)."""
+        return cls(create_run_dir(output_root, dataset, method, now))
+
+    def __str__(self):
+        return self.path
+
+    # -- folders -------------------------------------------------------------------------------
+    @property
+    def logs(self):
+        return os.path.join(self.path, "logs")
+
+    @property
+    def params(self):
+        return os.path.join(self.path, "params")
+
+    @property
+    def best_dir(self):
+        return os.path.join(self.params, self.BEST)
+
+    def plot(self, name):
+        """``plots/<name>.png``."""
+        return os.path.join(self.path, "plots", name + ".png")
+
+    @property
+    def metrics_file(self):
+        return os.path.join(self.path, self.METRICS)
+
+    @staticmethod
+    def export_symbol(params_file):
+        """The ``embedding-symbol.json`` beside an export's params file."""
+        return os.path.join(os.path.dirname(params_file), RunDir.EXPORT_PREFIX + "-symbol.json")
+
+    @property
+    def train_log(self):
+        return os.path.join(self.logs, self.TRAIN_LOG)
+
+    # -- JSON files ----------------------------------------------------------------------------
+    def has(self, name):
+        return os.path.isfile(os.path.join(self.path, name))
+
+    def read(self, name):
+        """``config.json`` or ``metrics.json`` parsed (a :class:`dml.DmlError` when unreadable)."""
+        return read_run_json(self.path, name)
+
+    def write(self, name, data):
+        write_json(os.path.join(self.path, name), data)
+
+    def write_config(self, cfg, splits, resumed=False, argv=()):
+        """config.json: every option of ``cfg``, the class names and the classes trained and
+        evaluated on, dml's version, the command line and when it started; a resumed run keeps
+        the first process's values and adds the time to ``resumed``."""
+        from . import __version__
+
+        config = cfg.to_dict()
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        if resumed:
+            previous = read_json(os.path.join(self.path, self.CONFIG))
+            config.update(run_dir=previous["run_dir"], started=previous["started"],
+                          resumed=previous.get("resumed", []) + [now])
+            config.update((k, previous[k]) for k in ("dml_version", "argv", "class_names",
+                                                     "train_classes", "eval_classes")
+                          if k in previous)
+        else:
+            names = splits.class_names
+            config.update(run_dir=self.path, dml_version=__version__, argv=list(argv),
+                          class_names=names,
+                          train_classes=[names[c] for c in splits.train_classes or
+                                         range(len(names))],
+                          eval_classes=[names[c] for c in splits.eval_classes or
+                                        range(len(names))],
+                          started=now)
+        self.write(self.CONFIG, config)
+
+    def read_history(self):
+        path = os.path.join(self.logs, self.HISTORY)
+        return read_run_json(self.logs, self.HISTORY) if os.path.exists(path) else []
+
+    def write_history(self, history):
+        write_json(os.path.join(self.logs, self.HISTORY), history)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def complete_checkpoints(self):
+        return complete_checkpoints(self.path)
+
+    def prune(self, keep):
+        prune_checkpoints(self.path, keep)
+
+    def remove_partial_files(self):
+        return remove_partial_files(self.path)
+
+    def resolve(self, checkpoint):
+        return resolve_checkpoint(self.path, checkpoint)
+
+    def check_own(self, path):
+        """A checkpoint file must lie in this run's params/: evaluating another run's file would
+        overwrite this run's metrics.json with the numbers of another network."""
+        params = os.path.realpath(self.params)
+        if os.path.commonpath([params, os.path.realpath(path)]) != params:
+            raise DmlError("--checkpoint %s is not in %s: evaluate a run's own checkpoints "
+                           "(python -m dml evaluate THAT_RUN --checkpoint %s), or copy the file "
+                           "into %s/ to score it as this run" % (path, self.params, path,
+                                                                 self.params))
+
+    def _param(self, kind, cid):
+        return os.path.join(self.params, "%s-%s.%s" % (kind, cid,
+                                                      "states" if kind == "trainer" else "params"))
+
+    def export_file(self, epoch):
+        return os.path.join(self.params, "%s-%04d.params" % (self.EXPORT_PREFIX, epoch))
+
+    def save_checkpoint(self, net, trainer, epoch, classifier=None, state=None, batch=None,
+                        save_trainer=True, net_file=None):
+        """One checkpoint: ``net-<id>.params``, ``trainer-<id>.states`` and the classifier's
+        ``classifier-<id>.params``, each written under a temporary name and renamed, and
+        ``state-<id>.json`` (``state`` plus the files' sizes) last: a kill at any moment leaves the
+        previous checkpoint intact and this one ignored. ``net_file``: a file that already holds
+        exactly these weights (the final export), hard-linked instead of a second copy
+        (:func:`dml.nets.load_weights` reads both formats). Returns the id."""
+        settle()
+        cid = checkpoint_id(epoch, batch)
+
+        def save_net(tmp):
+            if net_file:
+                try:
+                    os.link(net_file, tmp)
+                    return
+                except OSError:  # no hard links on this file system: a copy of the weights
+                    pass
+            net.save_parameters(tmp)
+
+        saves = [("net", save_net)]
+        if save_trainer:
+            saves.append(("trainer", trainer.save_states))
+        if classifier is not None:
+            saves.append(("classifier", classifier.save_parameters))
+        files = []
+        for kind, save in saves:
+            write_atomic(save, self._param(kind, cid))
+            files.append(os.path.basename(self._param(kind, cid)))
+        state = dict(state or {}, id=cid, epoch=epoch, batch=batch,
+                     files={f: os.path.getsize(os.path.join(self.params, f)) for f in files})
+        write_json(os.path.join(self.params, "state-%s.json" % cid), state)
+        return cid
+
+    def load_checkpoint(self, state, net, trainer, classifier=None, ctx=None):
+        """A complete checkpoint's (a state of :meth:`complete_checkpoints`) weights and, when it
+        has them, the optimizer states; returns False when it holds none (dist_async)."""
+        from .nets import load_weights
+
+        cid = state["id"]
+        load_weights(net, self._param("net", cid), ctx=ctx)
+        if os.path.basename(self._param("classifier", cid)) in state["files"]:
+            classifier.load_parameters(self._param("classifier", cid), ctx=ctx)
+        if os.path.basename(self._param("trainer", cid)) in state["files"]:
+            trainer.load_states(self._param("trainer", cid))
+            return True
+        return False
+
+    def _export(self, net, directory, epoch):
+        """``net.export`` under a temporary prefix, then renamed: a kill never leaves half a
+        file."""
+        tmp_prefix = os.path.join(directory, ".tmp-" + self.EXPORT_PREFIX)
+        try:
+            net.export(tmp_prefix, epoch=epoch)
+        except Exception as err:  # MXNetError "Write incomplete" on a full disk
+            for suffix in ("-symbol.json", "-%04d.params" % epoch):
+                if os.path.exists(tmp_prefix + suffix):
+                    os.remove(tmp_prefix + suffix)
+            raise write_failure(tmp_prefix + "-%04d.params" % epoch, err) from None
+        os.replace(tmp_prefix + "-symbol.json",
+                   os.path.join(directory, self.EXPORT_PREFIX + "-symbol.json"))
+        os.replace("%s-%04d.params" % (tmp_prefix, epoch),
+                   os.path.join(directory, "%s-%04d.params" % (self.EXPORT_PREFIX, epoch)))
+
+    def export(self, net, epoch, input_shape=None):
+        """``net.export`` for deployment (``embedding-symbol.json``, ``embedding-<epoch>.params``),
+        replacing any earlier export. ``net.export`` needs the net's own hybridized graph: a net
+        trained inside a wrapper (SiameseNet, ClassifierNet) first embeds one blank image of
+        ``input_shape`` (C x H x W) in inference mode, which changes no state. Returns the params
+        file."""
+        import mxnet as mx
+
+        settle()
+        if not net._cached_graph:  # pylint: disable=protected-access
+            if input_shape is None:
+                raise ValueError("export: the net has not run a hybridized forward pass; pass "
+                                 "input_shape")
+            ctx = net.collect_params().list_ctx()[0]
+            net(mx.nd.zeros((1,) + tuple(input_shape), ctx=ctx))
+            settle()
+        self._export(net, self.params, epoch)
+        keep = os.path.basename(self.export_file(epoch))
+        for name in _listdir(self.params):
+            if _EXPORT_PARAMS.match(name) and name != keep:
+                os.remove(os.path.join(self.params, name))
+        return self.export_file(epoch)
+
+    def save_best(self, net, epoch, metrics, final_cid=None):
+        """``best/``: ``net.params``, the export (``embedding-symbol.json``,
+        ``embedding-0000.params``) and ``best.json`` (its epoch and metrics), written last.
+        ``final_cid``: the id of the final checkpoint when it holds this very network (its net
+        file is the export of ``epoch``): both are hard-linked instead of written again."""
+        settle()
+        os.makedirs(self.best_dir, exist_ok=True)
+        best_export = os.path.join(self.best_dir, self.EXPORT_PREFIX + "-0000.params")
+        final = self._param("net", final_cid) if final_cid else None
+        if final and os.path.isfile(final) and _link(self.export_file(epoch), best_export):
+            write_atomic(lambda tmp: shutil.copyfile(
+                os.path.join(self.params, self.EXPORT_PREFIX + "-symbol.json"), tmp),
+                os.path.join(self.best_dir, self.EXPORT_PREFIX + "-symbol.json"))
+        else:
+            final = None
+            self._export(net, self.best_dir, 0)
+        if not (final and _link(final, os.path.join(self.best_dir, "net.params"))):
+            write_atomic(net.save_parameters, os.path.join(self.best_dir, "net.params"))
+        write_json(os.path.join(self.best_dir, "best.json"), dict(metrics, epoch=epoch))
+
+    def drop_projector_entry(self, data_dir):
+        """Forget an earlier projector embedding named ``data_dir`` (mxboard would list it
+        twice)."""
+        shutil.rmtree(os.path.join(self.logs, data_dir), ignore_errors=True)
+        config = os.path.join(self.logs, "projector_config.pbtxt")
+        if not os.path.isfile(config):
+            return
+        with open(config, encoding="utf-8") as f:
+            blocks = ["embeddings {" + b for b in f.read().split("embeddings {") if b.strip()]
+        kept = "".join(b for b in blocks if 'tensor_name: "%s"' % data_dir not in b)
+
+        def save(tmp):
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(kept)
+        write_atomic(save, config)

@@ -13,7 +13,6 @@ import os
 import pickle
 import re
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -40,12 +39,15 @@ class Case:
     def run(self, argv, timeout=300, cwd=None, env=None, python=True):
         cmd = [sys.executable] + argv if python else argv
         started = time.time()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=cwd or self.work, env=env or self.env)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                                  cwd=cwd or self.work, env=env or self.env)
+            _, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            return None, "(still running after %d s: killed)" % timeout, ""
-        return proc.returncode, proc.stderr, "%.0f s" % (time.time() - started)
+            proc.terminate()  # SIGTERM: a launcher stops the processes it started
+            proc.communicate(timeout=120)
+            return None, "(still running after %d s: stopped)" % timeout, ""
+        return proc.returncode, stderr, "%.0f s" % (time.time() - started)
 
     def dml(self, *argv, **kwargs):
         return self.run(["-m", "dml"] + list(argv), **kwargs)

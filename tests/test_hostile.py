@@ -180,7 +180,7 @@ def test_diverging_run_stops_with_the_last_good_checkpoint(tiny_cifar, tmp_path)
 def test_non_finite_parameters_names_the_arrays():
     import mxnet as mx
 
-    from dml.engine import StopGuard, NonFiniteLoss, non_finite_parameters
+    from dml.hooks import NonFiniteLoss, StopGuard, non_finite_parameters
     from dml.nets import EmbeddingNet
 
     net = EmbeddingNet(8, backbone="cifar_resnet20_v1")

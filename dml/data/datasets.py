@@ -603,6 +603,22 @@ def unseen_class_splits(splits):
     return out
 
 
+def check_same_classes(names, splits, run_dir, data_root=None):
+    """The dataset must hold the classes a run was trained with (``names``, config.json's
+    class_names), in the same order: labels are indices into that list."""
+    if names is None or list(names) == list(splits.class_names):
+        return
+    added = sorted(set(splits.class_names) - set(names))
+    missing = sorted(set(names) - set(splits.class_names))
+    detail = "; ".join(part for part in (
+        "%d new (%s)" % (len(added), ", ".join(added[:3])) if added else "",
+        "%d missing (%s)" % (len(missing), ", ".join(missing[:3])) if missing else "",
+    ) if part) or "the same names in another order"
+    raise DmlError("the %s data at %s does not hold the %d classes %s was trained on: %s; point "
+                   "--data-root at the run's data" % (splits.name, data_root or "the default folder",
+                                                      len(names), run_dir, detail))
+
+
 def apply_split(splits, split):
     """``splits`` as the ``--split`` protocol sees them: ``test`` (every class, the test split)
     or ``unseen`` (:func:`unseen_class_splits`)."""

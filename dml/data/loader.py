@@ -42,15 +42,19 @@ class BatchLoader:
     ``augment`` (an :class:`Augment`, or None for evaluation) draws its randomness from
     ``(seed, epoch, batch number)``, so a run is reproducible whatever the number of workers.
     ``num_workers`` threads prepare up to ``2 * num_workers`` batches ahead; 0 loads in the caller.
+    ``ctx``: yield ``mx.nd`` arrays on that context instead of numpy arrays (a training loop's
+    own batches; the engine splits numpy batches over its devices itself).
     """
 
-    def __init__(self, dataset, batch_sampler, mean, std, augment=None, seed=0, num_workers=2):
+    def __init__(self, dataset, batch_sampler, mean, std, augment=None, seed=0, num_workers=2,
+                 ctx=None):
         self.dataset = dataset
         self.batch_sampler = batch_sampler
         self.mean, self.std = mean, std
         self.augment = augment or Augment()
         self.seed = seed
         self.num_workers = int(num_workers)
+        self.ctx = ctx
         self._epoch = 0
         self._skip = 0
 
@@ -75,6 +79,15 @@ class BatchLoader:
         return normalize_batch(images, self.mean, self.std), labels.astype(np.float32)
 
     def __iter__(self):
+        if self.ctx is None:
+            yield from self._batches()
+            return
+        import mxnet as mx
+
+        for batch in self._batches():
+            yield tuple(mx.nd.array(part, ctx=self.ctx) for part in batch)
+
+    def _batches(self):
         epoch = self._epoch
         self._epoch += 1
         if hasattr(self.dataset, "set_epoch"):  # tuple datasets draw fresh tuples per epoch

@@ -1,0 +1,409 @@
+"""What hangs off the training loop (:func:`dml.engine.fit`), as named hooks in the manner of
+pytorch-metric-learning's hook container and GluonCV's ``train()``:
+
+- :class:`StopGuard`: signals (Ctrl-C, SIGTERM) and the one non-finite check;
+- :class:`RunRecorder`: checkpoints, history, periodic evaluation and the best checkpoint, the
+  export and metrics.json, all through :class:`dml.runs.RunDir`;
+- :class:`TensorBoardLogger`: scalars, the projector, the session start of a resumed run and the
+  figures.
+
+Each hook has ``train_start``, ``batch_end``, ``epoch_end`` and ``train_end`` (any may be left
+out); :class:`Hooks` calls them in list order with the :class:`TrainState`. A hook can be used
+without the CLI (see ``examples/train_loop.py``).
+"""
+import logging
+import signal
+import threading
+import time
+
+import mxnet as mx
+import numpy as np
+
+from .evaluation import METRIC_KEYS, RETRIEVAL_KEYS
+from .runs import checkpoint_id as _checkpoint_id
+
+log = logging.getLogger("dml")
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM: the run stopped cleanly; ``checkpoint`` is the id of the checkpoint it
+    wrote, ``signum`` the signal that asked for the stop."""
+
+    def __init__(self, checkpoint, signum=signal.SIGINT):
+        super().__init__("interrupted")
+        self.checkpoint = checkpoint
+        self.signum = signum
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss or the weights became NaN or infinite; ``checkpoint`` is the last good
+    checkpoint's id (or None), written before they went bad and left as it was."""
+
+    def __init__(self, message, checkpoint):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+class TrainState:
+    """What the loop and its hooks share: the pieces being trained and where training stands.
+    ``epoch_loss``/``epoch_stat`` are the running sums (1-element arrays) over the ``seen``
+    batches of ``epoch``; ``record`` the finished epoch's history entry; ``evaluation`` the
+    latest ``(metrics, embeddings, labels)``."""
+
+    def __init__(self, cfg, splits, net, model, loss_fn, trainer, method, ctx, workers):
+        self.cfg, self.splits, self.net, self.model = cfg, splits, net, model
+        self.loss_fn, self.trainer, self.method, self.ctx, self.workers = (
+            loss_fn, trainer, method, ctx, workers)
+        self.epoch, self.step, self.seen, self.skip = 0, 0, 0, 0
+        self.history, self.best_map, self.last_good = [], -1.0, None
+        self.epoch_loss = self.epoch_stat = self.batch_loss = self.record = None
+        self.partial = None  # the partial-epoch sums of a run resumed mid-epoch
+        self.evaluation = None
+        self.input_shape = None  # one image's C x H x W (for the export)
+        self.done_seconds, self.started = 0.0, time.time()
+        self.metrics = None  # the final metrics (train_end)
+
+    def elapsed(self):
+        """Training seconds, the stopped processes' included."""
+        return self.done_seconds + time.time() - self.started
+
+    def add_batch(self, loss, stat):
+        self.step += 1
+        self.seen += 1
+        self.batch_loss = loss
+        self.epoch_loss = loss if self.epoch_loss is None else self.epoch_loss + loss
+        self.epoch_stat = stat if self.epoch_stat is None else self.epoch_stat + stat
+
+    def begin_epoch(self, epoch, batches):
+        """Epoch ``epoch`` with ``batches`` batches, continuing the sums of a resumed partial
+        epoch."""
+        self.epoch, self.seen, self.epoch_loss = epoch, 0, None
+        self.epoch_stat, self.batches = None, batches
+        if self.partial is not None:
+            ctx = self.ctx[0]
+            self.epoch_loss = mx.nd.array([self.partial["loss_sum"]], ctx=ctx)
+            self.epoch_stat = mx.nd.array([self.partial["stat_sum"]], ctx=ctx)
+            self.seen = self.partial["batches"]
+        self.partial = None
+
+    @property
+    def final_epoch(self):
+        return self.epoch == self.cfg.epochs
+
+
+class Hooks:
+    """Calls each hook's ``train_start``/``batch_end``/``epoch_end``/``train_end`` in order;
+    entering it enters every hook that is a context manager (the stop guard's signal
+    handlers)."""
+
+    def __init__(self, hooks):
+        self.hooks = list(hooks)
+
+    def __enter__(self):
+        for hook in self.hooks:
+            if hasattr(hook, "__enter__"):
+                hook.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for hook in reversed(self.hooks):
+            if hasattr(hook, "__exit__"):
+                hook.__exit__(*exc)
+        return False
+
+    def __getattr__(self, event):
+        if event not in ("train_start", "batch_end", "epoch_end", "train_end"):
+            raise AttributeError(event)
+
+        def call(state):
+            for hook in self.hooks:
+                if hasattr(hook, event):
+                    getattr(hook, event)(state)
+        return call
+
+
+def non_finite_parameters(block):
+    """The names of ``block``'s parameters (weights and BatchNorm statistics) that hold a NaN or
+    an infinity; one host synchronisation when every one is finite."""
+    arrays = [(name, p.list_data()[0]) for name, p in block.collect_params().items()
+              if p._data is not None]  # pylint: disable=protected-access
+    if not arrays:
+        return []
+    poison = mx.nd.add_n(*[(a * 0).sum().as_in_context(arrays[0][1].context) for _, a in arrays])
+    if np.isfinite(poison.asscalar()):
+        return []
+    return [name for name, a in arrays if not np.isfinite((a * 0).sum().asscalar())]
+
+
+_STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+
+class StopGuard:
+    """What stops a run early: a signal, or a value that is no longer finite.
+
+    While active, Ctrl-C (SIGINT) and SIGTERM (what Slurm, Kubernetes and ``timeout`` send before
+    killing) only set ``requested``: the loop finishes its step, the recorder writes a
+    checkpoint and the run stops. A second signal interrupts at once. Signals are caught only in
+    the main thread.
+
+    :meth:`check` is the one non-finite check: the loss (NaN whenever an embedding is, see
+    :func:`dml.losses.base.propagate_non_finite`) and every parameter of ``model``; it runs every
+    ``log_interval`` steps (the only host synchronisation of the loop) and at each epoch's end,
+    before its checkpoint.
+    """
+
+    def __init__(self, model, log_interval=10):
+        self.model, self.log_interval = model, log_interval
+        self.requested = None  # the signal number once a stop was asked for
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.requested = signum
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        log.warning("%s: stopping after this step with a checkpoint (again to stop at once)",
+                    _STOP_SIGNALS.get(signum, signum))
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in _STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+        return False
+
+    def check(self, loss, where, last_good):
+        """Raise :class:`NonFiniteLoss` when ``loss`` (a number or 1-element array) or a
+        parameter is NaN or infinite; ``where`` says when (``"at step 40 (epoch 2)"``)."""
+        value = float(loss.asscalar() if hasattr(loss, "asscalar") else loss)
+        if not np.isfinite(value):
+            raise NonFiniteLoss("the loss is %s %s" % (value, where), last_good)
+        bad = non_finite_parameters(self.model)
+        if bad:
+            raise NonFiniteLoss("the weights hold NaN or inf %s (%d arrays, first %s)"
+                                % (where, len(bad), bad[0]), last_good)
+        return value
+
+    def batch_end(self, state):
+        state.checked_loss = None
+        if state.step % self.log_interval == 0:
+            state.checked_loss = self.check(state.batch_loss, "at step %d (epoch %d)"
+                                            % (state.step, state.epoch), state.last_good)
+
+    def epoch_end(self, state):
+        state.mean_loss = self.check(state.epoch_loss, "in epoch %d" % state.epoch,
+                                     state.last_good) / max(state.seen, 1)
+
+
+def rng_state():
+    """numpy's and Python's global RNG states (the random selectors draw from numpy's), as JSON."""
+    import random
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+            "python": [version, list(internal), gauss_next]}
+
+
+def set_rng_state(state):
+    import random
+
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+class RunRecorder:
+    """Everything a run keeps on disk, through its :class:`dml.runs.RunDir`: a checkpoint every
+    ``save_period`` epochs, at the end and when a stop is requested (a partial-epoch one when it
+    comes mid-epoch); ``logs/history.json``; every ``eval_period`` epochs the retrieval metrics
+    and ``params/best/``; at the end the full evaluation, metrics.json and the export (the final
+    checkpoint's weights are the export, on disk once). ``evaluate(state, full)`` returns
+    ``(metrics, embeddings, labels)``. Workers other than rank 0 record nothing."""
+
+    def __init__(self, run_dir, cfg, evaluate, val_loss=None):
+        self.run_dir, self.cfg, self.evaluate, self.val_loss = run_dir, cfg, evaluate, val_loss
+
+    def _state(self, state, epoch_sums=None):
+        return {"step": state.step, "best_map": state.best_map, "history": state.history,
+                "rng": rng_state(), "train_seconds": round(state.elapsed(), 3),
+                "method": self.cfg.method, "partial": epoch_sums}
+
+    def checkpoint(self, state, batch=None, epoch_sums=None):
+        if not state.workers.writes:
+            return None
+        net_file = None
+        if state.final_epoch and batch is None:  # the final weights: exported, kept once
+            net_file = self.run_dir.export(state.net, state.epoch, state.input_shape)
+        classifier = getattr(state.model, "classifier", None)
+        cid = self.run_dir.save_checkpoint(state.net, state.trainer, state.epoch, classifier,
+                                           self._state(state, epoch_sums), batch=batch,
+                                           save_trainer=state.workers.saves_trainer,
+                                           net_file=net_file)
+        self.run_dir.prune(self.cfg.keep_checkpoints)
+        return cid
+
+    def batch_end(self, state):
+        guard = state.guard
+        if guard.requested and state.seen < state.batches:
+            loss_sum = guard.check(state.epoch_loss, "in epoch %d" % state.epoch, state.last_good)
+            raise TrainingInterrupted(self.checkpoint(state, state.seen, {
+                "loss_sum": loss_sum, "stat_sum": float(state.epoch_stat.asscalar()),
+                "batches": state.seen}), guard.requested)
+
+    def epoch_end(self, state):
+        cfg, stat = self.cfg, state.method.stat
+        state.record = record = {"epoch": state.epoch, "train_loss": state.mean_loss,
+                                 stat: state.epoch_stat.asscalar() / max(state.seen, 1),
+                                 "learning_rate": state.trainer.learning_rate}
+        if self.val_loss is not None:
+            record["val_loss"] = self.val_loss(state)
+        state.evaluation = None
+        if (state.workers.writes and cfg.eval_period and state.epoch % cfg.eval_period == 0
+                and not state.final_epoch):  # the last epoch is evaluated in full at the end
+            state.evaluation = metrics, _, _ = self.evaluate(state, full=False)
+            record.update((k, metrics[k]) for k in RETRIEVAL_KEYS if k in metrics)
+            if metrics["map_at_r"] > state.best_map:
+                state.best_map = metrics["map_at_r"]
+                self.run_dir.save_best(state.net, state.epoch, metrics)
+        state.history.append(record)
+        if ((cfg.save_period and state.epoch % cfg.save_period == 0) or state.final_epoch
+                or state.guard.requested):
+            state.last_good = self.checkpoint(state)
+        if state.workers.writes:
+            self.run_dir.write_history(state.history)
+
+    def train_end(self, state):
+        state.evaluation = metrics, _, _ = self.evaluate(state, full=True)
+        final = state.last_good if state.last_good == _checkpoint_id(self.cfg.epochs) else None
+        if metrics["map_at_r"] > state.best_map:
+            self.run_dir.save_best(state.net, self.cfg.epochs, metrics, final_cid=final)
+        state.history[-1].update((k, metrics[k]) for k in METRIC_KEYS if k in metrics)
+        self.run_dir.write_history(state.history)
+        metrics.update(embedding_dim=self.cfg.embedding_dim, epochs=self.cfg.epochs,
+                       checkpoint="last", train_seconds=round(state.train_seconds, 2))
+        state.metrics = metrics
+
+    def finish(self, state):
+        """metrics.json, written last (after the figures): a run folder with it is complete."""
+        self.run_dir.write(self.run_dir.METRICS, state.metrics)
+
+
+class _NullWriter:
+    """What workers other than rank 0 log to: nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+class TensorBoardLogger:
+    """mxboard scalars (``train/batch_loss`` every ``log_interval`` steps; per epoch the loss,
+    learning rate, the method's stat, ``val/loss`` and ``eval/*``), the projector at each
+    evaluation, the figures at the end, and on resume a ``SessionLog.START`` at the first new
+    step, so TensorBoard drops what the stopped process logged after its checkpoint. Epoch
+    scalars are logged after the epoch's checkpoint: a resumed run never logs an epoch twice."""
+
+    def __init__(self, run_dir, cfg, writes=True):
+        self.run_dir, self.cfg = run_dir, cfg
+        if writes:
+            from mxboard import SummaryWriter
+
+            self.writer = SummaryWriter(logdir=run_dir.logs, flush_secs=10)
+        else:
+            self.writer = _NullWriter()
+
+    def close(self):
+        self.writer.close()
+
+    def train_start(self, state):
+        if state.step:  # resumed
+            self.session_start(state.step + 1)
+            if state.history:  # the checkpoint's epoch again, in case it was never flushed
+                self.log_epoch(state.history[-1], state.method.stat)
+
+    def batch_end(self, state):
+        if getattr(state, "checked_loss", None) is not None:
+            self.writer.add_scalar("train/batch_loss", state.checked_loss, global_step=state.step)
+
+    def epoch_end(self, state):
+        self.log_epoch(state.record, state.method.stat)
+        if state.evaluation is not None:
+            _, embeddings, labels = state.evaluation
+            self.add_projector(embeddings, labels, state.splits, state.epoch)
+
+    def train_end(self, state):
+        metrics, embeddings, labels = state.evaluation
+        self.log_eval(metrics, self.cfg.epochs, METRIC_KEYS + ("verification_auc",))
+        self.add_projector(embeddings, labels, state.splits, self.cfg.epochs,
+                           tag="%s_embedding" % state.splits.split)
+        self.figures(state.splits, embeddings, labels, state.history, self.cfg.epochs)
+
+    def log_eval(self, metrics, epoch, keys):
+        for key in keys:
+            if key in metrics:
+                self.writer.add_scalar("eval/" + key, metrics[key], global_step=epoch)
+
+    def log_epoch(self, record, stat):
+        epoch = record["epoch"]
+        self.writer.add_scalar("train/epoch_loss", record["train_loss"], global_step=epoch)
+        self.writer.add_scalar("train/learning_rate", record["learning_rate"], global_step=epoch)
+        self.writer.add_scalar("train/" + stat, record[stat], global_step=epoch)
+        if "val_loss" in record:
+            self.writer.add_scalar("val/loss", record["val_loss"], global_step=epoch)
+        self.log_eval(record, epoch, METRIC_KEYS)
+        self.writer.flush()
+
+    def session_start(self, step):
+        """A SessionLog START event at ``step``: TensorBoard discards the events of earlier
+        files at this step or later (what a killed process logged after its last checkpoint)."""
+        if isinstance(self.writer, _NullWriter):
+            return
+        from mxboard.proto import event_pb2
+
+        self.writer._file_writer.add_event(event_pb2.Event(  # pylint: disable=protected-access
+            wall_time=time.time(), step=step,
+            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+
+    def add_projector(self, embeddings, labels, splits, step, tag="test_embedding"):
+        """The embeddings of :func:`projector_sample` in TensorBoard's projector, with class
+        names and sprite images (an earlier entry of the same name is replaced)."""
+        if isinstance(self.writer, _NullWriter):
+            return
+        chosen = projector_sample(len(labels), self.cfg.projector_points, self.cfg.seed)
+        self.run_dir.drop_projector_entry("%s_%s" % (tag, str(step).zfill(6)))
+        images, _ = splits.test.batch(chosen)
+        self.writer.add_embedding(tag, embeddings[chosen],
+                                  labels=[splits.class_names[int(c)] for c in labels[chosen]],
+                                  images=images.transpose(0, 3, 1, 2), global_step=step)
+
+    def figures(self, splits, embeddings, labels, history, step):
+        """``plots/loss.png`` (when there is a history) and ``plots/embedding_<split>.png``, also
+        in TensorBoard's image tab. Returns the paths written."""
+        from . import plots
+
+        cfg, written = self.cfg, []
+        if history:
+            written.append(("plots/loss", plots.loss_curve(
+                history, self.run_dir.plot("loss"),
+                title="%s on %s: training loss" % (cfg.method, cfg.dataset))))
+        chosen = projector_sample(len(labels), cfg.projector_points, cfg.seed)
+        how = "t-SNE of the" if embeddings.shape[1] > 2 else "the"
+        points = plots.embedding_2d(embeddings[chosen], seed=cfg.seed)
+        written.append(("plots/embedding_" + splits.split, plots.embedding_scatter(
+            points, labels[chosen], splits.class_names,
+            self.run_dir.plot("embedding_" + splits.split),
+            title="%s on %s: %s %d-D %s embedding (epoch %d)" % (
+                cfg.method, cfg.dataset, how, embeddings.shape[1], splits.split, step))))
+        for tag, path in written:
+            self.writer.add_image(tag, plots.png_to_chw(path), global_step=step)
+        return [path for _, path in written]
+
+
+def projector_sample(n, max_points, seed):
+    """The (sorted) indices of the at most ``max_points`` test embeddings that are pictured."""
+    return np.sort(np.random.default_rng(seed).permutation(n)[:max_points])
+

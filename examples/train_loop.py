@@ -1,0 +1,43 @@
+"""A complete semi-hard triplet training loop on the embedded digits set with dml's blocks and no
+CLI: the loop a user writes around Gluon, in about 15 lines of library calls.
+
+    .venv/bin/python examples/train_loop.py [EPOCHS]
+
+Prints the test split's map_at_r and precision_at_1 (3 epochs: about 0.9 and 0.97, in half a
+minute on 2 CPU cores). The README shows this loop; the tests run it.
+"""
+import sys
+
+import mxnet as mx
+from mxnet import autograd, gluon
+
+from dml.data import BalancedBatchSampler, BatchLoader, load_digits
+from dml.evaluation import evaluate
+from dml.losses import TripletSemiHardLoss
+from dml.nets import EmbeddingNet
+
+
+def main(epochs=3, ctx=mx.cpu()):
+    mx.random.seed(0)
+    data = load_digits()  # uint8 images and labels, the normalization and the augmentation
+    net = EmbeddingNet(embedding_dim=64, l2_normalize=True)  # ResNet-18 -> Dense(64) -> L2
+    net.initialize(mx.init.Xavier(magnitude=2), ctx=ctx)
+    net.hybridize()
+    loss_fn = TripletSemiHardLoss(margin=0.2)  # returns the batch mean, shape (1,)
+    trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": 1e-3})
+    loader = BatchLoader(data.train, BalancedBatchSampler(data.train.labels, 10, 12), data.mean,
+                         data.std, augment=data.augment, ctx=ctx)  # NDArrays on ctx, NCHW
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for images, labels in loader:
+            with autograd.record():
+                loss = loss_fn(net(images), labels)
+            loss.backward()
+            trainer.step(1)  # 1, not the batch size: the loss is already the batch mean
+    metrics = evaluate(net, data.test, data.mean, data.std, ctx=ctx)
+    print("map_at_r %.4f  precision_at_1 %.4f" % (metrics["map_at_r"], metrics["precision_at_1"]))
+    return metrics
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)

@@ -1,0 +1,59 @@
+"""The project's structure holds: one owner of the run folder's files, a short fit loop, and a
+README whose links all lead somewhere."""
+import ast
+import glob
+import os
+import re
+
+from runhelpers import ROOT
+
+# the names of what lies inside a run folder, as string literals
+RUN_FILE_NAMES = re.compile(r"""["'](config\.json|metrics\.json|params|logs|plots|history\.json|"""
+                            r"""train\.log|best\.json|projector_config\.pbtxt|embedding-symbol\.json|"""
+                            r"""(net|trainer|classifier|state|embedding)-%[^"']*)["']""")
+
+
+def test_only_runs_py_names_the_files_of_a_run_folder():
+    offenders = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "dml", "**", "*.py"), recursive=True)):
+        if os.path.basename(path) == "runs.py":
+            continue
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and RUN_FILE_NAMES.fullmatch(repr(node.value).replace("'", '"')):
+                offenders.append("%s:%d %r" % (os.path.relpath(path, ROOT), node.lineno,
+                                               node.value))
+    assert offenders == []
+
+
+def test_fit_reads_top_to_bottom_in_under_60_lines():
+    tree = ast.parse(open(os.path.join(ROOT, "dml", "engine.py"), encoding="utf-8").read())
+    fit = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "fit")
+    assert fit.end_lineno - fit.lineno + 1 <= 60
+
+
+def test_every_relative_link_of_the_readme_and_doc_pages_exists():
+    missing = []
+    for page in [os.path.join(ROOT, "README.md")] + glob.glob(os.path.join(ROOT, "doc", "*.md")):
+        text = open(page, encoding="utf-8").read()
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if re.match(r"[a-z]+://", target):
+                continue
+            if not os.path.exists(os.path.join(os.path.dirname(page), target)):
+                missing.append("%s -> %s" % (os.path.relpath(page, ROOT), target))
+    assert missing == []
+
+
+def test_the_readme_leads():
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert len(text.splitlines()) <= 350
+    order = ["make demo", "source .venv/bin/activate", "## Train", "## Use the library",
+             "## The run folder", "## TensorBoard", "## Evaluate and compare",
+             "## Several GPUs and machines", "## Resume and crash safety"]
+    positions = [text.index(marker) for marker in order]
+    assert positions == sorted(positions)
+    example = open(os.path.join(ROOT, "examples", "train_loop.py"), encoding="utf-8").read()
+    for line in ("loss_fn = TripletSemiHardLoss(margin=0.2)", "trainer.step(1)",
+                 "for images, labels in loader:"):
+        assert line in text and line in example, line
