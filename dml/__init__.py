@@ -6,21 +6,7 @@ Importing ``dml`` is cheap; the MXNet-backed parts live in submodules
 
 __version__ = "0.1.0"
 
-METHODS = (
-    "siamese",
-    "triplet",
-    "triplet_semihard",
-    "triplet_batch_hard",
-    "triplet_batch_all",
-    "online_contrastive",
-    "online_triplet",
-    "softmax",
-    "arcface",
-    "cosface",
-    "sphereface",
-)
-DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder")
-DISTANCES = ("euclidean", "squared", "cosine")
+from .registry import DATASETS, DISTANCES, METHODS  # noqa: E402,F401  (no MXNet import)
 
 
 class DmlError(Exception):

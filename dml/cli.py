@@ -7,8 +7,7 @@ import sys
 
 from . import DATASETS, DISTANCES, METHODS, DmlError, WriteFailed, __version__, error_summary
 
-SPLITS = ("test", "unseen")  # dml.data.SPLITS, without importing MXNet before OMP_NUM_THREADS
-KVSTORES = ("local", "device", "dist_sync", "dist_device_sync", "dist_async")
+from .registry import KVSTORES, SPLITS  # noqa: E402  (no MXNet import before OMP_NUM_THREADS)
 # what --resume lets change: the run's length and where it runs; everything else is the run's
 RESUME_MAY_CHANGE = ("epochs", "gpus", "cpus", "kvstore", "num_workers", "data_root")
 

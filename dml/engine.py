@@ -17,7 +17,6 @@ from tqdm import tqdm
 from . import DmlError, error_summary
 from .data import BatchLoader, SequentialBatches
 from .evaluation import all_metrics, embed, retrieval_metrics
-from .losses import mining
 from .hooks import (Hooks, NonFiniteLoss, RunRecorder, StopGuard, TensorBoardLogger,
                     TrainingInterrupted, TrainState, set_rng_state)
 from .methods import gather_embeddings, get_method  # noqa: F401  (gather: part of the API)
@@ -335,7 +334,6 @@ def prepare_training(cfg, splits, net=None, ctx=None, workers=None):
     if net is None:
         seed_everything(cfg.seed)
         net = build_net(cfg, ctx)
-    mining.reset_warnings()
     method = get_method(cfg.method)
     # labels keep their values under --split unseen: the classifier covers the training labels
     model = method.build_model(net, int(np.max(splits.train.labels)) + 1, ctx, cfg)

@@ -8,11 +8,11 @@ what gets evaluated and exported, so the metrics of all methods mean the same th
 import mxnet as mx
 from mxnet import gluon
 
+from . import registry
 from .data import BalancedBatchSampler, PairDataset, ShuffledBatchSampler, TripletDataset
-from .losses import (ONLINE_TRIPLET_SELECTORS, PAIR_SELECTORS, ContrastiveLoss, OnlineContrastiveLoss,
-                     OnlineTripletLoss, TripletBatchAllLoss, TripletBatchHardLoss, TripletLoss,
-                     TripletSemiHardLoss)
-from .losses.margin import MARGIN_HEADS
+from .losses import (ContrastiveLoss, OnlineContrastiveLoss, OnlineTripletLoss, TripletBatchAllLoss,
+                     TripletBatchHardLoss, TripletMarginLoss, TripletSemiHardLoss)
+from .losses.heads import MARGIN_HEADS
 from .nets import ClassifierNet, MarginClassifierNet, SiameseNet, TripletNet
 
 
@@ -145,7 +145,7 @@ class SiameseMethod(_TupleMethod):
 
 class TripletMethod(_TupleMethod):
     batch_unit = "triplets"
-    wrapper, tuple_dataset, tuple_loss = TripletNet, TripletDataset, TripletLoss
+    wrapper, tuple_dataset, tuple_loss = TripletNet, TripletDataset, TripletMarginLoss
 
     def forward(self, model, loss_fn, anchor, positive, negative, labels):
         return loss_fn(*model(anchor, positive, negative))
@@ -208,11 +208,11 @@ METHODS = {m.name: m for m in [
     Method("triplet_batch_all", "triplet loss over every triplet with positive loss",
            TripletBatchAllLoss, stat="positive_triplet_fraction"),
     Method("online_contrastive", "contrastive loss on pairs mined in the batch",
-           OnlineContrastiveLoss, selectors=("hard_negative",) + tuple(
-               s for s in PAIR_SELECTORS if s != "hard_negative"), selector_arg="pair_selector"),
+           OnlineContrastiveLoss, selectors=registry.METHOD_SELECTORS["online_contrastive"],
+           selector_arg="pair_selector"),
     Method("online_triplet", "triplet loss on triplets mined in the batch",
-           OnlineTripletLoss, selectors=("random_hard",) + tuple(
-               s for s in ONLINE_TRIPLET_SELECTORS if s != "random_hard"), selector_arg="selector"),
+           OnlineTripletLoss, selectors=registry.METHOD_SELECTORS["online_triplet"],
+           selector_arg="selector"),
     SoftmaxMethod("softmax", "softmax cross-entropy classifier, penultimate layer as embedding",
                   None, stat="accuracy"),
     MarginSoftmaxMethod("arcface", "softmax over an additive angular margin head (ArcFace)",
@@ -222,6 +222,9 @@ METHODS = {m.name: m for m in [
     MarginSoftmaxMethod("sphereface", "softmax over a multiplicative angular margin head "
                         "(SphereFace, annealed)", MARGIN_HEADS["sphereface"]),
 ]}
+
+
+assert tuple(METHODS) == registry.METHODS, "dml.registry.METHODS and the methods table differ"
 
 
 def get_method(name):

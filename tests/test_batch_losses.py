@@ -5,11 +5,13 @@ import logging
 import mxnet as mx
 import numpy as np
 import pytest
+
+import mining_views
 from mxnet import autograd
 
 from dml.losses import (ContrastiveLoss, OnlineContrastiveLoss, OnlineTripletLoss,
-                        TripletBatchAllLoss, TripletBatchHardLoss, TripletLoss,
-                        TripletSemiHardLoss, batch, mining)
+                        TripletBatchAllLoss, TripletBatchHardLoss, TripletMarginLoss,
+                        TripletSemiHardLoss, batch)
 from reference import (naive_batch_all, naive_batch_hard, naive_contrastive, naive_distance,
                        naive_online_contrastive, naive_online_triplet_all, naive_triplet,
                        numeric_gradient)
@@ -105,7 +107,6 @@ def test_degenerate_batch_gives_zero_loss_zero_gradient_and_a_warning(name, labe
     else:
         loss_fn = make(name)
     with caplog.at_level(logging.WARNING, logger="dml"):
-        mining.reset_warnings()
         loss, fraction, (grad, _) = run(loss_fn, [x, labels])
     assert loss[0] == 0 and fraction[0] == 0
     assert np.all(grad == 0)
@@ -114,12 +115,23 @@ def test_degenerate_batch_gives_zero_loss_zero_gradient_and_a_warning(name, labe
 
 def test_degenerate_batch_warning_is_rate_limited(caplog):
     loss_fn = make("batch_hard")
-    mining.reset_warnings()
     with caplog.at_level(logging.WARNING, logger="dml"):
         for _ in range(12):
             run(loss_fn, [np.ones((4, 2)), np.zeros(4)])
     assert len(caplog.records) == 2  # the 1st and the 10th
     assert "10 such batches" in caplog.records[1].getMessage()
+
+
+def test_each_loss_instance_counts_its_own_degenerate_batches(caplog):
+    """The count was one module global that the engine reset: two losses (or two runs in one
+    process) shared it. Now each instance has its own."""
+    first, second = make("batch_hard"), make("batch_hard")
+    with caplog.at_level(logging.WARNING, logger="dml"):
+        for _ in range(3):
+            run(first, [np.ones((4, 2)), np.zeros(4)])
+        run(second, [np.ones((4, 2)), np.zeros(4)])
+    counts = [r.getMessage().split("(")[2].split(" such")[0] for r in caplog.records]
+    assert counts == ["1", "1"]  # the 1st of first, the 1st of second (not the 4th)
 
 
 def test_batch_all_fraction_falls_when_classes_separate():
@@ -173,9 +185,9 @@ def test_online_triplet_matches_naive_loss_on_its_choice(selector, hybridize, di
     loss, fraction, (grad, _) = run(loss_fn, [x, labels])
     d = naive_distance(x, distance)
     np.random.seed(seed)
-    chosen, valid = mining.select_negatives(d, labels, selector, margin)
+    chosen, valid = mining_views.select_negatives(d, labels, selector, margin)
     terms = [max(d[a, p] - d[a, chosen[a, p]] + margin, 0.0) for a, p in zip(*np.nonzero(valid))]
-    candidates = mining.candidate_pairs(labels, unordered=True).sum()
+    candidates = mining_views.candidate_pairs(labels, unordered=True).sum()
     np.testing.assert_allclose(loss[0], np.mean(terms) if terms else 0.0, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(fraction[0], len(terms) / max(candidates, 1), atol=1e-12)
     assert np.all(np.isfinite(grad))
@@ -190,7 +202,7 @@ def test_online_triplet_hardest_gradient_matches_finite_differences():
 
     def naive(v):
         d = naive_distance(v, "euclidean")
-        chosen, valid = mining.select_negatives(d, labels, "hardest", 2.0)
+        chosen, valid = mining_views.select_negatives(d, labels, "hardest", 2.0)
         terms = [max(d[a, p] - d[a, chosen[a, p]] + 2.0, 0) for a, p in zip(*np.nonzero(valid))]
         return np.mean(terms)
 
@@ -231,7 +243,7 @@ def test_triplet_loss_matches_naive_reference_and_finite_differences(hybridize, 
     a, p, n = rng.normal(size=(3, 20, 5))
     n[0] = a[0]
     margin = 0.5 if distance == "cosine" else 1.0
-    loss_fn = TripletLoss(margin=margin, distance=distance, return_active_fraction=True)
+    loss_fn = TripletMarginLoss(margin=margin, distance=distance, return_active_fraction=True)
     if hybridize:
         loss_fn.hybridize(static_alloc=True)
     loss, fraction, (ga, gp, gn) = run(loss_fn, [a, p, n])
@@ -246,7 +258,7 @@ def test_triplet_loss_matches_naive_reference_and_finite_differences(hybridize, 
 # -- bad input ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", [ContrastiveLoss, TripletLoss, TripletBatchHardLoss, TripletBatchAllLoss,
+@pytest.mark.parametrize("cls", [ContrastiveLoss, TripletMarginLoss, TripletBatchHardLoss, TripletBatchAllLoss,
                                  OnlineTripletLoss, OnlineContrastiveLoss])
 @pytest.mark.parametrize("bad", [0, -0.5, float("nan"), float("inf")])
 def test_margin_must_be_positive(cls, bad):
@@ -310,15 +322,15 @@ def test_propagate_non_finite_leaves_finite_values_and_gradients_bit_identical()
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_tuple_losses_give_nan_on_non_finite_input(bad):
-    from dml.losses import ContrastiveLoss, TripletLoss
+    from dml.losses import ContrastiveLoss, TripletMarginLoss
 
     a = mx.nd.random.normal(shape=(8, 4))
     a[2, 1] = bad
-    for value in (TripletLoss(margin=0.5)(a, a + 1, a * 2),
+    for value in (TripletMarginLoss(margin=0.5)(a, a + 1, a * 2),
                   ContrastiveLoss(margin=1.0)(a, a + 1, mx.nd.ones(8))):
         assert np.isnan(value.asscalar())
     clean = mx.nd.random.normal(shape=(8, 4))
-    assert np.isfinite(TripletLoss(margin=0.5)(clean, clean + 1, clean * 2).asscalar())
+    assert np.isfinite(TripletMarginLoss(margin=0.5)(clean, clean + 1, clean * 2).asscalar())
 
 
 @pytest.mark.parametrize("head", ["arcface", "cosface", "sphereface"])
@@ -326,7 +338,7 @@ def test_margin_heads_give_nan_logits_on_non_finite_input(head):
     """clip() inside the heads hid a NaN cosine."""
     from mxnet import gluon
 
-    from dml.losses.margin import MARGIN_HEADS
+    from dml.losses.heads import MARGIN_HEADS
 
     net = MARGIN_HEADS[head](4)
     net.initialize()

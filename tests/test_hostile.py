@@ -11,7 +11,6 @@ import json
 import os
 import pickle
 import shutil
-import signal
 import struct
 import subprocess
 import sys

@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
+import mining_views
 from dml.losses import mining
-from dml.losses.mining import anchor_negative_mask, anchor_positive_mask, semihard_negatives
+from dml.losses.mining import anchor_negative_mask, anchor_positive_mask
+from mining_views import semihard_negatives
 from reference import naive_allowed_negatives, naive_semihard_choice, numeric_gradient
 
 
@@ -43,14 +45,14 @@ def test_semihard_choice_is_allowed_by_the_definition(seed, integer_distances):
 def test_negative_selectors_choose_only_allowed_negatives(selector, seed, integer_distances):
     d, labels = random_case(seed, integer_distances)
     margin = 1.0 if integer_distances else 0.3
-    chosen, valid = mining.select_negatives(d, labels, selector, margin,
+    chosen, valid = mining_views.select_negatives(d, labels, selector, margin,
                                             rng=np.random.RandomState(seed))
     allowed = naive_allowed_negatives(d, labels, selector, margin)
     # exactly the pairs with an allowed negative are kept (so the counts are the definition's)
     assert set(zip(*np.nonzero(valid))) == {pair for pair, options in allowed.items() if options}
     for a, p in zip(*np.nonzero(valid)):
         assert chosen[a, p] in allowed[(a, p)], (a, p)
-    np.testing.assert_array_equal(mining.candidate_pairs(labels, unordered=True),
+    np.testing.assert_array_equal(mining_views.candidate_pairs(labels, unordered=True),
                                   np.array([[(a, p) in allowed for p in range(len(d))]
                                             for a in range(len(d))]))
 
@@ -65,20 +67,20 @@ def test_random_selectors_reach_every_allowed_negative(selector):
     labels = np.array([0, 0, 1, 1, 1])
     allowed = naive_allowed_negatives(d, labels, selector, 1.0)[(0, 1)]
     rng = np.random.RandomState(0)
-    seen = {mining.select_negatives(d, labels, selector, 1.0, rng=rng)[0][0, 1] for _ in range(200)}
+    seen = {mining_views.select_negatives(d, labels, selector, 1.0, rng=rng)[0][0, 1] for _ in range(200)}
     assert seen == allowed and len(allowed) == 2
 
 
 def test_unknown_negative_selector_is_rejected():
     with pytest.raises(ValueError, match="selector"):
-        mining.select_negatives(np.zeros((2, 2)), [0, 1], "easy")
+        mining_views.select_negatives(np.zeros((2, 2)), [0, 1], "easy")
 
 
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("integer_distances", [False, True])
 def test_batch_hard_matches_brute_force(seed, integer_distances):
     d, labels = random_case(seed, integer_distances)
-    pos, neg, valid = mining.batch_hard(d, labels)
+    pos, neg, valid = mining_views.batch_hard(d, labels)
     for a in range(len(d)):
         positives = [p for p in range(len(d)) if p != a and labels[p] == labels[a]]
         negatives = [n for n in range(len(d)) if labels[n] != labels[a]]
@@ -94,7 +96,7 @@ def test_batch_hard_matches_brute_force(seed, integer_distances):
 def test_triplet_sums_match_brute_force(seed, unordered, integer_distances):
     d, labels = random_case(seed, integer_distances)
     margin = 1.0
-    sums, active, total = mining.triplet_sums(d, labels, margin, unordered)
+    sums, active, total = mining_views.triplet_sums(d, labels, margin, unordered)
     for a in range(len(d)):
         negatives = [n for n in range(len(d)) if labels[n] != labels[a]]
         for p in range(len(d)):
@@ -110,13 +112,13 @@ def test_triplet_sums_gradient_matches_finite_differences(unordered):
     rng = np.random.default_rng(1)
     d, labels = rng.random((12, 12)) * 2, rng.integers(0, 3, size=12)
     weights = rng.random((12, 12))
-    grad = mining.triplet_sums_grad(d, labels, 0.5, weights, unordered)
+    grad = mining_views.triplet_sums_grad(d, labels, 0.5, weights, unordered)
     # the op hands the forward's active counts to the backward: the same gradient
-    active = mining.triplet_sums(d, labels, 0.5, unordered)[1]
+    active = mining_views.triplet_sums(d, labels, 0.5, unordered)[1]
     np.testing.assert_array_equal(
-        mining.triplet_sums_grad(d, labels, 0.5, weights, unordered, active=active), grad)
+        mining_views.triplet_sums_grad(d, labels, 0.5, weights, unordered, active=active), grad)
     numeric = numeric_gradient(
-        lambda v: np.sum(weights * mining.triplet_sums(v, labels, 0.5, unordered)[0]), d, h=1e-7)
+        lambda v: np.sum(weights * mining_views.triplet_sums(v, labels, 0.5, unordered)[0]), d, h=1e-7)
     np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-6)
 
 

@@ -66,7 +66,7 @@ def test_network_diagram_reads_the_built_network():
         sys.path.pop(0)
     info = describe("triplet", "resnet18_v1", 32)
     assert (info["wrapper"], info["inputs"], info["embedding_dim"]) == ("TripletNet", 3, 128)
-    assert (info["feature_dim"], info["loss"], info["margin"]) == (512, "TripletLoss", 0.5)
+    assert (info["feature_dim"], info["loss"], info["margin"]) == (512, "TripletMarginLoss", 0.5)
     assert describe("siamese", "resnet18_v1", 32)["loss"] == "ContrastiveLoss"
 
 

@@ -576,7 +576,7 @@ def class_subset(dataset, classes):
     return dataset.subset(np.flatnonzero(np.isin(dataset.labels, np.asarray(classes))))
 
 
-SPLITS = ("test", "unseen")
+from ..registry import SPLITS  # noqa: E402
 MIN_UNSEEN_CLASSES = 4
 
 

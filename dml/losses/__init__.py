@@ -1,7 +1,7 @@
 """Hybridizable Gluon losses.
 
 The batch losses are called as ``loss(embeddings, labels)``; :class:`ContrastiveLoss` as
-``loss(x1, x2, same_class)`` and :class:`TripletLoss` as ``loss(anchor, positive, negative)``.
+``loss(x1, x2, same_class)`` and :class:`TripletMarginLoss` as ``loss(anchor, positive, negative)``.
 Every loss takes ``margin=`` and ``distance='euclidean'|'squared'|'cosine'`` and returns the batch
 loss as a 1-element NDArray (with ``return_active_fraction=True``: ``(loss, fraction)``).
 The margin-softmax heads (:class:`ArcFace`, :class:`CosFace`, :class:`SphereFace`) are called as
@@ -9,13 +9,13 @@ The margin-softmax heads (:class:`ArcFace`, :class:`CosFace`, :class:`SphereFace
 """
 from .contrastive import PAIR_SELECTORS, ContrastiveLoss, OnlineContrastiveLoss
 from .distance import DISTANCES, pair_distance, pairwise_distance
-from .margin import MARGIN_HEADS, ArcFace, CosFace, SphereFace
+from .heads import MARGIN_HEADS, ArcFace, CosFace, SphereFace
 from .triplet import (ONLINE_TRIPLET_SELECTORS, OnlineTripletLoss, TripletBatchAllLoss,
-                      TripletBatchHardLoss, TripletLoss, TripletSemiHardLoss)
+                      TripletBatchHardLoss, TripletMarginLoss, TripletSemiHardLoss)
 
 __all__ = [
     "DISTANCES", "pair_distance", "pairwise_distance", "PAIR_SELECTORS", "ONLINE_TRIPLET_SELECTORS",
-    "ContrastiveLoss", "OnlineContrastiveLoss", "TripletLoss", "TripletSemiHardLoss",
+    "ContrastiveLoss", "OnlineContrastiveLoss", "TripletMarginLoss", "TripletSemiHardLoss",
     "TripletBatchHardLoss", "TripletBatchAllLoss", "OnlineTripletLoss",
     "MARGIN_HEADS", "ArcFace", "CosFace", "SphereFace",
 ]

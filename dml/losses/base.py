@@ -1,4 +1,5 @@
 """What every dml loss shares: a margin > 0, a distance, and the optional second output."""
+import itertools
 import math
 
 from mxnet import gluon
@@ -31,7 +32,10 @@ def propagate_non_finite(F, value, *inputs):
     return F.broadcast_mul(value, 1 + F.BlockGrad(poison))
 
 
-class MarginLoss(gluon.loss.Loss):
+_instances = itertools.count()
+
+
+class BaseLoss(gluon.loss.Loss):
     """Base of the dml losses: ``margin`` (> 0, else ``ValueError``), ``distance``
     ('euclidean'|'squared'|'cosine') and ``return_active_fraction``: when True a loss returns
     ``(loss, fraction)``, else the loss alone."""
@@ -41,6 +45,15 @@ class MarginLoss(gluon.loss.Loss):
         self._margin = check_margin(margin)
         self._distance = check_distance(distance)
         self._return_active_fraction = return_active_fraction
+        self._warn_key = "%s-%d" % (type(self).__name__, next(_instances))
+
+    def _host(self, F, embeddings, labels, kind):
+        """``(loss, fraction)`` of ``kind`` through the fused host operator
+        (:func:`dml.losses.batch.host_loss`), counting this instance's no-tuple warnings."""
+        from .batch import host_loss
+
+        return host_loss(F, embeddings, labels, kind, self._margin, self._distance,
+                         self._warn_key)
 
     def _result(self, loss, fraction, F=None, inputs=()):
         """``loss`` (and ``fraction``), both NaN when ``inputs`` hold a NaN or an infinity (see

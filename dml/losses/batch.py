@@ -20,9 +20,16 @@ import numpy as np
 
 from . import kernels, mining
 
+class _NoTuples(Exception):
+    """A batch that forms no tuple of the kind: zero loss, zero gradient, a counted warning."""
+
+    def __init__(self, what):
+        super().__init__(what)
+        self.what = what
+
+
 def _degenerate(codes, what="triplet"):
-    mining.warn_no_tuples(codes, what)
-    return 0.0, 0.0, None
+    raise _NoTuples(what)
 
 
 def _pair_terms(dist, margin, anchors, positives, negatives, num_pairs, need_grad):
@@ -148,13 +155,16 @@ def _check_kind(kind):
         raise ValueError("kind must be one of %s, not %r" % ("|".join(KINDS), kind))
 
 
-def batch_loss(x, labels, kind, margin=1.0, distance="euclidean", rng=None, need_grad=False):
+def batch_loss(x, labels, kind, margin=1.0, distance="euclidean", rng=None, need_grad=False,
+               warnings=None):
     """The batch loss ``kind`` (one of ``KINDS``; see the loss classes for each definition) of
     embeddings ``x`` (B x D, float32 or float64) with ``labels``, in numpy.
 
     Returns ``(loss, fraction, grad)``: floats, and d loss / d x (B x D, x's dtype) when
     ``need_grad``, else None. A batch that forms no tuple gives (0, 0) and a zero gradient; an
-    ``x`` holding a NaN or an infinity gives NaN for all three.
+    ``x`` holding a NaN or an infinity gives NaN for all three. ``warnings``: the
+    :class:`mining.NoTupleWarnings` that counts batches forming no tuple (default: one shared by
+    the numpy callers).
     """
     _check_kind(kind)
     x = np.ascontiguousarray(x)
@@ -165,7 +175,11 @@ def batch_loss(x, labels, kind, margin=1.0, distance="euclidean", rng=None, need
         return nan, nan, (np.full_like(x, nan) if need_grad else None)
     codes = mining.label_codes(labels)
     dist, aux = kernels.distances(x, distance)
-    loss, fraction, weights = _LOSSES[kind](dist, codes, margin, rng, need_grad)
+    try:
+        loss, fraction, weights = _LOSSES[kind](dist, codes, margin, rng, need_grad)
+    except _NoTuples as empty:
+        (warnings or mining.no_tuple_warnings("numpy")).warn(codes, empty.what)
+        loss, fraction, weights = 0.0, 0.0, None
     grad = None
     if need_grad:
         grad = (np.zeros_like(x) if weights is None
@@ -185,23 +199,25 @@ def warm_up():
                 batch_loss(x, labels, kind, 1.0, distance, rng=rng, need_grad=True)
 
 
-def host_loss(F, embeddings, labels, kind, margin, distance):
+def host_loss(F, embeddings, labels, kind, margin, distance, warn_key="numpy"):
     """``(loss, fraction)`` of the batch, each of shape (1,), through the ``dml_batch_loss``
-    operator; only the loss carries a gradient (to the embeddings)."""
+    operator; only the loss carries a gradient (to the embeddings). ``warn_key`` names the
+    loss instance whose no-tuple warnings are counted (:func:`mining.no_tuple_warnings`)."""
     loss, fraction = F.Custom(embeddings, F.BlockGrad(labels), op_type="dml_batch_loss",
-                              kind=kind, margin=margin, distance=distance)
+                              kind=kind, margin=margin, distance=distance, warn_key=warn_key)
     return loss, F.BlockGrad(fraction)
 
 
 class _BatchLossOp(mx.operator.CustomOp):
-    def __init__(self, kind, margin, distance):
+    def __init__(self, kind, margin, distance, warn_key):
         self.kind, self.margin, self.distance = kind, margin, distance
+        self.warnings = mining.no_tuple_warnings(warn_key)
         self._saved = None
 
     def _run(self, in_data, need_grad):
         x, labels = in_data[0].asnumpy(), in_data[1].asnumpy()
         loss, fraction, grad = batch_loss(x, labels, self.kind, self.margin, self.distance,
-                                          need_grad=need_grad)
+                                          need_grad=need_grad, warnings=self.warnings)
         # the backward pass checks that it is handed the inputs this gradient belongs to
         self._saved = (x, labels, grad) if need_grad else None
         return loss, fraction, grad
@@ -227,12 +243,13 @@ class _BatchLossOp(mx.operator.CustomOp):
 @mx.operator.register("dml_batch_loss")
 class _BatchLossProp(mx.operator.CustomOpProp):
     """Inputs: embeddings (B x D), labels (B). Outputs: loss and fraction, each (1,).
-    Parameters: kind (one of ``KINDS``), margin, distance."""
+    Parameters: kind (one of ``KINDS``), margin, distance, warn_key (whose warnings count)."""
 
-    def __init__(self, kind="semihard_tf", margin=1.0, distance="euclidean"):
+    def __init__(self, kind="semihard_tf", margin=1.0, distance="euclidean", warn_key="numpy"):
         super().__init__(need_top_grad=True)
         _check_kind(kind)
         self.kind, self.margin, self.distance = kind, float(margin), distance
+        self.warn_key = warn_key
 
     def list_arguments(self):
         return ["embeddings", "labels"]
@@ -250,4 +267,4 @@ class _BatchLossProp(mx.operator.CustomOpProp):
         return list(in_data) + [out_grad[0]]
 
     def create_operator(self, ctx, shapes, dtypes):
-        return _BatchLossOp(self.kind, self.margin, self.distance)
+        return _BatchLossOp(self.kind, self.margin, self.distance, self.warn_key)

@@ -1,13 +1,12 @@
 """Contrastive losses: on given pairs (siamese) and on every pair of a batch (online)."""
 from . import mining
-from .base import MarginLoss
-from .batch import host_loss
+from .base import BaseLoss
 from .distance import pair_distance
 
 PAIR_SELECTORS = mining.PAIR_SELECTORS
 
 
-class ContrastiveLoss(MarginLoss):
+class ContrastiveLoss(BaseLoss):
     r"""Contrastive loss (Hadsell, Chopra and LeCun 2006) on pairs of embeddings:
 
     .. math:: L = \frac{1}{2B} \sum_i \left[ y_i d_i^2 + (1 - y_i) \max(m - d_i, 0)^2 \right]
@@ -15,6 +14,15 @@ class ContrastiveLoss(MarginLoss):
     with d_i = d(x1_i, x2_i) and y_i = 1 when the pair is of one class, 0 otherwise. Called as
     ``loss(x1, x2, y)``; returns the batch loss as a 1-element array, and with
     ``return_active_fraction=True`` also the fraction of pairs with non-zero loss.
+
+    Inputs:
+        - **x1**, **x2**: (B, D) embeddings of B pairs.
+        - **y**: (B,) 1 for a pair of one class, 0 otherwise.
+
+    Outputs:
+        - **loss**: (1,), the batch mean (train with ``trainer.step(1)``, not the batch size);
+          NaN, with a NaN gradient, when an embedding holds a NaN or an infinity.
+        - **fraction** (with ``return_active_fraction=True``): (1,), no gradient.
     """
 
     def hybrid_forward(self, F, x1, x2, y):
@@ -25,7 +33,7 @@ class ContrastiveLoss(MarginLoss):
                             F.mean(per_pair > 0, axis=0, keepdims=True), F, (x1, x2))
 
 
-class OnlineContrastiveLoss(MarginLoss):
+class OnlineContrastiveLoss(BaseLoss):
     r"""Contrastive loss over pairs selected within a batch (adambielski/siamese-triplet), with
     the same halved Hadsell terms as :class:`ContrastiveLoss`:
 
@@ -37,6 +45,15 @@ class OnlineContrastiveLoss(MarginLoss):
     pairs. A batch without both a positive and a negative pair gives zero loss (and a logged
     warning). Called as ``loss(embeddings, labels)``; the active fraction is the fraction of the
     selected pairs with non-zero loss.
+
+    Inputs:
+        - **embeddings**: (B, D) embeddings of the batch.
+        - **labels**: (B,) their class labels.
+
+    Outputs:
+        - **loss**: (1,), the batch mean (train with ``trainer.step(1)``, not the batch size);
+          NaN, with a NaN gradient, when an embedding holds a NaN or an infinity.
+        - **fraction** (with ``return_active_fraction=True``): (1,), no gradient.
     """
 
     def __init__(self, margin=1.0, pair_selector="all_positive", distance="euclidean",
@@ -48,5 +65,4 @@ class OnlineContrastiveLoss(MarginLoss):
         self._selector = pair_selector
 
     def hybrid_forward(self, F, embeddings, labels):
-        return self._result(*host_loss(F, embeddings, labels, self._selector, self._margin,
-                                       self._distance))
+        return self._result(*self._host(F, embeddings, labels, self._selector))

@@ -10,7 +10,7 @@ For embeddings x (B x D):
 One B x D . D x B product and a few elementwise passes over B x B.
 """
 
-DISTANCES = ("euclidean", "squared", "cosine")
+from ..registry import DISTANCES  # noqa: E402
 _NORM_EPS = 1e-12
 
 

@@ -1,10 +1,9 @@
 """Triplet losses over a batch of embeddings and their labels (online mining)."""
-from .base import MarginLoss
-from .batch import host_loss
+from .base import BaseLoss
 from .distance import pair_distance
 
 
-class TripletSemiHardLoss(MarginLoss):
+class TripletSemiHardLoss(BaseLoss):
     r"""Semi-hard triplet loss (FaceNet; TensorFlow's ``triplet_semihard_loss``).
 
     For every ordered positive pair (a, p) of the batch, the negative is the closest n with
@@ -21,14 +20,22 @@ class TripletSemiHardLoss(MarginLoss):
     Called as ``loss(embeddings, labels)`` it returns the batch loss as a 1-element array; with
     ``return_active_fraction=True`` it returns ``(loss, active_fraction)``, the fraction of P with
     non-zero loss.
+
+    Inputs:
+        - **embeddings**: (B, D) embeddings of the batch.
+        - **labels**: (B,) their class labels.
+
+    Outputs:
+        - **loss**: (1,), the batch mean (train with ``trainer.step(1)``, not the batch size);
+          NaN, with a NaN gradient, when an embedding holds a NaN or an infinity.
+        - **fraction** (with ``return_active_fraction=True``): (1,), no gradient.
     """
 
     def hybrid_forward(self, F, embeddings, labels):
-        return self._result(*host_loss(F, embeddings, labels, "semihard_tf", self._margin,
-                                       self._distance))
+        return self._result(*self._host(F, embeddings, labels, "semihard_tf"))
 
 
-class TripletLoss(MarginLoss):
+class TripletMarginLoss(BaseLoss):
     r"""Triplet loss on given (anchor, positive, negative) embeddings (Schroff et al. 2015):
 
     .. math:: L = \frac{1}{B} \sum_i \max(d(a_i, p_i) - d(a_i, n_i) + m, 0)
@@ -36,6 +43,16 @@ class TripletLoss(MarginLoss):
     Called as ``loss(anchor, positive, negative)`` (three B x D arrays), it returns the batch loss
     as a 1-element array, plus with ``return_active_fraction=True`` the fraction of triplets with
     non-zero loss.
+
+    Inputs:
+        - **anchor**, **positive**, **negative**: (B, D) embeddings of B triplets.
+
+    Outputs:
+        - **loss**: (1,), the batch mean (train with ``trainer.step(1)``, not the batch size);
+          NaN, with a NaN gradient, when an embedding holds a NaN or an infinity. Unlike
+          ``mxnet.gluon.loss.TripletLoss`` (per-sample squared distances), it takes ``distance``
+          and returns the mean.
+        - **fraction** (with ``return_active_fraction=True``): (1,), no gradient.
     """
 
     def hybrid_forward(self, F, anchor, positive, negative):
@@ -46,7 +63,7 @@ class TripletLoss(MarginLoss):
                             F, (anchor, positive, negative))
 
 
-class TripletBatchHardLoss(MarginLoss):
+class TripletBatchHardLoss(BaseLoss):
     r"""Batch-hard triplet loss (Hermans et al. 2017): per anchor the farthest positive and the
     closest negative of the batch,
 
@@ -55,14 +72,22 @@ class TripletBatchHardLoss(MarginLoss):
     over the anchors A that have a positive and a negative. Mining (``kernels.batch_hard``, one
     pass over the distances) picks indices; the gradient flows through the two chosen distances
     per anchor. The active fraction is the fraction of A with non-zero loss.
+
+    Inputs:
+        - **embeddings**: (B, D) embeddings of the batch.
+        - **labels**: (B,) their class labels.
+
+    Outputs:
+        - **loss**: (1,), the batch mean (train with ``trainer.step(1)``, not the batch size);
+          NaN, with a NaN gradient, when an embedding holds a NaN or an infinity.
+        - **fraction** (with ``return_active_fraction=True``): (1,), no gradient.
     """
 
     def hybrid_forward(self, F, embeddings, labels):
-        return self._result(*host_loss(F, embeddings, labels, "batch_hard", self._margin,
-                                       self._distance))
+        return self._result(*self._host(F, embeddings, labels, "batch_hard"))
 
 
-class TripletBatchAllLoss(MarginLoss):
+class TripletBatchAllLoss(BaseLoss):
     r"""Batch-all triplet loss (Hermans et al. 2017): every valid triplet (a, p, n) of the batch
     (a != p of one class, n of another), averaged over the triplets with positive loss:
 
@@ -74,17 +99,25 @@ class TripletBatchAllLoss(MarginLoss):
     negatives are bucketed by binary search among its sorted d(a,p) + m and prefix sums give every
     pair's sum and count, and the gradient the same way (``kernels.triplet_sums``):
     O(B^2 log P), no B x B x B tensor.
+
+    Inputs:
+        - **embeddings**: (B, D) embeddings of the batch.
+        - **labels**: (B,) their class labels.
+
+    Outputs:
+        - **loss**: (1,), the batch mean (train with ``trainer.step(1)``, not the batch size);
+          NaN, with a NaN gradient, when an embedding holds a NaN or an infinity.
+        - **fraction** (with ``return_active_fraction=True``): (1,), no gradient.
     """
 
     def hybrid_forward(self, F, embeddings, labels):
-        return self._result(*host_loss(F, embeddings, labels, "batch_all", self._margin,
-                                       self._distance))
+        return self._result(*self._host(F, embeddings, labels, "batch_all"))
 
 
-ONLINE_TRIPLET_SELECTORS = ("all", "hardest", "random_hard", "semihard")
+from ..registry import ONLINE_TRIPLET_SELECTORS  # noqa: E402
 
 
-class OnlineTripletLoss(MarginLoss):
+class OnlineTripletLoss(BaseLoss):
     r"""Online triplet loss with a triplet selector, as adambielski/siamese-triplet: for each
     positive pair a < p of the batch,
 
@@ -100,6 +133,15 @@ class OnlineTripletLoss(MarginLoss):
 
     A batch where no triplet qualifies gives zero loss. The active fraction is the fraction of the
     positive pairs that got a triplet (for ``all``: of all triplets, those with positive loss).
+
+    Inputs:
+        - **embeddings**: (B, D) embeddings of the batch.
+        - **labels**: (B,) their class labels.
+
+    Outputs:
+        - **loss**: (1,), the batch mean (train with ``trainer.step(1)``, not the batch size);
+          NaN, with a NaN gradient, when an embedding holds a NaN or an infinity.
+        - **fraction** (with ``return_active_fraction=True``): (1,), no gradient.
     """
 
     def __init__(self, margin=1.0, selector="random_hard", distance="euclidean",
@@ -111,5 +153,4 @@ class OnlineTripletLoss(MarginLoss):
         self._selector = selector
 
     def hybrid_forward(self, F, embeddings, labels):
-        return self._result(*host_loss(F, embeddings, labels, self._selector, self._margin,
-                                       self._distance))
+        return self._result(*self._host(F, embeddings, labels, self._selector))
