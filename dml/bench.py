@@ -210,7 +210,7 @@ def cmd_train(args):
 
     from .config import RunConfig, defaults_for
     from .data import load_digits
-    from .engine import (build_loss, build_net, build_train_loader, build_trainer,
+    from .engine import (build_loss, build_net, build_train_loader, build_trainer, net_options,
                          make_contexts, seed_everything, train_step)
     from .methods import get_method
 
@@ -230,8 +230,8 @@ def cmd_train(args):
         cfg = RunConfig.from_dict(values)
         ctx = make_contexts([], 0)
         seed_everything(0)
-        net = build_net(cfg, ctx)
-        model = method.build_model(net, splits.num_classes, ctx, cfg)
+        net = build_net(ctx, **net_options(cfg))
+        model = method.build_model(net, splits.num_classes, ctx, cfg.margin, cfg.scale)
         model.hybridize(static_alloc=True, static_shape=True)
         loss_fn = build_loss(cfg)
         loss_fn.hybridize(static_alloc=True, static_shape=True)

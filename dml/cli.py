@@ -2,6 +2,7 @@
 import argparse
 import logging
 import math
+import re
 import os
 import sys
 
@@ -283,7 +284,7 @@ def cmd_doctor(args):
 
 
 def config_from_args(args):
-    from .config import RunConfig, defaults_for
+    from .config import RunConfig, defaults_for, validate
 
     if args.resume is not None:
         return resume_config(args)
@@ -318,23 +319,15 @@ def config_from_args(args):
             values[key] = given
     if args.gpus is None:
         values["gpus"] = _all_gpus()
-    if values["gpus"] and values["cpus"]:
-        raise DmlError("--gpus and --cpus exclude each other: pick one")
     cfg = RunConfig.from_dict(values)
-    _check_kvstore(cfg)
-    _check_devices(cfg)
-    try:
-        method.check_config(cfg)
-    except ValueError as err:
-        raise DmlError("%s: %s (--margin %g, --scale %g)" % (args.method, err, cfg.margin,
-                                                          cfg.scale)) from None
+    validate(cfg)
     return cfg
 
 
 def resume_config(args):
     """The stored config of ``--resume RUN_DIR`` with the options that may change; any other
     option given must agree with the run's."""
-    from .config import RunConfig
+    from .config import RunConfig, validate
     from .runs import RunDir
 
     run_dir = args.resume
@@ -360,10 +353,7 @@ def resume_config(args):
         cfg.gpus = []
     if args.gpus is not None and args.cpus is None:
         cfg.cpus = 0
-    if cfg.gpus and cfg.cpus:
-        raise DmlError("--gpus and --cpus exclude each other: pick one")
-    _check_kvstore(cfg)
-    _check_devices(cfg)
+    validate(cfg)
     return cfg
 
 
@@ -379,23 +369,6 @@ def _absolute_data_root(args):
     folder."""
     if getattr(args, "data_root", None):
         args.data_root = os.path.abspath(os.path.expanduser(args.data_root))
-
-
-def _check_devices(cfg):
-    """Every device needs at least one sample of each batch."""
-    devices = len(cfg.gpus) or max(cfg.cpus, 1)
-    per_batch = cfg.batch_size or cfg.n_classes * cfg.n_samples
-    if devices > per_batch:
-        raise DmlError("%d devices (%s) but a batch holds only %d samples: every device needs at "
-                       "least one; use fewer devices or a larger batch"
-                       % (devices, "--gpus" if cfg.gpus else "--cpus", per_batch))
-
-
-def _check_kvstore(cfg):
-    if cfg.kvstore == "dist_async" and cfg.lr_steps:
-        raise DmlError("--kvstore dist_async updates on the servers, which keep the first learning "
-                       "rate: --lr-steps %s cannot apply (pass --lr-steps '' or use dist_sync)"
-                       % ",".join(map(str, cfg.lr_steps)))
 
 
 def _shown(value):
@@ -416,7 +389,7 @@ def _all_gpus():
 def _check_gpus(gpus):
     from .gpus import check_gpus
 
-    check_gpus(gpus, cpu_hint="--gpus ''")
+    check_gpus(gpus)
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -614,6 +587,32 @@ _DEPENDENCIES = ("mxnet", "gluoncv", "mxboard", "numpy", "numba", "sklearn", "sc
                  "matplotlib")
 
 
+def as_flags(text, flags):
+    """A library message in command-line words: the library names Python parameters
+    (``data_root=/x``, `` `n_classes` ``); here they are the flags ``--data-root /x``,
+    ``--n-classes``. Only names in ``flags`` (the parser's destinations) are changed."""
+    def flag(name):
+        return "--" + name.replace("_", "-")
+
+    text = re.sub(r"`([a-z][a-z_]*)`", lambda m: flag(m.group(1)) if m.group(1) in flags
+                  else m.group(0), text)
+    return re.sub(r"(?<![\w-])([a-z][a-z_]*)=(?=\S)", lambda m: flag(m.group(1)) + " "
+                  if m.group(1) in flags else m.group(0), text)
+
+
+def _destinations(parser):
+    """The destinations of every ``--option`` of ``parser`` and its subcommands."""
+    names = set()
+    for action in parser._actions:  # pylint: disable=protected-access
+        if any(o.startswith("--") for o in action.option_strings):
+            names.add(action.dest)
+        for choice in getattr(action, "choices", None) or {}:
+            sub = action.choices[choice] if isinstance(action.choices, dict) else None
+            if sub is not None:
+                names |= _destinations(sub)
+    return names
+
+
 def main(argv=None):
     # MXNet's OpenMP pool otherwise starts with one thread on some machines: use every core.
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
@@ -623,7 +622,8 @@ def main(argv=None):
     try:
         return args.func(args)
     except DmlError as err:
-        sys.stderr.write("dml %s: error: %s\n" % (args.command, err))
+        sys.stderr.write("dml %s: error: %s\n" % (args.command, as_flags(str(err),
+                                                                      _destinations(parser))))
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("dml %s: interrupted\n" % args.command)

@@ -65,3 +65,50 @@ def defaults_for(method, dataset):
     values.update(dataset_values)
     values.update(METHOD_DATASET_DEFAULTS.get((method, dataset), {}))
     return values
+
+
+def validate(cfg, splits=None):
+    """The one place a :class:`RunConfig` is checked: every problem is a :class:`dml.DmlError`
+    naming the parameters (the CLI shows them as flags). Without ``splits`` the settings alone
+    (devices, kvstore, the method's margin and scale); with the loaded ``splits`` also whether the
+    batches fit the training data."""
+    from . import DmlError
+    from .methods import get_method
+
+    if cfg.gpus and cfg.cpus:
+        raise DmlError("`gpus` and `cpus` exclude each other: pick one")
+    devices = len(cfg.gpus) or max(cfg.cpus, 1)
+    per_batch = cfg.batch_size or cfg.n_classes * cfg.n_samples
+    if devices > per_batch:  # every device needs at least one sample of each batch
+        raise DmlError("%d devices (%s) but a batch holds only %d samples: every device needs at "
+                       "least one; use fewer devices or a larger batch"
+                       % (devices, "`gpus`" if cfg.gpus else "`cpus`", per_batch))
+    if cfg.kvstore == "dist_async" and cfg.lr_steps:
+        raise DmlError("kvstore=dist_async updates on the servers, which keep the first learning "
+                       "rate: lr_steps=%s cannot apply (pass lr_steps='' or use dist_sync)"
+                       % ",".join(map(str, cfg.lr_steps)))
+    try:
+        get_method(cfg.method).check_options(cfg.margin, cfg.scale)
+    except ValueError as err:
+        raise DmlError("%s: %s (margin=%g, scale=%g)" % (cfg.method, err, cfg.margin,
+                                                         cfg.scale)) from None
+    if splits is None:
+        return
+    present = len(set(splits.train.labels.tolist()))
+    if cfg.batch_size:
+        if present < 2:
+            raise DmlError("%s needs at least 2 classes in the training split" % cfg.method)
+        if cfg.batch_size > len(splits.train):
+            raise DmlError("batch_size=%d is larger than the %d training images: lower "
+                           "`batch_size`" % (cfg.batch_size, len(splits.train)))
+        return
+    if cfg.n_classes > splits.num_classes:
+        raise DmlError("n_classes=%d but %s has only %d classes: pass n_classes=%d or fewer"
+                       % (cfg.n_classes, cfg.dataset, splits.num_classes, splits.num_classes))
+    if cfg.n_classes > present:
+        raise DmlError("n_classes=%d but the training split holds only %d classes: pass "
+                       "n_classes=%d or fewer" % (cfg.n_classes, present, present))
+    if len(splits.train) < cfg.n_classes * cfg.n_samples:
+        raise DmlError("a batch of %d x %d images is larger than the %d training images: lower "
+                       "`n_classes` or `n_samples`" % (cfg.n_classes, cfg.n_samples,
+                                                      len(splits.train)))

@@ -21,6 +21,7 @@ from .hooks import (Hooks, NonFiniteLoss, RunRecorder, StopGuard, TensorBoardLog
                     TrainingInterrupted, TrainState, set_rng_state)
 from .methods import gather_embeddings, get_method  # noqa: F401  (gather: part of the API)
 from .nets import EmbeddingNet
+from .config import validate
 from .runs import RunDir, settle
 
 log = logging.getLogger("dml")
@@ -36,7 +37,7 @@ def make_contexts(gpus=(), cpus=0):
         available = mx.context.num_gpus()
         missing = [g for g in gpus if g >= available]
         if missing:
-            raise DmlError("--gpus %s: this machine's mxnet sees %d GPU(s)%s: drop --gpus to train "
+            raise DmlError("gpus=%s: this machine's mxnet sees %d GPU(s)%s: drop `gpus` to train "
                            "on the CPU" % (",".join(map(str, gpus)), available,
                                            " (CPU-only build or no GPU)" if available == 0 else ""))
         return [mx.gpu(g) for g in gpus]
@@ -51,10 +52,19 @@ def seed_everything(seed):
     mx.random.seed(seed)
 
 
-def build_net(cfg, ctx):
-    net = EmbeddingNet(embedding_dim=cfg.embedding_dim, backbone=cfg.backbone,
-                       l2_normalize=cfg.l2_normalize, pretrained=cfg.pretrained)
-    if cfg.pretrained:
+def net_options(cfg):
+    """The :func:`build_net` arguments of a run's config."""
+    return dict(embedding_dim=cfg.embedding_dim, backbone=cfg.backbone,
+                l2_normalize=cfg.l2_normalize, pretrained=cfg.pretrained)
+
+
+def build_net(ctx, embedding_dim=128, backbone="resnet18_v1", l2_normalize=False,
+              pretrained=False):
+    """An initialized :class:`EmbeddingNet` on ``ctx`` (GluonCV's ImageNet weights for the
+    backbone with ``pretrained``)."""
+    net = EmbeddingNet(embedding_dim=embedding_dim, backbone=backbone, l2_normalize=l2_normalize,
+                       pretrained=pretrained)
+    if pretrained:
         net.embedding.initialize(mx.init.Xavier(), ctx=ctx)
         net.features.collect_params().reset_ctx(ctx)
     else:
@@ -63,14 +73,17 @@ def build_net(cfg, ctx):
 
 
 def build_loss(cfg):
-    return get_method(cfg.method).build_loss(cfg)
+    """The loss of a run's config (its method's, with its margin, distance and selector)."""
+    return get_method(cfg.method).build_loss(cfg.margin, cfg.distance, cfg.selector)
 
 
 def build_train_loader(cfg, splits, num_parts=1, part_index=0):
     """The training batches; of a distributed job, worker ``part_index``'s shard."""
     method = get_method(cfg.method)
-    dataset = method.train_dataset(cfg, splits.train)
-    return BatchLoader(dataset, method.batch_sampler(cfg, dataset, num_parts, part_index),
+    dataset = method.train_dataset(splits.train, cfg.seed)
+    sampler = method.batch_sampler(dataset, cfg.n_classes, cfg.n_samples, cfg.batch_size,
+                                   cfg.seed, num_parts, part_index)
+    return BatchLoader(dataset, sampler,
                        splits.mean, splits.std,
                        augment=splits.augment if cfg.augment else None, seed=cfg.seed,
                        num_workers=cfg.num_workers)
@@ -90,7 +103,7 @@ def make_kvstore(kind):
         return None
     missing = [name for name in DIST_ENV if name not in os.environ]
     if missing:
-        raise DmlError("--kvstore %s needs the environment of MXNet's launcher (%s not set): start "
+        raise DmlError("kvstore=%s needs the environment of MXNet's launcher (%s not set): start "
                        "the job with python scripts/launch.py -n WORKERS -s SERVERS -- python -m "
                        "dml train ..." % (kind, ", ".join(missing)))
     return mx.kv.create(kind)
@@ -222,32 +235,40 @@ def check_embeddings(embeddings, what):
                     "backbone", len(embeddings), what)
 
 
-def embed_dataset(cfg, splits, net, ctx, dataset, desc):
-    loader = eval_loader(cfg, splits, dataset)
-    with tqdm(total=len(loader), desc=desc, unit="batch", disable=None, leave=False) as bar:
-        return embed(net, loader, ctx, progress=bar)
-
-
-def evaluate_net(cfg, splits, net, ctx, full=True):
+def evaluate_net(net, splits, ctx, distance="euclidean", full=True, pairs=None, seed=0,
+                 batch_size=256, num_workers=2):
     """Embed ``splits.test`` and score it -> ``(metrics, embeddings, labels)``. ``full`` adds the
-    clustering metrics, ``knn_accuracy`` (which embeds ``splits.references`` too) and, for the
-    siamese method, ``verification_auc`` on its fixed validation pairs; otherwise only the
-    retrieval metrics (cheap enough for every ``--eval-period`` epochs)."""
+    clustering metrics, ``knn_accuracy`` (which embeds ``splits.references`` too) and, with
+    ``pairs`` (fixed ``(i, j, same)`` test pairs), ``verification_auc``; otherwise only the
+    retrieval metrics (cheap enough for every evaluation period)."""
     settle()
-    embeddings, labels = embed_dataset(cfg, splits, net, ctx, splits.test,
-                                       "embedding %s split" % splits.split)
+
+    def embedded(dataset, desc):
+        loader = BatchLoader(dataset, SequentialBatches(len(dataset), batch_size), splits.mean,
+                             splits.std, augment=None, num_workers=num_workers)
+        with tqdm(total=len(loader), desc=desc, unit="batch", disable=None, leave=False) as bar:
+            return embed(net, loader, ctx, progress=bar)
+
+    embeddings, labels = embedded(splits.test, "embedding %s split" % splits.split)
     check_embeddings(embeddings, splits.split)
     if full:
-        references, reference_labels = embed_dataset(cfg, splits, net, ctx, splits.references,
-                                                      "embedding kNN references")
-        method = get_method(cfg.method)
-        pairs = method.val_dataset(cfg, splits.test).tuples if method.verification else None
-        metrics = all_metrics(embeddings, labels, references, reference_labels, cfg.distance,
-                              pairs=pairs, seed=cfg.seed)
+        references, reference_labels = embedded(splits.references, "embedding kNN references")
+        metrics = all_metrics(embeddings, labels, references, reference_labels, distance,
+                              pairs=pairs, seed=seed)
     else:
-        metrics = retrieval_metrics(embeddings, labels, cfg.distance)
+        metrics = retrieval_metrics(embeddings, labels, distance)
     metrics["split"] = splits.split
     return metrics, embeddings, labels
+
+
+def run_evaluation(cfg, splits, net, ctx, full=True):
+    """:func:`evaluate_net` with a run's settings (its distance, seed, batch size, loaders, and
+    the siamese method's fixed verification pairs)."""
+    method = get_method(cfg.method)
+    pairs = method.val_dataset(splits.test, cfg.seed).tuples if full and method.verification \
+        else None
+    return evaluate_net(net, splits, ctx, cfg.distance, full=full, pairs=pairs, seed=cfg.seed,
+                        batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers)
 
 
 def learning_rate_at(cfg, epoch):
@@ -333,10 +354,11 @@ def prepare_training(cfg, splits, net=None, ctx=None, workers=None):
     ctx = ctx or make_contexts(cfg.gpus, cfg.cpus)
     if net is None:
         seed_everything(cfg.seed)
-        net = build_net(cfg, ctx)
+        net = build_net(ctx, **net_options(cfg))
     method = get_method(cfg.method)
     # labels keep their values under --split unseen: the classifier covers the training labels
-    model = method.build_model(net, int(np.max(splits.train.labels)) + 1, ctx, cfg)
+    model = method.build_model(net, int(np.max(splits.train.labels)) + 1, ctx, cfg.margin,
+                               cfg.scale)
     model.hybridize(static_alloc=True, static_shape=True)
     loss_fn = build_loss(cfg)
     loss_fn.hybridize(static_alloc=True, static_shape=True)
@@ -358,13 +380,13 @@ def default_hooks(cfg, splits, run_dir, state, extra=None):
     :class:`dml.hooks.TensorBoardLogger` of ``run_dir``, then ``extra``."""
     method = state.method
     state.guard = StopGuard(state.model, cfg.log_interval)
-    val_set = method.val_dataset(cfg, splits.test)
+    val_set = method.val_dataset(splits.test, cfg.seed)
     val_loss = None
     if val_set is not None:
         val_loader = eval_loader(cfg, splits, val_set)
         val_loss = lambda s: validation_loss(s.method, s.model, s.loss_fn, val_loader, s.ctx)  # noqa: E731
-    recorder = RunRecorder(run_dir, cfg, lambda s, full: evaluate_net(cfg, splits, s.net, s.ctx,
-                                                                      full), val_loss)
+    recorder = RunRecorder(run_dir, cfg, lambda s, full: run_evaluation(cfg, splits, s.net, s.ctx,
+                                                                        full), val_loss)
     logger = TensorBoardLogger(run_dir, cfg, writes=state.workers.writes)
     return recorder, logger, Hooks([state.guard, recorder, logger] + list(extra or []))
 
@@ -398,7 +420,7 @@ def load_net(cfg, kind, path, ctx):
         if kind == "export":
             net = mx.gluon.SymbolBlock.imports(RunDir.export_symbol(path), ["data"], path, ctx=ctx)
         else:
-            net = build_net(cfg, ctx)
+            net = build_net(ctx, **net_options(cfg))
             load_weights(net, path, ctx=ctx)
     except DmlError:
         raise
@@ -431,8 +453,8 @@ def evaluate_run(run_dir, checkpoint="last", split=None, gpus=None, data_root=No
         cfg.data_root = data_root
     split = split or cfg.split
     if split == "unseen" and cfg.split != "unseen":
-        raise DmlError("%s trained on every class: --split unseen needs a run trained with "
-                       "--split unseen" % run.path)
+        raise DmlError("%s trained on every class: split=unseen needs a run trained with "
+                       "split=unseen" % run.path)
     kind, path, epoch = run.resolve(checkpoint)
     if checkpoint not in ("last", "best"):
         run.check_own(path)
@@ -448,7 +470,7 @@ def evaluate_run(run_dir, checkpoint="last", split=None, gpus=None, data_root=No
     log.info("evaluating %s (epoch %d) on the %s split of %s: %d images", path, epoch, split,
              cfg.dataset, len(splits.test))
     try:
-        metrics, embeddings, labels = evaluate_net(cfg, splits, net, ctx, full=True)
+        metrics, embeddings, labels = run_evaluation(cfg, splits, net, ctx, full=True)
     except NonFiniteLoss as err:
         raise DmlError("%s: %s" % (path, err)) from None
 
@@ -479,44 +501,23 @@ class Job:
         self.__dict__.update(kwargs)
 
 
-def _check_pk_batches(cfg, splits):
-    if cfg.n_classes > splits.num_classes:
-        raise DmlError("--n-classes %d but %s has only %d classes: pass --n-classes %d or fewer"
-                       % (cfg.n_classes, cfg.dataset, splits.num_classes, splits.num_classes))
-    present = len(set(splits.train.labels.tolist()))
-    if cfg.n_classes > present:
-        raise DmlError("--n-classes %d but the training split holds only %d classes: pass "
-                       "--n-classes %d or fewer" % (cfg.n_classes, present, present))
-    if len(splits.train) < cfg.n_classes * cfg.n_samples:
-        raise DmlError("a batch of %d x %d images is larger than the %d training images: lower "
-                       "--n-classes or --n-samples" % (cfg.n_classes, cfg.n_samples, len(splits.train)))
-
-
-def _check_plain_batches(cfg, splits):
-    if len(set(splits.train.labels.tolist())) < 2:
-        raise DmlError("%s needs at least 2 classes in the training split" % cfg.method)
-    if cfg.batch_size > len(splits.train):
-        raise DmlError("--batch-size %d is larger than the %d training images: lower --batch-size"
-                       % (cfg.batch_size, len(splits.train)))
-
-
 def _resume_point(run_dir, cfg):
     """The newest complete checkpoint of ``run_dir`` to continue ``cfg`` from (exit 2 when there
     is none, or the run is finished)."""
     states = RunDir(run_dir).complete_checkpoints()
     if not states:
-        raise DmlError("--resume %s: the run holds no complete checkpoint (params/state-*.json) "
+        raise DmlError("resume=%s: the run holds no complete checkpoint (params/state-*.json) "
                        "to continue from" % run_dir)
     state = states[-1]
     if state.get("method", cfg.method) != cfg.method:
-        raise DmlError("--resume %s: its checkpoint is of method %s, not %s"
+        raise DmlError("resume=%s: its checkpoint is of method %s, not %s"
                        % (run_dir, state["method"], cfg.method))
     if state["batch"] is None and state["epoch"] >= cfg.epochs and RunDir(run_dir).has(
             RunDir.METRICS):
-        raise DmlError("--resume %s: the run finished its %d epochs; pass --epochs N (more than "
+        raise DmlError("resume=%s: the run finished its %d epochs; pass epochs=N (more than "
                        "%d) to train it further" % (run_dir, state["epoch"], state["epoch"]))
     if state["epoch"] > cfg.epochs:
-        raise DmlError("--resume %s: the newest checkpoint is of epoch %d, past --epochs %d"
+        raise DmlError("resume=%s: the newest checkpoint is of epoch %d, past epochs=%d"
                        % (run_dir, state["epoch"], cfg.epochs))
     return state
 
@@ -530,7 +531,7 @@ def prepare(cfg, resume_dir=None, fit_classes=True):
     resume = _resume_point(resume_dir, cfg) if resume_dir else None
     ctx = make_contexts(cfg.gpus, cfg.cpus)
     seed_everything(cfg.seed)
-    net = build_net(cfg, ctx)
+    net = build_net(ctx, **net_options(cfg))
     splits = apply_split(load_dataset(cfg.dataset, cfg.data_root, cfg.image_size), cfg.split)
     if resume is not None:
         check_same_classes(RunDir(resume_dir).read(RunDir.CONFIG).get("class_names"), splits,
@@ -541,10 +542,7 @@ def prepare(cfg, resume_dir=None, fit_classes=True):
             log.info("--split unseen: %d training classes, so batches take %d classes "
                      "(--n-classes)", len(splits.train_classes), len(splits.train_classes))
             cfg.n_classes = len(splits.train_classes)
-        if cfg.batch_size:
-            _check_plain_batches(cfg, splits)
-        else:
-            _check_pk_batches(cfg, splits)
+        validate(cfg, splits)
     workers = Workers(make_kvstore(cfg.kvstore))
     if workers.count > 1 and cfg.batch_size == 0 and cfg.n_classes * cfg.n_samples * \
             workers.count > len(splits.train):

@@ -118,7 +118,7 @@ def _unsupported(indices, gpus, build):
             and not supports(build, by_index[i].capability)]
 
 
-def check_gpus(indices, gpus=None, build=None, cpu_hint="an empty GPU list"):
+def check_gpus(indices, gpus=None, build=None, cpu_hint="gpus=''"):
     """Raise :class:`dml.DmlError` when a GPU of ``indices`` has a compute capability the
     installed build has no code for (before a run folder exists); ``cpu_hint`` says how to ask
     for the CPU instead."""

@@ -47,28 +47,32 @@ class Method:
         self.name, self.summary, self._loss_cls = name, summary, loss_cls
         self.stat, self.selectors, self._selector_arg = stat, selectors, selector_arg
 
-    def build_model(self, net, num_classes, ctx, cfg=None):
+    def build_model(self, net, num_classes, ctx, margin=None, scale=None):
+        """What the batches run through: the embedding net itself, or a wrapper around it."""
         return net
 
-    def check_config(self, cfg):
-        """Raise ValueError for settings the method cannot take (before anything is written)."""
+    def check_options(self, margin, scale):
+        """Raise ValueError for a margin or scale the method cannot take (before anything is
+        written)."""
 
-    def build_loss(self, cfg):
-        kwargs = dict(margin=cfg.margin, distance=cfg.distance, return_active_fraction=True)
+    def build_loss(self, margin=1.0, distance="euclidean", selector=None):
+        kwargs = dict(margin=margin, distance=distance, return_active_fraction=True)
         if self._selector_arg:
-            kwargs[self._selector_arg] = cfg.selector
+            kwargs[self._selector_arg] = selector or self.selectors[0]
         return self._loss_cls(**kwargs)
 
-    def train_dataset(self, cfg, dataset):
+    def train_dataset(self, dataset, seed=0):
         return dataset
 
-    def val_dataset(self, cfg, dataset):
+    def val_dataset(self, dataset, seed=0):
         """A fixed set to report a validation loss on each epoch, or None."""
         return None
 
-    def batch_sampler(self, cfg, dataset, num_parts=1, part_index=0):
-        """``num_parts`` > 1: worker ``part_index``'s disjoint shard (distributed training)."""
-        return BalancedBatchSampler(dataset.labels, cfg.n_classes, cfg.n_samples, seed=cfg.seed,
+    def batch_sampler(self, dataset, n_classes=0, n_samples=0, batch_size=0, seed=0, num_parts=1,
+                      part_index=0):
+        """P x K batches of ``n_classes`` x ``n_samples`` (``batch_size`` is for the plain-batch
+        methods); ``num_parts`` > 1: worker ``part_index``'s disjoint shard."""
+        return BalancedBatchSampler(dataset.labels, n_classes, n_samples, seed=seed,
                                     num_parts=num_parts, part_index=part_index)
 
     def forward(self, model, loss_fn, images, labels):
@@ -96,8 +100,9 @@ class _PlainBatches(Method):
 
     pk_batches = False
 
-    def batch_sampler(self, cfg, dataset, num_parts=1, part_index=0):
-        return ShuffledBatchSampler(len(dataset), cfg.batch_size, seed=cfg.seed,
+    def batch_sampler(self, dataset, n_classes=0, n_samples=0, batch_size=0, seed=0, num_parts=1,
+                      part_index=0):
+        return ShuffledBatchSampler(len(dataset), batch_size, seed=seed,
                                     num_parts=num_parts, part_index=part_index)
 
     def forward_batch(self, model, loss_fn, parts, ctx):
@@ -120,17 +125,17 @@ class _TupleMethod(_PlainBatches):
 
     wrapper = tuple_dataset = tuple_loss = None
 
-    def build_model(self, net, num_classes, ctx, cfg=None):
+    def build_model(self, net, num_classes, ctx, margin=None, scale=None):
         return self.wrapper(net)
 
-    def build_loss(self, cfg):
-        return self.tuple_loss(margin=cfg.margin, distance=cfg.distance, return_active_fraction=True)
+    def build_loss(self, margin=1.0, distance="euclidean", selector=None):
+        return self.tuple_loss(margin=margin, distance=distance, return_active_fraction=True)
 
-    def train_dataset(self, cfg, dataset):
-        return self.tuple_dataset(dataset, train=True, seed=cfg.seed)
+    def train_dataset(self, dataset, seed=0):
+        return self.tuple_dataset(dataset, train=True, seed=seed)
 
-    def val_dataset(self, cfg, dataset):
-        return self.tuple_dataset(dataset, train=False, seed=cfg.seed)
+    def val_dataset(self, dataset, seed=0):
+        return self.tuple_dataset(dataset, train=False, seed=seed)
 
 
 class SiameseMethod(_TupleMethod):
@@ -154,12 +159,12 @@ class TripletMethod(_TupleMethod):
 class SoftmaxMethod(_PlainBatches):
     """Cross-entropy classification; the classifier's input (the embedding) is evaluated."""
 
-    def build_model(self, net, num_classes, ctx, cfg=None):
+    def build_model(self, net, num_classes, ctx, margin=None, scale=None):
         model = ClassifierNet(net, num_classes)
         model.classifier.initialize(mx.init.Xavier(), ctx=ctx)
         return model
 
-    def build_loss(self, cfg):
+    def build_loss(self, margin=1.0, distance="euclidean", selector=None):
         return gluon.loss.SoftmaxCrossEntropyLoss()
 
     def forward(self, model, loss_fn, images, labels):
@@ -180,14 +185,14 @@ class MarginSoftmaxMethod(SoftmaxMethod):
         super().__init__(name, summary, None, stat="accuracy")
         self.head_cls = head_cls
 
-    def build_head(self, cfg, num_classes):
-        return self.head_cls(num_classes, s=cfg.scale, m=cfg.margin)
+    def build_head(self, num_classes, margin, scale):
+        return self.head_cls(num_classes, s=scale, m=margin)
 
-    def check_config(self, cfg):
-        self.build_head(cfg, 2)
+    def check_options(self, margin, scale):
+        self.build_head(2, margin, scale)
 
-    def build_model(self, net, num_classes, ctx, cfg=None):
-        model = MarginClassifierNet(net, self.build_head(cfg, max(num_classes, 2)))
+    def build_model(self, net, num_classes, ctx, margin=None, scale=None):
+        model = MarginClassifierNet(net, self.build_head(max(num_classes, 2), margin, scale))
         model.classifier.initialize(ctx=ctx)
         return model
 

@@ -159,8 +159,8 @@ def backbone_features(name, pretrained=False, root=None):
     if pretrained:
         path = pretrained_file(name, root)
         if not os.path.isfile(path):
-            raise DmlError("--pretrained needs GluonCV's ImageNet weights for %s at %s (nothing is "
-                           "downloaded): copy that file there, or drop --pretrained" % (name, path))
+            raise DmlError("`pretrained` needs GluonCV's ImageNet weights for %s at %s (nothing is "
+                           "downloaded): copy that file there, or drop `pretrained`" % (name, path))
         try:
             # GluonCV's file holds the classifier too: only the features are kept
             net.load_parameters(path, ignore_extra=True)

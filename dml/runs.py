@@ -58,10 +58,10 @@ def create_run_dir(output_root, dataset, method, now=None):
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as err:
-        raise DmlError("cannot write to --output-root %s (%s): pass a writable folder"
+        raise DmlError("cannot write to output_root=%s (%s): pass a writable folder"
                        % (output_root, err.strerror or err)) from None
     if not os.access(parent, os.W_OK):
-        raise DmlError("cannot write to --output-root %s: pass a writable folder" % output_root)
+        raise DmlError("cannot write to output_root=%s: pass a writable folder" % output_root)
     suffix = 1
     while True:
         name = stamp if suffix == 1 else "%s-%d" % (stamp, suffix)
@@ -135,17 +135,17 @@ def resolve_checkpoint(run_dir, checkpoint):
         info = os.path.join(params_dir, "best", "best.json")
         if not (os.path.isfile(path) and os.path.isfile(info)):
             raise DmlError("%s holds no best checkpoint (params/best/): it is written when a run "
-                           "finishes or evaluates (--eval-period)" % run_dir)
+                           "finishes or evaluates (`eval_period`)" % run_dir)
         return "net", path, int(read_json(info)["epoch"])
     if not os.path.isfile(checkpoint):
-        raise DmlError("--checkpoint %s: no such file (pass last, best or a .params file)"
+        raise DmlError("checkpoint=%s: no such file (pass last, best or a .params file)"
                        % checkpoint)
     name = os.path.basename(checkpoint)
     export = _EXPORT_PARAMS.match(name)
     if export:
         symbol = os.path.join(os.path.dirname(checkpoint), "embedding-symbol.json")
         if not os.path.isfile(symbol):
-            raise DmlError("--checkpoint %s is a net.export file but %s is missing"
+            raise DmlError("checkpoint=%s is a net.export file but %s is missing"
                            % (checkpoint, symbol))
         return "export", checkpoint, int(export.group(1))
     net = _NET_PARAMS.match(name)
@@ -380,8 +380,8 @@ class RunDir:
         overwrite this run's metrics.json with the numbers of another network."""
         params = os.path.realpath(self.params)
         if os.path.commonpath([params, os.path.realpath(path)]) != params:
-            raise DmlError("--checkpoint %s is not in %s: evaluate a run's own checkpoints "
-                           "(python -m dml evaluate THAT_RUN --checkpoint %s), or copy the file "
+            raise DmlError("checkpoint=%s is not in %s: evaluate a run's own checkpoints "
+                           "(python -m dml evaluate THAT_RUN checkpoint=%s), or copy the file "
                            "into %s/ to score it as this run" % (path, self.params, path,
                                                                  self.params))
 

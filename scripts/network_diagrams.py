@@ -34,7 +34,7 @@ def describe(method_name, backbone, image_size):
     outputs = model(*inputs)
     features = net.features(x)
     stages = [type(block).__name__ for block in net.features._children.values()]
-    loss = method.build_loss(cfg)
+    loss = method.build_loss(cfg.margin, cfg.distance, cfg.selector)
     n_params = sum(int(p.data().size) for p in net.collect_params().values())
     return dict(
         wrapper=type(model).__name__, inputs=model.num_inputs, image=tuple(x.shape[1:]),

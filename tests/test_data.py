@@ -35,7 +35,7 @@ def test_cifar_missing_names_folder_and_files(tmp_path):
     message = str(err.value)
     assert str(tmp_path) in message
     for expected in ("cifar-10-batches-py/", "cifar-10-batches-bin/", "cifar-10-python.tar.gz",
-                     "cifar-10-binary.tar.gz", "--data-root"):
+                     "cifar-10-binary.tar.gz", "`data_root`"):
         assert expected in message
     assert "\n" not in message
 
@@ -129,7 +129,7 @@ def test_folder_loader(tmp_path):
 
 
 def test_folder_bad_inputs(tmp_path):
-    with pytest.raises(DmlError, match="needs --data-root"):
+    with pytest.raises(DmlError, match="needs data_root=ROOT"):
         load_folder(None)
     with pytest.raises(DmlError, match="train is not a folder"):
         load_folder(str(tmp_path))

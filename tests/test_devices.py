@@ -36,7 +36,7 @@ def _one_step(method_name, ctx, batch, selector=None, **cfg_args):
     cfg = RunConfig(method=method_name, selector=selector, margin=0.2, **cfg_args)
     method = get_method(method_name)
     net = _net(ctx)
-    model = method.build_model(net, 4, ctx, cfg)
+    model = method.build_model(net, 4, ctx, cfg.margin, cfg.scale)
     loss_fn = build_loss(cfg)
     loss_fn.hybridize()
     trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": 0.5}, kvstore="device")

@@ -73,3 +73,38 @@ def test_gather_embeddings_concatenates_devices_in_batch_order():
     grads = [net.weight.grad(c).asnumpy() for c in (mx.cpu(0), mx.cpu(1))]
     assert np.allclose(grads[0] + grads[1], np.tile(x.asnumpy().sum(0), (3, 1)), atol=1e-5)
     assert np.allclose(grads[1], np.tile(x[4:].asnumpy().sum(0), (3, 1)), atol=1e-5)
+
+
+def test_fit_takes_a_users_hook_without_the_cli(tmp_path):
+    """The engine's loop with one more hook, called from Python: the hook sees every batch and
+    epoch in order and the final metrics, and the run folder is the CLI's."""
+    from dml.config import RunConfig, defaults_for
+    from dml.data import load_digits
+    from dml.engine import fit
+    from dml.runs import RunDir
+
+    class Counter:
+        def __init__(self):
+            self.events = []
+
+        def batch_end(self, state):
+            self.events.append(("batch", state.epoch, state.step))
+
+        def epoch_end(self, state):
+            self.events.append(("epoch", state.epoch, state.record["train_loss"]))
+
+        def train_end(self, state):
+            self.events.append(("end", state.evaluation[0]["map_at_r"]))
+
+    cfg = RunConfig.from_dict(dict(defaults_for("triplet_semihard", "digits"), epochs=2,
+                                   n_classes=4, n_samples=4, embedding_dim=8,
+                                   backbone="cifar_resnet20_v1", num_workers=0))
+    run = RunDir.create(str(tmp_path), "digits", cfg.method)
+    hook = Counter()
+    metrics = fit(cfg, load_digits(), run, hooks=[hook])
+    batches = [e for e in hook.events if e[0] == "batch"]
+    epochs = [e for e in hook.events if e[0] == "epoch"]
+    assert [e[2] for e in batches] == list(range(1, len(batches) + 1))
+    assert [e[1] for e in epochs] == [1, 2] and hook.events[-1] == ("end", metrics["map_at_r"])
+    assert run.read(run.METRICS)["map_at_r"] == metrics["map_at_r"]
+    assert [s["id"] for s in run.complete_checkpoints()] == ["0002"]

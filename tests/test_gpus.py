@@ -143,7 +143,7 @@ def test_the_engine_refuses_it_without_the_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", stand_in_nvidia_smi(tmp_path, [H100])
                        + os.pathsep + os.environ["PATH"])
     monkeypatch.setattr(gpus, "installed_build", lambda: "mxnet-cu112")
-    with pytest.raises(DmlError, match=r"use the CPU \(an empty GPU list\)"):
+    with pytest.raises(DmlError, match=r"use the CPU \(gpus=''\)"):
         make_contexts([0])
 
 

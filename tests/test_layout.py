@@ -57,3 +57,34 @@ def test_the_readme_leads():
     for line in ("loss_fn = TripletSemiHardLoss(margin=0.2)", "trainer.step(1)",
                  "for images, labels in loader:"):
         assert line in text and line in example, line
+
+
+def test_library_errors_name_python_parameters_not_flags():
+    """Only the CLI (cli.py, and the benchmark's own argument parser) names --flags; the library
+    names parameters (``data_root=...``, `` `n_classes` ``), which the CLI maps to flags."""
+    offenders = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "dml", "**", "*.py"), recursive=True)):
+        if os.path.basename(path) in ("cli.py", "bench.py", "__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in (
+                    "DmlError", "ValueError", "WriteFailed", "NonFiniteLoss"):
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.Constant) and isinstance(sub.value, str) \
+                            and re.search(r"(^|\s|\()--[a-z]", sub.value):
+                        offenders.append("%s:%d %r" % (os.path.relpath(path, ROOT), sub.lineno,
+                                                       sub.value[:60]))
+    assert offenders == []
+
+
+def test_the_cli_maps_parameter_names_to_flags():
+    from dml.cli import _destinations, as_flags, build_parser
+
+    flags = _destinations(build_parser())
+    assert {"data_root", "n_classes", "checkpoint", "split", "gpus"} <= flags
+    assert "run_dir" not in flags and "root" not in flags  # positionals are not flags
+    assert as_flags("n_classes=11 but digits has only 10: pass n_classes=10; lower `n_samples`",
+                    flags) == "--n-classes 11 but digits has only 10: pass --n-classes 10; lower " \
+                              "--n-samples"
+    assert as_flags("checkpoint=/a/b=c is not in x; gpus=''; run_dir=x; `unknown`", flags) == \
+        "--checkpoint /a/b=c is not in x; --gpus ''; run_dir=x; `unknown`"

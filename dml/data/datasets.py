@@ -392,7 +392,7 @@ def load_cifar(name, root=None):
     if source is None:
         looked = ", ".join([spec["py_dir"] + "/", spec["bin_dir"] + "/", spec["py_tar"], spec["bin_tar"]])
         raise DmlError("%s not found in %s (looked for %s): put one of them there or pass "
-                       "--data-root" % (name.upper().replace("CIFAR", "CIFAR-"), root, looked))
+                       "`data_root`" % (name.upper().replace("CIFAR", "CIFAR-"), root, looked))
     train = _cifar_records(spec, kind, source, spec["py_train" if kind == "python" else "bin_train"])
     test = _cifar_records(spec, kind, source, spec["py_test" if kind == "python" else "bin_test"])
     return DatasetSplits(
@@ -467,7 +467,7 @@ def load_mnist(name, root=None):
     missing = [f for f in wanted if _find_idx(root, f) is None]
     if missing:
         raise DmlError("%s files not found in %s (looked for %s, plain or .gz): put them there or "
-                       "pass --data-root" % (name, root, ", ".join(missing)))
+                       "pass `data_root`" % (name, root, ", ".join(missing)))
     splits = {}
     for split, (img_name, lab_name) in _MNIST_FILES.items():
         images = _read_idx(_find_idx(root, img_name), 2051)
@@ -540,13 +540,13 @@ def _check_images(items, size):
 
 def load_folder(root, image_size=32):
     if not root:
-        raise DmlError("--dataset folder needs --data-root ROOT holding ROOT/train/<class>/<image> "
+        raise DmlError("dataset=folder needs data_root=ROOT holding ROOT/train/<class>/<image> "
                        "and ROOT/test/<class>/<image>")
     splits = {}
     for split in ("train", "test"):
         split_dir = os.path.join(root, split)
         if not os.path.isdir(split_dir):
-            raise DmlError("%s is not a folder: --dataset folder reads ROOT/train/<class>/<image> "
+            raise DmlError("%s is not a folder: dataset=folder reads ROOT/train/<class>/<image> "
                            "and ROOT/test/<class>/<image>" % split_dir)
         if not any(os.path.isdir(os.path.join(split_dir, d)) and not d.startswith(".")
                    for d in os.listdir(split_dir)):
@@ -587,7 +587,7 @@ def unseen_class_splits(splits):
     their values, so class names stay right."""
     n = splits.num_classes
     if n < MIN_UNSEEN_CLASSES:
-        raise DmlError("--split unseen needs a dataset with at least %d classes (half to train on, "
+        raise DmlError("split=unseen needs a dataset with at least %d classes (half to train on, "
                        "half to evaluate on); %s has %d" % (MIN_UNSEEN_CLASSES, splits.name, n))
     seen, unseen = list(range(n // 2)), list(range(n // 2, n))
     out = DatasetSplits(
@@ -598,7 +598,7 @@ def unseen_class_splits(splits):
     for what, dataset, classes in (("training", out.train, seen), ("test", out.test, unseen),
                                    ("training", out.reference, unseen)):
         if len(np.unique(dataset.labels)) < 2:
-            raise DmlError("--split unseen: the %s split of %s holds fewer than 2 of the classes "
+            raise DmlError("split=unseen: the %s split of %s holds fewer than 2 of the classes "
                            "%d-%d" % (what, splits.name, classes[0], classes[-1]))
     return out
 
@@ -615,7 +615,7 @@ def check_same_classes(names, splits, run_dir, data_root=None):
         "%d missing (%s)" % (len(missing), ", ".join(missing[:3])) if missing else "",
     ) if part) or "the same names in another order"
     raise DmlError("the %s data at %s does not hold the %d classes %s was trained on: %s; point "
-                   "--data-root at the run's data" % (splits.name, data_root or "the default folder",
+                   "`data_root` at the run's data" % (splits.name, data_root or "the default folder",
                                                       len(names), run_dir, detail))
 
 

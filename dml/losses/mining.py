@@ -96,8 +96,8 @@ class NoTupleWarnings:
         if str(self.count).rstrip("0") == "1":  # the 1st, 10th, 100th, ...
             log.warning("a batch of %d samples from %d class(es) forms no %s: its loss is 0 and it "
                         "trains nothing (%d such batches so far); online losses need batches of "
-                        ">= 2 classes with >= 2 samples of a class, e.g. --n-classes 2+ "
-                        "--n-samples 2+", len(labels), len(np.unique(labels)), what, self.count)
+                        ">= 2 classes with >= 2 samples of a class, e.g. n_classes=2+ "
+                        "n_samples=2+", len(labels), len(np.unique(labels)), what, self.count)
 
 
 _counters = {}
