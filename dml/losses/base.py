@@ -34,6 +34,25 @@ def propagate_non_finite(F, value, *inputs):
 
 _instances = itertools.count()
 
+_BATCH_IO = """
+    Inputs:
+        - **embeddings**: (B, D) embeddings of the batch.
+        - **labels**: (B,) their class labels.
+
+    Outputs:
+        - **loss**: (1,), the batch mean (train with ``trainer.step(1)``, not the batch size);
+          NaN, with a NaN gradient, when an embedding holds a NaN or an infinity.
+        - **fraction** (with ``return_active_fraction=True``): (1,), no gradient.
+"""
+
+
+def batch_loss_io(cls):
+    """Class decorator: the losses called as ``loss(embeddings, labels)`` end their docstring
+    with the same Inputs/Outputs section (MXNet's form), written once here."""
+    if "**embeddings**" not in (cls.__doc__ or ""):
+        cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n" + _BATCH_IO
+    return cls
+
 
 class BaseLoss(gluon.loss.Loss):
     """Base of the dml losses: ``margin`` (> 0, else ``ValueError``), ``distance``

@@ -1,6 +1,6 @@
 """Contrastive losses: on given pairs (siamese) and on every pair of a batch (online)."""
 from . import mining
-from .base import BaseLoss
+from .base import BaseLoss, batch_loss_io
 from .distance import pair_distance
 
 PAIR_SELECTORS = mining.PAIR_SELECTORS
@@ -33,6 +33,7 @@ class ContrastiveLoss(BaseLoss):
                             F.mean(per_pair > 0, axis=0, keepdims=True), F, (x1, x2))
 
 
+@batch_loss_io
 class OnlineContrastiveLoss(BaseLoss):
     r"""Contrastive loss over pairs selected within a batch (adambielski/siamese-triplet), with
     the same halved Hadsell terms as :class:`ContrastiveLoss`:
@@ -46,14 +47,6 @@ class OnlineContrastiveLoss(BaseLoss):
     warning). Called as ``loss(embeddings, labels)``; the active fraction is the fraction of the
     selected pairs with non-zero loss.
 
-    Inputs:
-        - **embeddings**: (B, D) embeddings of the batch.
-        - **labels**: (B,) their class labels.
-
-    Outputs:
-        - **loss**: (1,), the batch mean (train with ``trainer.step(1)``, not the batch size);
-          NaN, with a NaN gradient, when an embedding holds a NaN or an infinity.
-        - **fraction** (with ``return_active_fraction=True``): (1,), no gradient.
     """
 
     def __init__(self, margin=1.0, pair_selector="all_positive", distance="euclidean",

@@ -1,8 +1,9 @@
 """Triplet losses over a batch of embeddings and their labels (online mining)."""
-from .base import BaseLoss
+from .base import BaseLoss, batch_loss_io
 from .distance import pair_distance
 
 
+@batch_loss_io
 class TripletSemiHardLoss(BaseLoss):
     r"""Semi-hard triplet loss (FaceNet; TensorFlow's ``triplet_semihard_loss``).
 
@@ -21,14 +22,6 @@ class TripletSemiHardLoss(BaseLoss):
     ``return_active_fraction=True`` it returns ``(loss, active_fraction)``, the fraction of P with
     non-zero loss.
 
-    Inputs:
-        - **embeddings**: (B, D) embeddings of the batch.
-        - **labels**: (B,) their class labels.
-
-    Outputs:
-        - **loss**: (1,), the batch mean (train with ``trainer.step(1)``, not the batch size);
-          NaN, with a NaN gradient, when an embedding holds a NaN or an infinity.
-        - **fraction** (with ``return_active_fraction=True``): (1,), no gradient.
     """
 
     def hybrid_forward(self, F, embeddings, labels):
@@ -63,6 +56,7 @@ class TripletMarginLoss(BaseLoss):
                             F, (anchor, positive, negative))
 
 
+@batch_loss_io
 class TripletBatchHardLoss(BaseLoss):
     r"""Batch-hard triplet loss (Hermans et al. 2017): per anchor the farthest positive and the
     closest negative of the batch,
@@ -73,20 +67,13 @@ class TripletBatchHardLoss(BaseLoss):
     pass over the distances) picks indices; the gradient flows through the two chosen distances
     per anchor. The active fraction is the fraction of A with non-zero loss.
 
-    Inputs:
-        - **embeddings**: (B, D) embeddings of the batch.
-        - **labels**: (B,) their class labels.
-
-    Outputs:
-        - **loss**: (1,), the batch mean (train with ``trainer.step(1)``, not the batch size);
-          NaN, with a NaN gradient, when an embedding holds a NaN or an infinity.
-        - **fraction** (with ``return_active_fraction=True``): (1,), no gradient.
     """
 
     def hybrid_forward(self, F, embeddings, labels):
         return self._result(*self._host(F, embeddings, labels, "batch_hard"))
 
 
+@batch_loss_io
 class TripletBatchAllLoss(BaseLoss):
     r"""Batch-all triplet loss (Hermans et al. 2017): every valid triplet (a, p, n) of the batch
     (a != p of one class, n of another), averaged over the triplets with positive loss:
@@ -100,14 +87,6 @@ class TripletBatchAllLoss(BaseLoss):
     pair's sum and count, and the gradient the same way (``kernels.triplet_sums``):
     O(B^2 log P), no B x B x B tensor.
 
-    Inputs:
-        - **embeddings**: (B, D) embeddings of the batch.
-        - **labels**: (B,) their class labels.
-
-    Outputs:
-        - **loss**: (1,), the batch mean (train with ``trainer.step(1)``, not the batch size);
-          NaN, with a NaN gradient, when an embedding holds a NaN or an infinity.
-        - **fraction** (with ``return_active_fraction=True``): (1,), no gradient.
     """
 
     def hybrid_forward(self, F, embeddings, labels):
@@ -117,6 +96,7 @@ class TripletBatchAllLoss(BaseLoss):
 from ..registry import ONLINE_TRIPLET_SELECTORS  # noqa: E402
 
 
+@batch_loss_io
 class OnlineTripletLoss(BaseLoss):
     r"""Online triplet loss with a triplet selector, as adambielski/siamese-triplet: for each
     positive pair a < p of the batch,
@@ -134,14 +114,6 @@ class OnlineTripletLoss(BaseLoss):
     A batch where no triplet qualifies gives zero loss. The active fraction is the fraction of the
     positive pairs that got a triplet (for ``all``: of all triplets, those with positive loss).
 
-    Inputs:
-        - **embeddings**: (B, D) embeddings of the batch.
-        - **labels**: (B,) their class labels.
-
-    Outputs:
-        - **loss**: (1,), the batch mean (train with ``trainer.step(1)``, not the batch size);
-          NaN, with a NaN gradient, when an embedding holds a NaN or an infinity.
-        - **fraction** (with ``return_active_fraction=True``): (1,), no gradient.
     """
 
     def __init__(self, margin=1.0, selector="random_hard", distance="euclidean",
