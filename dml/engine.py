@@ -19,7 +19,7 @@ from .data import BatchLoader, SequentialBatches
 from .evaluation import all_metrics, embed, retrieval_metrics
 from .hooks import (Hooks, NonFiniteLoss, RunRecorder, StopGuard, TensorBoardLogger,
                     TrainingInterrupted, TrainState, set_rng_state)
-from .methods import gather_embeddings, get_method  # noqa: F401  (gather: part of the API)
+from .methods import get_method
 from .nets import EmbeddingNet
 from .config import validate
 from .runs import RunDir, settle

@@ -60,7 +60,11 @@ class TrainState:
         self.partial = None  # the partial-epoch sums of a run resumed mid-epoch
         self.evaluation = None
         self.input_shape = None  # one image's C x H x W (for the export)
-        self.done_seconds, self.started = 0.0, time.time()
+        self.done_seconds, self.started, self.train_seconds = 0.0, time.time(), None
+        self.batches = 0  # batches in this epoch
+        self.checked_loss = None  # the batch loss when the guard checked it this step, else None
+        self.mean_loss = None  # the epoch's mean loss, checked (epoch_end)
+        self.guard = None  # the StopGuard (its ``requested`` is the signal that asked to stop)
         self.metrics = None  # the final metrics (train_end)
 
     def elapsed(self):
