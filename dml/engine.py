@@ -537,11 +537,12 @@ def prepare(cfg, resume_dir=None, fit_classes=True):
         check_same_classes(RunDir(resume_dir).read(RunDir.CONFIG).get("class_names"), splits,
                            resume_dir, cfg.data_root)
     else:
-        if (cfg.split == "unseen" and fit_classes
-                and cfg.n_classes > len(splits.train_classes)):
-            log.info("--split unseen: %d training classes, so batches take %d classes "
-                     "(--n-classes)", len(splits.train_classes), len(splits.train_classes))
-            cfg.n_classes = len(splits.train_classes)
+        present = len(np.unique(splits.train.labels))
+        if fit_classes and not cfg.batch_size and cfg.n_classes > present:
+            # class-disjoint data (--split unseen, or a folder whose test classes differ)
+            log.info("the training split holds %d classes, so batches take %d classes "
+                     "(n_classes) x %d images", present, present, cfg.n_samples)
+            cfg.n_classes = present
         validate(cfg, splits)
     workers = Workers(make_kvstore(cfg.kvstore))
     if workers.count > 1 and cfg.batch_size == 0 and cfg.n_classes * cfg.n_samples * \

@@ -142,6 +142,22 @@ def knn_accuracy(references, reference_labels, queries, query_labels, distance="
     return float(np.mean(predicted == np.asarray(query_labels).reshape(-1)))
 
 
+def knn_accuracy_leave_one_out(embeddings, labels, distance="euclidean", k=KNN_K):
+    """Accuracy of a majority vote of each embedding's ``k`` nearest *other* embeddings of the
+    same set (ties to the smaller label, as scikit-learn's vote): the kNN accuracy of a split
+    whose classes have no reference images elsewhere (class-disjoint train and test)."""
+    labels = np.asarray(labels).reshape(-1)
+    classes, codes = np.unique(labels, return_inverse=True)
+    k = min(k, len(labels) - 1)
+    correct = 0
+    for start, stop, neighbors in _neighbor_chunks(embeddings, embeddings, k, distance,
+                                                   exclude_self=True):
+        votes = np.zeros((stop - start, len(classes)), dtype=np.int64)
+        np.add.at(votes, (np.repeat(np.arange(stop - start), k), codes[neighbors].reshape(-1)), 1)
+        correct += int(np.sum(np.argmax(votes, axis=1) == codes[start:stop]))
+    return correct / len(labels)
+
+
 def verification_auc(embeddings, pairs, distance="euclidean"):
     """ROC-AUC of -d(e_i, e_j) for predicting ``same`` over the rows ``(i, j, same)`` of ``pairs``."""
     from sklearn.metrics import roc_auc_score
@@ -164,8 +180,17 @@ def all_metrics(embeddings, labels, reference_embeddings, reference_labels, dist
     ``pairs`` is given)."""
     metrics = retrieval_metrics(embeddings, labels, distance)
     metrics.update(clustering_metrics(embeddings, labels, distance, seed))
-    metrics["knn_accuracy"] = knn_accuracy(reference_embeddings, reference_labels, embeddings,
-                                           labels, distance)
+    if set(np.unique(labels)) <= set(np.unique(reference_labels)):
+        metrics["knn_accuracy"] = knn_accuracy(reference_embeddings, reference_labels, embeddings,
+                                               labels, distance)
+    else:  # a vote among references that lack a query's class would be wrong by construction
+        import logging
+
+        logging.getLogger("dml").info(
+            "knn_accuracy: the kNN references lack %d of the evaluated classes, so it votes "
+            "among the evaluated split itself (leave-one-out)",
+            len(set(np.unique(labels)) - set(np.unique(reference_labels))))
+        metrics["knn_accuracy"] = knn_accuracy_leave_one_out(embeddings, labels, distance)
     if pairs is not None:
         metrics["verification_auc"] = verification_auc(embeddings, pairs, distance)
     return metrics

@@ -558,3 +558,62 @@ def test_python_without_the_dependencies_says_make_install():
     line = proc.stderr.strip()
     assert len(line.splitlines()) == 1 and "is not installed for" in line, line
     assert "run make install" in line
+
+
+# ------------------------------------------------------------------------------------------------
+# Class-disjoint data (issue 16's first point): defaults that work and metrics that mean something
+
+
+def test_leave_one_out_knn_matches_brute_force():
+    from dml.evaluation import knn_accuracy_leave_one_out
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 4))
+    labels = rng.integers(0, 4, size=60)
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    votes = np.array([np.bincount(labels[np.argsort(row, kind="stable")[:5]], minlength=4)
+                      for row in d])
+    expected = np.mean(np.argmax(votes, axis=1) == labels)  # ties to the smaller label
+    assert knn_accuracy_leave_one_out(x, labels) == pytest.approx(expected)
+
+
+def test_class_disjoint_folder_trains_with_defaults_and_reports_meaningful_metrics(tmp_path):
+    """Train classes a-e, test classes f-j (the zero-shot benchmarks' layout): the P x K batch
+    shrinks to the 5 training classes (the folder default is 8), config.json records which
+    classes trained and which were evaluated, and knn_accuracy votes among the test split
+    (leave-one-out) instead of among training images that share no class with it: 0 by
+    construction before."""
+    root = str(tmp_path / "data")
+    write_image_folder(str(tmp_path / "seen"), classes=("a", "b", "c", "d", "e"))
+    write_image_folder(str(tmp_path / "new"), classes=("f", "g", "h", "i", "j"))
+    os.makedirs(root)
+    shutil.move(str(tmp_path / "seen" / "train"), os.path.join(root, "train"))
+    shutil.move(str(tmp_path / "new" / "test"), os.path.join(root, "test"))
+    out = str(tmp_path / "out")
+    code, _, err = dml("train", "--dataset", "folder", "--data-root", root, "--epochs", "1",
+                       "--n-samples", "4", "--embedding-dim", "16", "--output-root", out)
+    assert code == 0, err[-3000:]
+    assert "the training split holds 5 classes, so batches take 5 classes" in err
+    assert "votes among the evaluated split itself (leave-one-out)" in err
+    run = only_run_dir(out, "folder", "triplet_semihard")
+    config = load(os.path.join(run, "config.json"))
+    assert config["n_classes"] == 5
+    assert config["train_classes"] == list("abcde") and config["eval_classes"] == list("fghij")
+    metrics = load(os.path.join(run, "metrics.json"))
+    assert 0 < metrics["knn_accuracy"] <= 1
+    code, _, err = dml("evaluate", run)
+    assert code == 0 and scores(load(os.path.join(run, "metrics.json"))) == scores(metrics)
+
+
+def test_unseen_split_names_the_classes(tmp_path, capsys):
+    root = write_image_folder(str(tmp_path / "data"), classes=("ant", "bee", "cat", "dog"),
+                              per_class=(3, 2))
+    shutil.rmtree(os.path.join(root, "test", "cat"))
+    shutil.rmtree(os.path.join(root, "test", "dog"))
+    os.makedirs(os.path.join(root, "test", "dog"))
+    shutil.copy(glob.glob(os.path.join(root, "train", "dog", "*"))[0],
+                os.path.join(root, "test", "dog", "x.png"))
+    code, err = run_bad(capsys, ["train", "--dataset", "folder", "--data-root", root, "--split",
+                                 "unseen", "--output-root", str(tmp_path / "out")])
+    assert code == 2 and "fewer than 2 of the classes cat to dog" in err, err

@@ -564,8 +564,13 @@ def load_folder(root, image_size=32):
         _check_images(items, image_size)
         datasets[split] = ImageFileDataset([p for p, _ in items], [index[c] for _, c in items],
                                            image_size)
+    train_classes = sorted({index[c] for _, c in splits["train"][1]})
+    eval_classes = sorted({index[c] for _, c in splits["test"][1]})
+    every = list(range(len(class_names)))
     return DatasetSplits(
         name="folder", train=datasets["train"], test=datasets["test"], class_names=class_names,
+        train_classes=None if train_classes == every else train_classes,
+        eval_classes=None if eval_classes == every else eval_classes,
         mean=IMAGENET_MEAN, std=IMAGENET_STD,
         augment=Augment(pad=max(1, image_size // 8), flip=True),
     )
@@ -599,7 +604,8 @@ def unseen_class_splits(splits):
                                    ("training", out.reference, unseen)):
         if len(np.unique(dataset.labels)) < 2:
             raise DmlError("split=unseen: the %s split of %s holds fewer than 2 of the classes "
-                           "%d-%d" % (what, splits.name, classes[0], classes[-1]))
+                           "%s to %s" % (what, splits.name, splits.class_names[classes[0]],
+                                         splits.class_names[classes[-1]]))
     return out
 
 
