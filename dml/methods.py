@@ -230,6 +230,9 @@ METHODS = {m.name: m for m in [
 
 
 assert tuple(METHODS) == registry.METHODS, "dml.registry.METHODS and the methods table differ"
+assert tuple(m for m in METHODS if METHODS[m].pk_batches) == registry.PK_METHODS
+assert {m: METHODS[m].selectors for m in METHODS if METHODS[m].selectors} == \
+    registry.METHOD_SELECTORS
 
 
 def get_method(name):

@@ -28,6 +28,9 @@ METHOD_SELECTORS = {
     "online_triplet": ("random_hard", "all", "hardest", "semihard"),
 }
 MARGIN_HEAD_METHODS = ("arcface", "cosface", "sphereface")  # take --scale
+# the online-mining methods: P x K batches, one fused batch loss
+PK_METHODS = ("triplet_semihard", "triplet_batch_hard", "triplet_batch_all", "online_contrastive",
+              "online_triplet")
 
 # Defaults per method, then per dataset, then per (method, dataset); the command line overrides
 # all three. P x K methods batch n_classes x n_samples images; the tuple methods and softmax batch

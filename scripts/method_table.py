@@ -17,12 +17,11 @@ import sys
 import tempfile
 import time
 
-RUNS = [("siamese", None), ("triplet", None), ("triplet_semihard", None),
-        ("triplet_batch_hard", None), ("triplet_batch_all", None),
-        ("online_contrastive", "hard_negative"), ("online_contrastive", "all_positive"),
-        ("online_triplet", "semihard"), ("online_triplet", "hardest"),
-        ("online_triplet", "random_hard"), ("online_triplet", "all"), ("softmax", None),
-        ("arcface", None), ("cosface", None), ("sphereface", None)]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dml.registry import METHOD_SELECTORS, METHODS  # noqa: E402  (no MXNet import)
+
+# every method, once per --selector where it takes one
+RUNS = [(m, s) for m in METHODS for s in METHOD_SELECTORS.get(m, (None,))]
 
 
 def main():
