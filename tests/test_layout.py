@@ -49,7 +49,7 @@ def test_the_readme_leads():
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     assert len(text.splitlines()) <= 350
     order = ["make demo", "source .venv/bin/activate", "## Train", "## Use the library",
-             "## The run folder", "## TensorBoard", "## Evaluate and compare",
+             "## Methods and datasets", "## The run folder", "## TensorBoard", "## Evaluate and compare",
              "## Several GPUs and machines", "## Resume and crash safety"]
     positions = [text.index(marker) for marker in order]
     assert positions == sorted(positions)
