@@ -33,3 +33,11 @@ def error_summary(err, limit=200):
         if line.startswith(prefix):
             line = line[len(prefix):]
     return line[:limit]
+
+
+def load_run(run_dir, checkpoint="last", ctx=None):
+    """A trained run's network, config and class names, and ``embed(images)`` with the run's own
+    preprocessing (see :func:`dml.serve.load_run`; MXNet loads on first use)."""
+    from .serve import load_run as _load_run
+
+    return _load_run(run_dir, checkpoint, ctx)

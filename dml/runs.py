@@ -342,7 +342,8 @@ class RunDir:
             config.update(run_dir=previous["run_dir"], started=previous["started"],
                           resumed=previous.get("resumed", []) + [now])
             config.update((k, previous[k]) for k in ("dml_version", "argv", "class_names",
-                                                     "train_classes", "eval_classes")
+                                                     "train_classes", "eval_classes",
+                                                     "normalization")
                           if k in previous)
         else:
             names = splits.class_names
@@ -353,6 +354,10 @@ class RunDir:
                           eval_classes=[names[c] for c in splits.eval_classes or
                                         range(len(names))],
                           started=now)
+            from .serve import input_size
+
+            config["normalization"] = dict(mean=list(splits.mean), std=list(splits.std),
+                                           input_size=input_size(splits))
         self.write(self.CONFIG, config)
 
     def read_history(self):

@@ -617,3 +617,48 @@ def test_unseen_split_names_the_classes(tmp_path, capsys):
     code, err = run_bad(capsys, ["train", "--dataset", "folder", "--data-root", root, "--split",
                                  "unseen", "--output-root", str(tmp_path / "out")])
     assert code == 2 and "fewer than 2 of the classes cat to dog" in err, err
+
+
+# ------------------------------------------------------------------------------------------------
+# Using a finished run from another process (issue 18's Python API)
+
+
+def test_load_run_embeds_the_test_split_as_training_evaluated_it(reference_runs, tiny_cifar,
+                                                                 tmp_path):
+    """Training (its own process) wrote the test embeddings it evaluated to the projector's
+    tensors.tsv; dml.load_run in this process embeds the raw test images to the same values, from
+    a path, a PIL image or a uint8 array alike."""
+    from PIL import Image
+
+    import dml
+    from dml import DmlError
+    from dml.data.datasets import load_cifar
+
+    run = reference_runs["pk"]
+    loaded = dml.load_run(run)
+    assert loaded.class_names[:2] == ["airplane", "automobile"]
+    assert loaded.input_size == (32, 32) and loaded.config.method == "triplet_semihard"
+    images = load_cifar("cifar10", tiny_cifar).test.images
+    trained = np.loadtxt(os.path.join(run, "logs", "test_embedding_000002", "tensors.tsv"))
+    embedded = loaded.embed(images)
+    assert embedded.shape == trained.shape == (50, 16)
+    assert np.abs(embedded - trained).max() < 1e-4
+    batch = loaded.preprocess(images[:3])
+    assert batch.dtype == np.float32 and batch.shape == (3, 3, 32, 32)
+    path = str(tmp_path / "x.png")
+    Image.fromarray(images[0]).save(path)
+    alike = loaded.embed([path, Image.open(path), images[0]])
+    assert np.abs(alike - embedded[0]).max() < 1e-5
+    assert np.allclose(dml.load_run(run, "best").embed(images[:2]), embedded[:2], atol=1e-5)
+    with pytest.raises(DmlError, match="pass file paths, PIL images or uint8 arrays"):
+        loaded.embed([42])
+    with pytest.raises(DmlError, match="no run folder"):
+        dml.load_run(str(tmp_path / "nothing"))
+    # a run from before config.json recorded the normalization: its dataset is asked instead
+    older = str(tmp_path / "older")
+    shutil.copytree(run, older)
+    config = load(os.path.join(older, "config.json"))
+    del config["normalization"]
+    with open(os.path.join(older, "config.json"), "w") as f:
+        json.dump(config, f)
+    assert np.allclose(dml.load_run(older).embed(images[:4]), embedded[:4], atol=1e-6)
