@@ -431,6 +431,20 @@ def load_net(cfg, kind, path, ctx):
     return net
 
 
+def open_run(run_dir):
+    """A finished or stopped run folder -> ``(RunDir, its config.json as stored, its RunConfig)``,
+    the config set to take every weight from a checkpoint (``pretrained`` off)."""
+    from .config import RunConfig
+
+    if not os.path.isdir(run_dir):
+        raise DmlError("no run folder at %s" % run_dir)
+    run = RunDir(run_dir)
+    stored = run.read(run.CONFIG)
+    cfg = RunConfig.from_dict(stored)
+    cfg.pretrained = False  # every weight comes from the checkpoint
+    return run, stored, cfg
+
+
 def evaluate_run(run_dir, checkpoint="last", split=None, gpus=None, data_root=None):
     """Re-evaluate a run folder's checkpoint (``last``, ``best`` or a file in its params/) on
     ``split`` (default: the run's) -> ``(metrics, figure paths, RunDir)``. Everything is read and
@@ -439,16 +453,10 @@ def evaluate_run(run_dir, checkpoint="last", split=None, gpus=None, data_root=No
     metrics.json is rewritten (``epochs`` the checkpoint's, ``train_seconds`` kept), and the
     projector entry and figures are replaced. ``data_root``: where the data is now, if it moved;
     ``gpus``: None for every usable GPU, else the indices ([]: the CPU)."""
-    from .config import RunConfig
     from .data import apply_split, check_same_classes, load_dataset
     from .gpus import usable_gpus
 
-    if not os.path.isdir(run_dir):
-        raise DmlError("no run folder at %s" % run_dir)
-    run = RunDir(run_dir)
-    stored = run.read(run.CONFIG)
-    cfg = RunConfig.from_dict(stored)
-    cfg.pretrained = False  # every weight comes from the checkpoint
+    run, stored, cfg = open_run(run_dir)
     if data_root:
         cfg.data_root = data_root
     split = split or cfg.split

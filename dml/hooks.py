@@ -330,7 +330,7 @@ class TensorBoardLogger:
                 self.log_epoch(state.history[-1], state.method.stat)
 
     def batch_end(self, state):
-        if getattr(state, "checked_loss", None) is not None:
+        if state.checked_loss is not None:
             self.writer.add_scalar("train/batch_loss", state.checked_loss, global_step=state.step)
 
     def epoch_end(self, state):

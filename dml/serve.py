@@ -27,9 +27,9 @@ class LoadedRun:
 
         height, width = self.input_size
         if isinstance(image, str):
-            return read_image(image, height if height == width else None) if height == width \
-                else np.asarray(Image.fromarray(read_image(image)).resize((width, height),
-                                                                          Image.BILINEAR))
+            if height == width:  # as the run's own datasets read a file (JPEG at a reduced scale)
+                return read_image(image, height)
+            image = read_image(image)
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8 or image.ndim not in (2, 3):
                 raise DmlError("an image array must be uint8 H x W or H x W x 3, not %s %s"
@@ -74,20 +74,11 @@ def load_run(run_dir, checkpoint="last", ctx=None):
     """Load a run folder written by ``dml train``: ``checkpoint`` is ``last``, ``best`` or a
     params file (``net-*.params`` or an exported ``embedding-*.params``); ``ctx`` an MXNet
     context (default the CPU). Returns a :class:`LoadedRun`."""
-    import os
-
     import mxnet as mx
 
-    from .config import RunConfig
-    from .engine import load_net
-    from .runs import RunDir
+    from .engine import load_net, open_run
 
-    if not os.path.isdir(run_dir):
-        raise DmlError("no run folder at %s" % run_dir)
-    run = RunDir(run_dir)
-    stored = run.read(run.CONFIG)
-    cfg = RunConfig.from_dict(stored)
-    cfg.pretrained = False  # every weight comes from the checkpoint
+    run, stored, cfg = open_run(run_dir)
     kind, path, _ = run.resolve(checkpoint)
     ctx = ctx or mx.cpu()
     net = load_net(cfg, kind, path, [ctx])
