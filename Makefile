@@ -12,6 +12,9 @@ MXNET := $(shell $(PYTHON) scripts/choose_mxnet.py)
 endif
 OTHER_MXNET := $(if $(filter mxnet-cu112,$(MXNET)),mxnet,mxnet-cu112)
 STAMP := $(VENV)/.installed-$(MXNET)
+# ONNX Runtime for `dml export`'s check and for users: without its dependencies (they are in
+# requirements.txt), because its metadata asks numpy>=1.24.2 and mxnet 1.9.1 needs 1.23.5.
+ONNXRUNTIME := onnxruntime==1.16.3
 
 .PHONY: install demo test doc clean which-mxnet
 install: $(STAMP)
@@ -20,13 +23,13 @@ install: $(STAMP)
 which-mxnet:
 	@echo $(MXNET)
 
-$(STAMP): requirements.txt setup.py
+$(STAMP): requirements.txt setup.py Makefile
 	@$(PYTHON) scripts/check_python.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing into $(VENV) ($(MXNET)==1.9.1 and the pinned requirements)..."
 	@$(PY) -m pip uninstall -q -y $(OTHER_MXNET) >/dev/null 2>&1 || true
 	$(PY) -m pip install -q --disable-pip-version-check $(MXNET)==1.9.1 -r requirements.txt
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(ONNXRUNTIME) -e .
 	@echo "Compiling the loss kernels once (numba, cached; about a minute)..."
 	$(PY) -c "from dml.losses import batch; batch.warm_up()"
 	@rm -f $(VENV)/.installed-*

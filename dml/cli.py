@@ -130,7 +130,8 @@ def _epoch_list(text):
 
 def build_parser():
     parser = _Parser(prog="dml", description="Deep metric learning on MXNet Gluon: train, "
-                     "evaluate and compare embedding networks.")
+                     "evaluate and compare embedding networks; embed, index and search images "
+                     "with a trained run and export it to ONNX.")
     parser.add_argument("--version", action="version", version="dml " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -254,6 +255,12 @@ def build_parser():
     compare.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     compare.add_argument("--plot", default=None, metavar="OUT.png",
                          help="also draw a grouped bar chart of the metrics, one bar per run")
+    evaluate.add_argument("--verification", action="store_true",
+                          help="also report, over every pair of the evaluated split, the false "
+                          "non-match rate at false match rates 1e-2 and 1e-3 and the distance "
+                          "threshold of each (a pair closer than it is 'same class'), into "
+                          "metrics.json")
+    _serving_parsers(sub)
     doctor = sub.add_parser(
         "doctor", help="check this machine: installed versions, usable GPUs, one training step",
         description="Print the Python, MXNet build (and its CUDA), numpy, numba, threads and every "
@@ -262,6 +269,228 @@ def build_parser():
         "when a step fails.", formatter_class=_Formatter)
     doctor.set_defaults(func=cmd_doctor)
     return parser
+
+
+def _run_options(parser, checkpoint=True):
+    if checkpoint:
+        parser.add_argument("--checkpoint", default="last", metavar="last|best|PATH",
+                            help="which of the run's checkpoints embeds (as in dml evaluate)")
+    parser.add_argument("--gpu", type=_non_negative_int, default=None, metavar="N",
+                        help="embed on GPU N (default the CPU)")
+    parser.add_argument("--batch-size", type=_bounded_int(1, MAX_BATCH_IMAGES), default=256,
+                        help="images per forward pass")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse (exit 2) on the first file that is not a decodable image, "
+                        "instead of skipping it with a warning")
+
+
+INPUT_HELP = ("a folder (searched recursively; an image's label is its first folder level "
+              "below it, when there is one), an image file, or a list file (.txt/.lst/.csv: one "
+              "path per line, relative to the list file, optionally a tab or comma and a label)")
+
+
+def _serving_parsers(sub):
+    embed = sub.add_parser(
+        "embed", help="embed images with a trained run",
+        description="Embed images with a run's network and exactly its evaluation preprocessing. "
+        "Writes OUT.npy (float32 N x D) and beside it OUT.csv (index, path, label).",
+        formatter_class=_Formatter)
+    embed.set_defaults(func=cmd_embed)
+    embed.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by dml train")
+    embed.add_argument("inputs", metavar="INPUT", nargs="*", help=INPUT_HELP)
+    embed.add_argument("--dataset", choices=("train", "test"), default=None, dest="dataset_split",
+                       help="embed this split of the run's own dataset instead of INPUT")
+    embed.add_argument("-o", "--out", required=True, metavar="OUT.npy",
+                       help="the .npy file to write (and OUT.csv beside it)")
+    _run_options(embed)
+
+    index = sub.add_parser(
+        "index", help="build a nearest-neighbour index of a gallery",
+        description="Embed a gallery with a run's network and build a faiss index in the run's "
+        "distance, in a new folder INDEX_DIR (index.faiss, items.csv, index.json with the run's "
+        "identity: a search with another network is refused).", formatter_class=_Formatter)
+    index.set_defaults(func=cmd_index)
+    index.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by dml train")
+    index.add_argument("gallery", metavar="GALLERY", nargs="*", help=INPUT_HELP)
+    index.add_argument("--dataset", choices=("train", "test"), default=None, dest="dataset_split",
+                       help="index this split of the run's own dataset instead of GALLERY")
+    index.add_argument("-o", "--out", required=True, metavar="INDEX_DIR",
+                       help="the folder to create (it must not exist)")
+    index.add_argument("--kind", choices=("exact", "ivf", "hnsw"), default="exact",
+                       help="exact: every gallery image is compared (brute force results); ivf "
+                       "or hnsw: approximate and faster on large galleries (doc/serving.md)")
+    index.add_argument("--nlist", type=_positive_int, default=None,
+                       help="ivf: the number of k-means cells (default about 4 sqrt(N))")
+    _run_options(index)
+
+    search = sub.add_parser(
+        "search", help="find the nearest gallery images of query images",
+        description="Embed the queries with the network that built INDEX_DIR and print each "
+        "one's K nearest gallery images (rank, distance, label, path).",
+        formatter_class=_Formatter)
+    search.set_defaults(func=cmd_search)
+    search.add_argument("index_dir", metavar="INDEX_DIR", help="a folder written by dml index")
+    search.add_argument("queries", metavar="QUERY", nargs="+", help=INPUT_HELP)
+    search.add_argument("-k", type=_positive_int, default=10, help="neighbours per query")
+    search.add_argument("--out", default=None, metavar="OUT.csv",
+                        help="also write the results (query, query_label, rank, path, label, "
+                        "distance)")
+    search.add_argument("--grid", default=None, metavar="OUT.png",
+                        help="also draw each query and its neighbours, framed green (same label) "
+                        "or red (another label) when labels are known")
+    search.add_argument("--run", default=None, metavar="RUN_DIR",
+                        help="the run that built the index, if it moved (default: the one "
+                        "index.json names); it must be the same network")
+    search.add_argument("--checkpoint", default=None, metavar="last|best|PATH",
+                        help="with --run: its checkpoint (default: the index's)")
+    search.add_argument("--nprobe", type=_positive_int, default=None,
+                        help="ivf: cells visited per query (more: better recall, slower)")
+    search.add_argument("--ef", type=_positive_int, default=None,
+                        help="hnsw: candidates kept per query (default max(64, k))")
+    _run_options(search, checkpoint=False)
+
+    export = sub.add_parser(
+        "export", help="export a run's network to ONNX",
+        description="Write the run's embedding network as ONNX (input 'data': float32 N x 3 x H "
+        "x W with the run's normalization, recorded in the model's metadata; output "
+        "'embedding'), with a dynamic batch axis. ONNX Runtime checks it against MXNet before "
+        "the file is written.", formatter_class=_Formatter)
+    export.set_defaults(func=cmd_export)
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by dml train")
+    export.add_argument("--onnx", required=True, metavar="MODEL.onnx", help="the file to write")
+    export.add_argument("--checkpoint", default="last", metavar="last|best|PATH",
+                        help="which of the run's checkpoints to export")
+
+
+def _context(args):
+    import mxnet as mx
+
+    if args.gpu is None:
+        return mx.cpu()
+    _check_gpus([args.gpu])
+    return mx.gpu(args.gpu)
+
+
+def _inputs(args, run, inputs):
+    from .serve import collect
+
+    if args.dataset_split is not None and inputs:
+        raise DmlError("give images or --dataset, not both")
+    if args.dataset_split is None and not inputs:
+        raise DmlError("give the images (a folder, image files or a list file) or --dataset "
+                       "train|test")
+    return collect(inputs, run=run, dataset_split=args.dataset_split)
+
+
+def _report_problems(problems, total):
+    if problems:
+        log.warning("%d of %d images could not be decoded and were skipped (see the warnings "
+                    "above; --strict refuses them)", len(problems), total)
+
+
+def cmd_embed(args):
+    from .serve import check_writable, embed_items, load_run, write_embeddings
+
+    if not args.out.lower().endswith(".npy"):
+        raise DmlError("-o %s: name a .npy file" % args.out)
+    check_writable(args.out)
+    run = load_run(args.run_dir, args.checkpoint, _context(args))
+    items = _inputs(args, run, args.inputs)
+    embeddings, kept, problems = embed_items(run, items, args.batch_size, args.strict)
+    csv_path = write_embeddings(args.out, embeddings, kept)
+    _report_problems(problems, len(items))
+    print("embedded %d images (%d dimensions) with %s" % (len(kept), embeddings.shape[1],
+                                                          run.checkpoint))
+    print("embeddings:  %s" % args.out)
+    print("paths:       %s" % csv_path)
+    return 0
+
+
+def cmd_index(args):
+    from .serve import build_index, check_new_folder, load_run
+
+    check_new_folder(args.out)
+    run = load_run(args.run_dir, args.checkpoint, _context(args))
+    items = _inputs(args, run, args.gallery)
+    gallery, problems = build_index(run, items, args.out, args.kind, args.nlist, args.strict)
+    _report_problems(problems, len(items))
+    print("indexed %d images (%s, %s distance, %d dimensions) with %s" % (
+        gallery.index.count, args.kind, gallery.meta["distance"], gallery.index.dim,
+        run.checkpoint))
+    print("index:       %s" % args.out)
+    print("search:      python -m dml search %s QUERY... -k 10" % args.out)
+    return 0
+
+
+def cmd_search(args):
+    import csv
+    import io
+
+    from .serve import (check_writable, collect, open_index, result_rows, run_for_index,
+                        save_text, search)
+    from .runs import write_atomic
+
+    for option, path, ext in (("--out", args.out, ".csv"), ("--grid", args.grid, ".png")):
+        if path is not None:
+            if not path.lower().endswith(ext):
+                raise DmlError("%s %s: name a %s file" % (option, path, ext))
+            check_writable(path)
+    if args.checkpoint is not None and args.run is None:
+        raise DmlError("--checkpoint applies with --run (the index names its own checkpoint)")
+    gallery = open_index(args.index_dir)
+    if args.k > gallery.index.count:
+        raise DmlError("-k %d but the gallery holds %d images: choose k between 1 and %d"
+                       % (args.k, gallery.index.count, gallery.index.count))
+    run = run_for_index(gallery, args.run, args.checkpoint, _context(args))
+    queries = collect(args.queries)
+    kept, distances, indices, problems = search(run, gallery, queries, args.k, args.nprobe,
+                                                args.ef, args.strict)
+    _report_problems(problems, len(queries))
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["query", "query_label", "rank", "path", "label", "distance"])
+    for query, dist, idx in zip(kept, distances, indices):
+        print("%s%s" % (query.source, " (label %s)" % query.label if query.label else ""))
+        for rank, (d, i) in enumerate(zip(dist, idx), 1):
+            if i < 0:
+                continue
+            item = gallery.items[i]
+            print("  %3d  %-10.5g  %-12s  %s" % (rank, d, item.label or "-", item.source))
+            writer.writerow([query.source, query.label, rank, item.source, item.label,
+                             "%.6g" % d])
+    if args.out:
+        write_atomic(lambda tmp: save_text(tmp, text.getvalue()), args.out)
+        print("results:     %s" % args.out)
+    if args.grid:
+        from .plots import neighbour_grid
+
+        rows = result_rows(run, gallery, kept, distances, indices)
+        neighbour_grid(rows, args.grid, title="%d nearest of %d gallery images (%s distance)"
+                       % (args.k, gallery.index.count, gallery.meta["distance"]))
+        print("grid:        %s" % args.grid)
+    return 0
+
+
+def cmd_export(args):
+    from .export import export_onnx
+    from .serve import check_writable, load_run
+
+    if not args.onnx.lower().endswith(".onnx"):
+        raise DmlError("--onnx %s: name a .onnx file" % args.onnx)
+    check_writable(args.onnx)
+    import importlib.util
+
+    for module, pin in (("onnx", "onnx==1.14.1"), ("onnxruntime", "onnxruntime==1.16.3")):
+        if importlib.util.find_spec(module) is None:
+            raise DmlError("%s is not installed: run make install (it installs %s)"
+                           % (module, pin))
+    run = load_run(args.run_dir, args.checkpoint)
+    path, diff = export_onnx(run, args.onnx)
+    height, width = run.input_size
+    print("exported %s to %s (input data: N x 3 x %d x %d float32, output embedding: N x %d)"
+          % (run.checkpoint, path, height, width, run.config.embedding_dim))
+    print("ONNX Runtime vs MXNet: max abs difference %.2g" % diff)
+    return 0
 
 
 def cmd_doctor(args):
@@ -490,12 +719,32 @@ def cmd_evaluate(args):
         _check_gpus(args.gpus)
         gpus = args.gpus
     metrics, figures, run = evaluate_run(args.run_dir, args.checkpoint, args.split, gpus,
-                                         args.data_root)
+                                         args.data_root, verification=args.verification)
     print(_metrics_table(metrics, _shown_metrics(metrics)))
+    if args.verification:
+        print(_verification_table(metrics))
     print("metrics:     %s" % run.metrics_file)
     print("plots:       %s" % ", ".join(figures))
     print("tensorboard: tensorboard --logdir %s" % run.logs)
     return 0
+
+
+def _verification_table(metrics):
+    from .evaluation import VERIFICATION_FMRS, _fmr_key
+
+    lines = ["verification over %d genuine and %d impostor pairs (same class when the distance "
+             "is below the threshold):" % (metrics["verification_genuine_pairs"],
+                                             metrics["verification_impostor_pairs"]),
+             "%-10s  %-10s  %s" % ("FMR", "FNMR", "threshold")]
+    for fmr in VERIFICATION_FMRS:
+        key = _fmr_key(fmr)
+        if "fnmr_at_fmr_" + key in metrics:
+            lines.append("%-10s  %-10.4f  %.6g" % (key, metrics["fnmr_at_fmr_" + key],
+                                                  metrics["threshold_at_fmr_" + key]))
+        else:
+            lines.append("%-10s  left out: fewer than %d impostor pairs cannot resolve it"
+                         % (key, round(1 / fmr)))
+    return "\n".join(lines)
 
 
 COMPARE_COLUMNS = ("run", "method", "dataset", "split", "epochs")
@@ -584,7 +833,7 @@ def cmd_compare(args):
 
 
 _DEPENDENCIES = ("mxnet", "gluoncv", "mxboard", "numpy", "numba", "sklearn", "scipy", "PIL", "tqdm",
-                 "matplotlib")
+                 "matplotlib", "faiss", "onnx", "onnxruntime")
 
 
 def as_flags(text, flags):

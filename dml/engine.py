@@ -445,14 +445,16 @@ def open_run(run_dir):
     return run, stored, cfg
 
 
-def evaluate_run(run_dir, checkpoint="last", split=None, gpus=None, data_root=None):
+def evaluate_run(run_dir, checkpoint="last", split=None, gpus=None, data_root=None,
+                 verification=False):
     """Re-evaluate a run folder's checkpoint (``last``, ``best`` or a file in its params/) on
     ``split`` (default: the run's) -> ``(metrics, figure paths, RunDir)``. Everything is read and
     checked before anything is written: a dataset whose classes differ from the run's, a
     checkpoint of another run, an unreadable metrics.json are :class:`DmlError`. Then
     metrics.json is rewritten (``epochs`` the checkpoint's, ``train_seconds`` kept), and the
     projector entry and figures are replaced. ``data_root``: where the data is now, if it moved;
-    ``gpus``: None for every usable GPU, else the indices ([]: the CPU)."""
+    ``gpus``: None for every usable GPU, else the indices ([]: the CPU); ``verification`` adds
+    :func:`dml.evaluation.verification_thresholds`."""
     from .data import apply_split, check_same_classes, load_dataset
     from .gpus import usable_gpus
 
@@ -481,6 +483,10 @@ def evaluate_run(run_dir, checkpoint="last", split=None, gpus=None, data_root=No
         metrics, embeddings, labels = run_evaluation(cfg, splits, net, ctx, full=True)
     except NonFiniteLoss as err:
         raise DmlError("%s: %s" % (path, err)) from None
+    if verification:
+        from .evaluation import verification_thresholds
+
+        metrics.update(verification_thresholds(embeddings, labels, cfg.distance))
 
     logger = TensorBoardLogger(run, cfg)
     try:

@@ -174,6 +174,65 @@ def verification_auc(embeddings, pairs, distance="euclidean"):
     return float(roc_auc_score(pairs[:, 2].astype(int), -d))
 
 
+VERIFICATION_FMRS = (1e-2, 1e-3)
+
+
+def _fmr_key(fmr):
+    return ("%.0e" % fmr).replace("e-0", "e-")  # 1e-2, 1e-3
+
+
+def verification_thresholds(embeddings, labels, distance="euclidean", fmrs=VERIFICATION_FMRS,
+                            chunk=None):
+    """The "same class" threshold at each false match rate of ``fmrs``, over every pair
+    (i < j) of the split: genuine pairs share a label, impostor pairs do not; a pair is declared
+    a match when its distance is below the threshold t.
+
+    - FMR(t)  = (impostor pairs with d < t) / impostor pairs
+    - FNMR(t) = (genuine pairs with d >= t) / genuine pairs
+
+    For a target FMR f, t is the (floor(f * impostors) + 1)-th smallest impostor distance: the
+    largest threshold whose FMR is at most f. Returns ``fnmr_at_fmr_<f>``,
+    ``threshold_at_fmr_<f>``, ``verification_genuine_pairs`` and ``verification_impostor_pairs``.
+    A target that fewer than 1/f impostor pairs cannot resolve (floor(f * impostors) = 0 would
+    make t the closest impostor, an FMR of exactly 0, not f) is left out, and so is everything
+    when there is no genuine or no impostor pair. Distances are computed a chunk of rows at a
+    time; only the genuine distances and the smallest impostor distances are kept."""
+    x = np.asarray(embeddings, dtype=np.float64)
+    labels = np.asarray(labels).reshape(-1)
+    n = len(x)
+    _, counts = np.unique(labels, return_counts=True)
+    genuine_pairs = int(np.sum(counts * (counts - 1) // 2))
+    impostor_pairs = n * (n - 1) // 2 - genuine_pairs
+    out = {"verification_genuine_pairs": genuine_pairs,
+           "verification_impostor_pairs": impostor_pairs}
+    wanted = {f: int(np.floor(f * impostor_pairs)) for f in fmrs}
+    wanted = {f: m for f, m in wanted.items() if m >= 1}
+    if not genuine_pairs or not wanted:
+        return out
+    keep = max(wanted.values()) + 1  # the smallest impostor distances any threshold needs
+    chunk = chunk or max(1, _CHUNK_ENTRIES // max(n, 1))
+    genuine, smallest = [], np.empty(0)
+    for start in range(0, n - 1, chunk):
+        stop = min(start + chunk, n - 1)
+        d = pairwise_distances_np(x[start:stop], x, distance)
+        rows, cols = np.triu_indices(stop - start, k=start + 1, m=n)  # pairs with j > i
+        same = labels[start + rows] == labels[cols]
+        dist = d[rows, cols]
+        genuine.append(dist[same])
+        impostor = np.concatenate([smallest, dist[~same]])
+        if len(impostor) > keep:
+            impostor = np.partition(impostor, keep - 1)[:keep]
+        smallest = impostor
+    genuine = np.concatenate(genuine)
+    smallest = np.sort(smallest)
+    for f, m in sorted(wanted.items(), reverse=True):
+        threshold = float(smallest[m])
+        key = _fmr_key(f)
+        out["threshold_at_fmr_" + key] = threshold
+        out["fnmr_at_fmr_" + key] = float(np.mean(genuine >= threshold))
+    return out
+
+
 def all_metrics(embeddings, labels, reference_embeddings, reference_labels, distance="euclidean",
                 pairs=None, seed=0):
     """Every metric of ``metrics.json`` for one evaluated split (``verification_auc`` when

@@ -402,9 +402,39 @@ class TensorBoardLogger:
             self.run_dir.plot("embedding_" + splits.split),
             title="%s on %s: %s %d-D %s embedding (epoch %d)" % (
                 cfg.method, cfg.dataset, how, embeddings.shape[1], splits.split, step))))
+        written.append(("plots/retrieval_" + splits.split, self.retrieval_figure(
+            splits, embeddings, labels, step)))
         for tag, path in written:
             self.writer.add_image(tag, plots.png_to_chw(path), global_step=step)
         return [path for _, path in written]
+
+    RETRIEVAL_NEIGHBOURS = 8
+
+    def retrieval_figure(self, splits, embeddings, labels, step):
+        """``plots/retrieval_<split>.png``: one fixed query of each of up to 8 classes and its 8
+        nearest other images of the evaluated split (as the retrieval metrics rank them)."""
+        from . import plots
+        from .evaluation import _neighbor_chunks, pairwise_distances_np
+
+        cfg = self.cfg
+        queries = plots.retrieval_queries(labels, seed=cfg.seed)
+        k = min(self.RETRIEVAL_NEIGHBOURS, len(labels) - 1)
+        neighbours = np.concatenate([nn for _, _, nn in _neighbor_chunks(
+            np.asarray(embeddings, dtype=np.float64)[queries],
+            np.asarray(embeddings, dtype=np.float64), k + 1, cfg.distance,
+            exclude_self=False)])
+        names = splits.class_names
+        rows = []
+        for q, nn in zip(queries, neighbours):
+            nn = [int(i) for i in nn if i != q][:k]
+            d = pairwise_distances_np(embeddings[q:q + 1].astype(np.float64),
+                                      embeddings[nn].astype(np.float64), cfg.distance)[0]
+            rows.append(dict(query=splits.test[int(q)][0], query_label=names[int(labels[q])],
+                             neighbours=[(splits.test[i][0], names[int(labels[i])], dist)
+                                         for i, dist in zip(nn, d)]))
+        return plots.neighbour_grid(rows, self.run_dir.plot("retrieval_" + splits.split),
+                                    title="%s on %s: nearest %s images (epoch %d, %s distance)"
+                                    % (cfg.method, cfg.dataset, splits.split, step, cfg.distance))
 
 
 def projector_sample(n, max_points, seed):

@@ -117,6 +117,71 @@ def metrics_bars(rows, keys, path, label_key="run", title=""):
     return _save(fig, path)
 
 
+GREEN, RED, GREY = (46, 160, 67), (207, 34, 46), (140, 140, 140)
+
+
+def neighbour_grid(rows, path, thumb=96, title=""):
+    """A PNG of retrieval results: one row per query, the query image then its neighbours, each
+    captioned (label, and the distance for neighbours) and framed green when its label is the
+    query's, red when it differs, grey when either label is unknown. ``rows``: dicts with
+    ``query`` (uint8 H x W x 3), ``query_label`` (str, "" unknown) and ``neighbours`` (a list of
+    ``(image, label, distance)``)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from .runs import write_atomic
+
+    font = ImageFont.load_default()
+    pad, caption, border = 6, 14, 3
+    cols = 1 + max(len(r["neighbours"]) for r in rows)
+    cell_w, cell_h = thumb + 2 * border + pad, thumb + 2 * border + 2 * caption + pad
+    top = 2 * caption if title else pad
+    sheet = Image.new("RGB", (pad + cols * cell_w + pad, top + len(rows) * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((pad, pad // 2), title, fill=(0, 0, 0), font=font)
+
+    def cell(col, row, image, colour, lines):
+        x = pad + col * cell_w + (pad if col else 0) // 2
+        y = top + row * cell_h
+        draw.rectangle([x, y, x + thumb + 2 * border - 1, y + thumb + 2 * border - 1], fill=colour)
+        img = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+        img = img.resize((thumb, thumb), Image.NEAREST if min(img.size) < thumb // 2
+                         else Image.BILINEAR)
+        sheet.paste(img, (x + border, y + border))
+        for i, line in enumerate(lines):
+            draw.text((x, y + thumb + 2 * border + i * caption), line[:18], fill=(0, 0, 0),
+                      font=font)
+
+    for r, row in enumerate(rows):
+        cell(0, r, row["query"], (0, 0, 0), ["query", row["query_label"] or "?"])
+        for c, (image, label, dist) in enumerate(row["neighbours"], 1):
+            colour = GREY if not (label and row["query_label"]) else (
+                GREEN if label == row["query_label"] else RED)
+            cell(c, r, image, colour, ["%s" % (label or "?"), "d=%.4g" % dist])
+
+    def save(tmp):
+        sheet.save(tmp, format="PNG")
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomic(save, path)
+    return path
+
+
+def retrieval_queries(labels, per_class=1, max_classes=8, seed=0):
+    """Fixed query indices for the retrieval picture: ``per_class`` images of each of at most
+    ``max_classes`` classes (the same ones every epoch and in ``dml evaluate``)."""
+    labels = np.asarray(labels).reshape(-1)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    if len(classes) > max_classes:
+        classes = np.sort(rng.choice(classes, max_classes, replace=False))
+    chosen = []
+    for c in classes:
+        members = np.flatnonzero(labels == c)
+        chosen.extend(np.sort(rng.choice(members, min(per_class, len(members)), replace=False)))
+    return np.asarray(chosen, dtype=np.int64)
+
+
 def png_to_chw(path):
     """A PNG as a uint8 3 x H x W array (what ``SummaryWriter.add_image`` takes)."""
     from PIL import Image

@@ -10,10 +10,12 @@ class LoadedRun:
 
     ``net`` (a hybridized Gluon block), ``config`` (the run's :class:`dml.config.RunConfig`),
     ``class_names``, ``mean``/``std`` (the per-channel normalization), ``input_size`` (H, W),
-    ``checkpoint`` (the params file) and ``ctx``.
+    ``checkpoint`` (the params file), ``run_dir`` and ``ctx``.
     """
 
-    def __init__(self, net, config, class_names, mean, std, input_size, checkpoint, ctx):
+    def __init__(self, net, config, class_names, mean, std, input_size, checkpoint, ctx,
+                 run_dir=None):
+        self.run_dir = run_dir
         self.net, self.config, self.class_names = net, config, list(class_names)
         self.mean, self.std = tuple(mean), tuple(std)
         self.input_size, self.checkpoint, self.ctx = tuple(input_size), checkpoint, ctx
@@ -89,10 +91,409 @@ def load_run(run_dir, checkpoint="last", ctx=None):
         splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
         norm = dict(mean=splits.mean, std=splits.std, input_size=input_size(splits))
     return LoadedRun(net, cfg, stored.get("class_names", []), norm["mean"], norm["std"],
-                     norm["input_size"], path, ctx)
+                     norm["input_size"], path, ctx, run_dir=str(run.path))
 
 
 def input_size(splits):
     """The (H, W) of the images a dataset's network takes."""
     image, _ = splits.train[0]
     return list(np.asarray(image).shape[:2])
+
+
+# ------------------------------------------------------------------------------------------------
+# Image collections: what `dml embed`, `dml index` and `dml search` read.
+
+
+class Item:
+    """One image of a collection: ``source`` (a file path, or ``dataset:split:index`` for an
+    image of a run's own dataset), its ``label`` (a class name, "" when unknown) and, for dataset
+    images, the decoded ``image``."""
+
+    __slots__ = ("source", "label", "image")
+
+    def __init__(self, source, label="", image=None):
+        self.source, self.label, self.image = source, label, image
+
+
+def _walk_images(folder):
+    """``(path, first-level folder or "")`` for every image file under ``folder`` (recursive,
+    sorted, hidden files and folders skipped) and the number of other files."""
+    import os
+
+    from .data.datasets import image_extensions
+
+    extensions = image_extensions()
+    found, skipped = [], 0
+    for here, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = os.path.relpath(here, folder)
+        label = "" if rel == "." else rel.split(os.sep)[0]
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            if os.path.splitext(name)[1].lower() in extensions:
+                found.append((os.path.join(here, name), label))
+            else:
+                skipped += 1
+    return found, skipped
+
+
+def _read_list_file(path):
+    """A list file: one image path per line (relative paths are relative to the list file), and
+    optionally a tab or a comma and its label; blank lines and ``#`` comments are skipped."""
+    import os
+
+    base = os.path.dirname(os.path.abspath(path))
+    items = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DmlError("cannot read the list file %s (%s)" % (path, getattr(err, "strerror", None)
+                                                              or err)) from None
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        sep = "\t" if "\t" in line else ("," if "," in line else None)
+        name, label = (line.split(sep, 1) + [""])[:2] if sep else (line, "")
+        name = os.path.expanduser(name.strip())
+        items.append(Item(name if os.path.isabs(name) else os.path.join(base, name),
+                          label.strip()))
+    if not items:
+        raise DmlError("the list file %s names no image (one path per line, optionally a tab "
+                       "and its label)" % path)
+    return items
+
+
+def collect(inputs, run=None, dataset_split=None):
+    """The images to embed, as :class:`Item` s: ``inputs`` are folders (recursive; the label is
+    the first folder level below the folder, when there is one), image files, or list files
+    (``.txt``/``.lst``/``.csv``: see :func:`_read_list_file`); or ``dataset_split`` ("train" or
+    "test") of ``run``'s own dataset. A folder without images, or nothing at all, is a
+    :class:`DmlError`."""
+    import logging
+    import os
+
+    from .data.datasets import image_extensions
+
+    if dataset_split is not None:
+        return _dataset_items(run, dataset_split)
+    items = []
+    for path in inputs:
+        if os.path.isdir(path):
+            found, skipped = _walk_images(path)
+            if not found:
+                raise DmlError("%s holds no image files (looked recursively for %s files)" % (
+                    path, "/".join(sorted({e.lstrip(".") for e in (
+                        ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif")}))))
+            if skipped:
+                logging.getLogger("dml").warning(
+                    "%s: skipped %d files that are not images (by their extension)", path, skipped)
+            items.extend(Item(p, label) for p, label in found)
+        elif os.path.isfile(path):
+            ext = os.path.splitext(path)[1].lower()
+            if ext in (".txt", ".lst", ".csv") and ext not in image_extensions():
+                items.extend(_read_list_file(path))
+            else:
+                items.append(Item(path))
+        else:
+            raise DmlError("no file or folder at %s" % path)
+    if not items:
+        raise DmlError("no images given")
+    return items
+
+
+def _dataset_items(run, split):
+    from .data import load_dataset
+
+    cfg = run.config
+    splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
+    dataset = splits.train if split == "train" else splits.test
+    names = splits.class_names
+    paths = getattr(dataset, "paths", None)
+    items = []
+    for i in range(len(dataset)):
+        image, label = dataset[i]
+        source = paths[i] if paths is not None else "%s:%s:%d" % (cfg.dataset, split, i)
+        items.append(Item(source, names[int(label)], None if paths is not None else image))
+    return items
+
+
+def embed_items(run, items, batch_size=256, strict=False, progress=True):
+    """Embed ``items`` with ``run`` (a :class:`LoadedRun`) -> ``(embeddings, kept items,
+    problems)``: a file that cannot be decoded is skipped with a warning naming it (``problems``
+    lists ``(source, reason)``), or with ``strict`` is a :class:`DmlError` before anything is
+    embedded further."""
+    import logging
+
+    import mxnet as mx
+    from tqdm import tqdm
+
+    from .data import normalize_batch
+
+    log = logging.getLogger("dml")
+    kept, problems, out = [], [], []
+    with tqdm(total=len(items), desc="embedding", unit="image", disable=None if progress else True,
+              leave=False, mininterval=1.0) as bar:
+        for start in range(0, len(items), batch_size):
+            images = []
+            for item in items[start:start + batch_size]:
+                try:
+                    images.append(run._image(item.image if item.image is not None
+                                             else item.source))
+                    kept.append(item)
+                except DmlError as err:
+                    if strict:
+                        raise DmlError("%s (--strict: no bad file is skipped)" % err) from None
+                    problems.append((item.source, str(err)))
+                    log.warning("skipped: %s", err)
+            bar.update(min(batch_size, len(items) - start))
+            if images:
+                x = mx.nd.array(normalize_batch(np.stack(images), run.mean, run.std),
+                                ctx=run.ctx)
+                out.append(run.net(x).asnumpy())
+    if not kept:
+        raise DmlError("none of the %d images could be decoded" % len(items))
+    return np.concatenate(out).astype(np.float32), kept, problems
+
+
+def write_embeddings(path, embeddings, items):
+    """``path`` (``.npy``) and beside it ``<stem>.csv`` (index, path, label), each written
+    through a temporary file and a rename; returns the CSV path."""
+    import csv
+    import io
+    import os
+
+    from .runs import write_atomic
+
+    csv_path = os.path.splitext(path)[0] + ".csv"
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["index", "path", "label"])
+    for i, item in enumerate(items):
+        writer.writerow([i, item.source, item.label])
+    write_atomic(lambda tmp: save_npy(tmp, embeddings), path)
+    try:
+        write_atomic(lambda tmp: save_text(tmp, text.getvalue()), csv_path)
+    except Exception:
+        os.remove(path)
+        raise
+    return csv_path
+
+
+def save_npy(path, array):
+    with open(path, "wb") as f:
+        np.save(f, array)
+
+
+def save_text(path, text):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def file_sha256(path):
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+# A gallery index (``dml index``) and searching it (``dml search``).
+
+INDEX_FILE, ITEMS_FILE, META_FILE = "index.faiss", "items.csv", "index.json"
+INDEX_FORMAT = 1
+
+
+def check_new_folder(path, what="index folder"):
+    """``path`` must not exist (or be an empty folder) and its parent must be writable."""
+    import os
+
+    if os.path.exists(path) and not (os.path.isdir(path) and not os.listdir(path)):
+        raise DmlError("%s already exists: choose a new %s (nothing is overwritten)"
+                       % (path, what))
+    check_writable(path)
+
+
+def check_writable(path):
+    """The folder ``path`` is to be written in exists and is writable (checked before any work,
+    so a bad target costs nothing and leaves nothing)."""
+    import os
+
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise DmlError("cannot write %s: there is no folder %s" % (path, parent))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DmlError("cannot write %s: the folder %s is not writable" % (path, parent))
+
+
+def _items_csv(items):
+    import csv
+    import io
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["index", "path", "label"])
+    for i, item in enumerate(items):
+        writer.writerow([i, item.source, item.label])
+    return text.getvalue()
+
+
+class Gallery:
+    """An index folder: the faiss :class:`dml.index.SearchIndex`, its ``items`` (gallery images,
+    in index order) and ``meta`` (index.json: the run, checkpoint and its SHA-256, distance,
+    kind, count)."""
+
+    def __init__(self, path, index, items, meta):
+        self.path, self.index, self.items, self.meta = path, index, items, meta
+
+
+def build_index(run, items, index_dir, kind="exact", nlist=None, strict=False):
+    """Embed ``items`` with ``run`` and write ``index_dir`` (a new folder): ``index.faiss``,
+    ``items.csv`` and ``index.json`` with the run's identity. The folder is built under a
+    temporary name and renamed: it exists complete or not at all. Returns ``(Gallery,
+    problems)``."""
+    import os
+    import shutil
+
+    from . import WriteFailed, __version__
+    from .index import SearchIndex
+    from .runs import write_failure, write_json
+
+    check_new_folder(index_dir)
+    embeddings, kept, problems = embed_items(run, items, strict=strict)
+    index = SearchIndex.build(embeddings, run.config.distance, kind, nlist, seed=run.config.seed)
+    meta = dict(format=INDEX_FORMAT, dml_version=__version__, kind=kind, nlist=index.nlist,
+                distance=run.config.distance, embedding_dim=int(embeddings.shape[1]),
+                count=index.count, run_dir=os.path.abspath(run.run_dir),
+                checkpoint=os.path.abspath(run.checkpoint),
+                checkpoint_sha256=file_sha256(run.checkpoint),
+                labelled=all(item.label for item in kept))
+    tmp = os.path.abspath(index_dir).rstrip(os.sep) + ".tmp-%d" % os.getpid()
+    try:
+        os.makedirs(tmp)
+        index.save(os.path.join(tmp, INDEX_FILE))
+        save_text(os.path.join(tmp, ITEMS_FILE), _items_csv(kept))
+        write_json(os.path.join(tmp, META_FILE), meta)
+        if os.path.isdir(index_dir):
+            os.rmdir(index_dir)
+        os.rename(tmp, index_dir)
+    except (OSError, RuntimeError, WriteFailed) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, WriteFailed):
+            raise
+        raise write_failure(index_dir, err) from None
+    return Gallery(index_dir, index, kept, meta), problems
+
+
+def open_index(index_dir):
+    """The :class:`Gallery` written by :func:`build_index`, or a :class:`DmlError` saying what
+    is missing."""
+    import csv
+    import os
+
+    from .index import SearchIndex
+    from .runs import read_json
+
+    meta_path = os.path.join(index_dir, META_FILE)
+    if not os.path.isfile(meta_path):
+        raise DmlError("%s is not an index folder (no %s): build one with dml index"
+                       % (index_dir, META_FILE))
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT or any(
+            key not in meta for key in ("kind", "distance", "checkpoint_sha256", "count")):
+        raise DmlError("%s is not an index.json this dml wrote (format %s)"
+                       % (meta_path, INDEX_FORMAT))
+    try:
+        with open(os.path.join(index_dir, ITEMS_FILE), encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as err:
+        raise DmlError("cannot read %s (%s)" % (os.path.join(index_dir, ITEMS_FILE),
+                                                err.strerror or err)) from None
+    items = [Item(row["path"], row["label"]) for row in rows]
+    index = SearchIndex.load(os.path.join(index_dir, INDEX_FILE), meta["distance"], meta["kind"],
+                             meta.get("nlist"))
+    if not len(items) == index.count == meta["count"]:
+        raise DmlError("%s is inconsistent: %d items, %d vectors, index.json says %d"
+                       % (index_dir, len(items), index.count, meta["count"]))
+    return Gallery(index_dir, index, items, meta)
+
+
+def run_for_index(gallery, run_dir=None, checkpoint=None, ctx=None):
+    """The :class:`LoadedRun` whose network built ``gallery``: by default the run and checkpoint
+    index.json names; with ``run_dir`` (and ``checkpoint``, default ``last``) another copy of it.
+    A network other than the one that embedded the gallery (another run, another checkpoint, or
+    the same file retrained), or another distance, is a :class:`DmlError`: its queries would be
+    compared with embeddings of a different space."""
+    import os
+
+    meta = gallery.meta
+    if run_dir is None:
+        run_dir = meta["run_dir"]
+        if checkpoint is None:
+            checkpoint = meta["checkpoint"]
+            if not os.path.isfile(checkpoint):
+                raise DmlError("the index's checkpoint %s is gone: name the run with run_dir="
+                               "RUN_DIR" % checkpoint)
+    run = load_run(run_dir, checkpoint or "last", ctx)
+    if file_sha256(run.checkpoint) != meta["checkpoint_sha256"]:
+        raise DmlError("%s was built with another network (%s): %s is a different checkpoint; "
+                       "rebuild the index with dml index" % (
+                           gallery.path, meta["checkpoint"], run.checkpoint))
+    if run.config.distance != meta["distance"]:
+        raise DmlError("%s is an index for the %s distance, but %s uses %s: rebuild the index"
+                       % (gallery.path, meta["distance"], run_dir, run.config.distance))
+    return run
+
+
+def search(run, gallery, queries, k=10, nprobe=None, ef=None, strict=False):
+    """Embed ``queries`` (:class:`Item` s) and find their ``k`` nearest gallery images ->
+    ``(kept queries, distances Q x k, indices Q x k, problems)``."""
+    if not 1 <= k <= gallery.index.count:
+        raise DmlError("k=%d but the gallery holds %d images: choose k between 1 and %d"
+                       % (k, gallery.index.count, gallery.index.count))
+    embeddings, kept, problems = embed_items(run, queries, strict=strict)
+    distances, indices = gallery.index.search(embeddings, k, nprobe=nprobe, ef=ef)
+    return kept, distances, indices, problems
+
+
+class ImageSource:
+    """Decodes an :class:`Item` 's image for pictures: a file, or ``dataset:split:index`` of the
+    run's own dataset (loaded once)."""
+
+    def __init__(self, run):
+        self.run, self._splits = run, None
+
+    def __call__(self, item):
+        import os
+
+        from .data.datasets import read_image
+
+        if item.image is not None:
+            return item.image
+        if os.path.isfile(item.source):
+            return read_image(item.source)
+        name, split, number = (item.source.split(":") + ["", ""])[:3]
+        if name == self.run.config.dataset and split in ("train", "test") and number.isdigit():
+            if self._splits is None:
+                from .data import load_dataset
+
+                cfg = self.run.config
+                self._splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
+            return getattr(self._splits, split)[int(number)][0]
+        raise DmlError("cannot show %s: no such file" % item.source)
+
+
+def result_rows(run, gallery, queries, distances, indices):
+    """The rows :func:`dml.plots.neighbour_grid` draws."""
+    image = ImageSource(run)
+    rows = []
+    for query, dist, idx in zip(queries, distances, indices):
+        rows.append(dict(query=image(query), query_label=query.label, neighbours=[
+            (image(gallery.items[i]), gallery.items[i].label, d)
+            for d, i in zip(dist, idx) if i >= 0]))
+    return rows
