@@ -1,0 +1,148 @@
+"""Naive loop references of the similarity and proxy losses (pytorch-metric-learning 2.9's
+definitions, written pair by pair): slow, obvious, the oracle of dml.losses.similarity and
+dml.losses.proxies."""
+import math
+import numpy as np
+
+def cos(x):
+    u = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return u @ u.T
+
+def pairs(labels, indices=None):
+    B = len(labels)
+    if indices is None:
+        P = [(i, j) for i in range(B) for j in range(B) if i != j and labels[i] == labels[j]]
+        N = [(i, j) for i in range(B) for j in range(B) if labels[i] != labels[j]]
+    else:
+        a1, p, a2, n = indices
+        P, N = sorted(set(zip(a1, p))), sorted(set(zip(a2, n)))
+    return P, N
+
+def lse(values, add_one):
+    if not values:
+        return 0.0
+    vals = list(values) + ([0.0] if add_one else [])
+    m = max(vals)
+    return m + math.log(sum(math.exp(v - m) for v in vals))
+
+def ms(x, labels, alpha=2, beta=50, base=0.5, indices=None):
+    s = cos(x); B = len(x); P, N = pairs(labels, indices)
+    if len(P) <= 1 and len(N) <= 1:
+        return 0.0
+    total = 0.0
+    for i in range(B):
+        total += lse([-alpha * (s[i, j] - base) for a, j in P if a == i], True) / alpha
+        total += lse([beta * (s[i, j] - base) for a, j in N if a == i], True) / beta
+    return total / B
+
+def circle(x, labels, m=0.4, gamma=80, indices=None, weights_at=None):
+    """``weights_at``: the embeddings the weights alpha_p, alpha_n are computed from (PML
+    detaches them: its gradient treats them as constants; finite differences must too)."""
+    s = cos(x); B = len(x); P, N = pairs(labels, indices)
+    w = s if weights_at is None else cos(weights_at)
+    if len(P) <= 1 and len(N) <= 1:
+        return 0.0
+    losses = []
+    for i in range(B):
+        lp = [-gamma * max(1 + m - w[i, j], 0) * (s[i, j] - (1 - m)) for a, j in P if a == i]
+        ln = [gamma * max(w[i, j] + m, 0) * (s[i, j] - m) for a, j in N if a == i]
+        if lp and ln:
+            z = lse(lp, False) + lse(ln, False)
+            losses.append(max(z, 0) + math.log1p(math.exp(-abs(z))))
+    return float(np.mean(losses)) if losses else 0.0
+
+def supcon(x, labels, temperature=0.1, indices=None):
+    s = cos(x) / temperature; B = len(x); P, N = pairs(labels, indices)
+    if len(P) <= 1 and len(N) <= 1 or not P or not N:
+        return 0.0
+    losses = []
+    for i in range(B):
+        pi = [j for a, j in P if a == i]
+        if not pi:
+            continue
+        denom = lse([s[i, j] for a, j in P + N if a == i], False)
+        losses.append(-np.mean([s[i, j] - denom for j in pi]))
+    return float(np.mean(losses))
+
+def ntxent(x, labels, temperature=0.07, indices=None):
+    s = cos(x) / temperature; P, N = pairs(labels, indices)
+    if len(P) <= 1 and len(N) <= 1 or not P or not N:
+        return 0.0
+    losses = []
+    for a, p in P:
+        negs = [s[a, n] for a2, n in N if a2 == a]
+        losses.append(lse([s[a, p]] + negs, False) - s[a, p])
+    return float(np.mean(losses))
+
+def _unit(v):
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+def proxy_anchor(x, labels, P, margin=0.1, alpha=32):
+    s = _unit(x) @ _unit(P).T; C = len(P); B = len(x)
+    present = sorted(set(int(l) for l in labels))
+    pos = sum(lse([-alpha * (s[i, c] - margin) for i in range(B) if labels[i] == c], True) for c in range(C))
+    neg = sum(lse([alpha * (s[i, c] + margin) for i in range(B) if labels[i] != c], True) for c in range(C))
+    return pos / max(len(present), 1) + neg / C
+
+def _ce(logits, labels):
+    return float(np.mean([lse(list(row), False) - row[int(y)] for row, y in zip(logits, labels)]))
+
+def proxy_nca(x, labels, P, softmax_scale=1):
+    ux, up = _unit(x), _unit(P)
+    d2 = np.array([[np.sum((a - b) ** 2) for b in up] for a in ux])
+    return _ce(-softmax_scale * d2, labels)
+
+def normalized_softmax(x, labels, P, temperature=0.05):
+    return _ce(_unit(x) @ _unit(P).T / temperature, labels)
+
+def soft_triple(x, labels, P, centers_per_class=10, la=20, gamma=0.1, margin=0.01):
+    s = _unit(x) @ _unit(P).T; C = len(P) // centers_per_class
+    logits = np.zeros((len(x), C))
+    for i in range(len(x)):
+        for c in range(C):
+            sc = s[i, c * centers_per_class:(c + 1) * centers_per_class]
+            w = np.exp(sc / gamma - np.max(sc / gamma)); w /= w.sum()
+            logits[i, c] = la * (np.sum(w * sc) - (margin if c == labels[i] else 0))
+    return _ce(logits, labels)
+
+def lifted(x, labels, neg_margin=1.0, pos_margin=0.0, indices=None):
+    u = _unit(x); B = len(x); P, N = pairs(labels, indices)
+    if len(P) <= 1 and len(N) <= 1:
+        return 0.0
+    d = np.sqrt(np.maximum(((u[:, None] - u[None]) ** 2).sum(-1), 0))
+    total = 0.0
+    for i in range(B):
+        total += max(lse([d[i, j] - pos_margin for a, j in P if a == i], False)
+                     + lse([neg_margin - d[i, j] for a, j in N if a == i], False), 0)
+    return total / B
+
+def npairs(x, labels):
+    s = cos(x); firsts = {}
+    for i, y in enumerate(labels):
+        firsts.setdefault(y, []).append(i)
+    chosen = [(v[0], v[1]) for v in firsts.values() if len(v) >= 2]
+    if not chosen:
+        return 0.0
+    chosen.sort()
+    ps = [p for _, p in chosen]
+    return float(np.mean([lse([s[a, q] for q in ps], False) - s[a, p] for a, p in chosen]))
+
+
+def ms_miner(x, labels, epsilon=0.1):
+    """(a1, p, a2, n) of the multi-similarity miner, anchor by anchor."""
+    s = cos(x)
+    B = len(x)
+    a1, p, a2, n = [], [], [], []
+    for i in range(B):
+        positives = [j for j in range(B) if j != i and labels[j] == labels[i]]
+        negatives = [j for j in range(B) if labels[j] != labels[i]]
+        if not positives or not negatives:
+            continue
+        hardest_pos = min(s[i, j] for j in positives)
+        hardest_neg = max(s[i, j] for j in negatives)
+        for j in range(B):
+            if j in positives and s[i, j] - epsilon < hardest_neg:
+                a1.append(i), p.append(j)
+            if j in negatives and s[i, j] + epsilon > hardest_pos:
+                a2.append(i), n.append(j)
+    return tuple(np.array(v, dtype=np.int64) for v in (a1, p, a2, n))
