@@ -245,7 +245,7 @@ def embed_items(run, items, batch_size=256, strict=False, progress=True):
                     kept.append(item)
                 except DmlError as err:
                     if strict:
-                        raise DmlError("%s (--strict: no bad file is skipped)" % err) from None
+                        raise DmlError("%s (`strict`: no bad file is skipped)" % err) from None
                     problems.append((item.source, str(err)))
                     log.warning("skipped: %s", err)
             bar.update(min(batch_size, len(items) - start))
@@ -437,8 +437,8 @@ def run_for_index(gallery, run_dir=None, checkpoint=None, ctx=None):
         if checkpoint is None:
             checkpoint = meta["checkpoint"]
             if not os.path.isfile(checkpoint):
-                raise DmlError("the index's checkpoint %s is gone: name the run with run_dir="
-                               "RUN_DIR" % checkpoint)
+                raise DmlError("the index's checkpoint %s is gone: give the run's folder (run="
+                               "RUN_DIR)" % checkpoint)
     run = load_run(run_dir, checkpoint or "last", ctx)
     if file_sha256(run.checkpoint) != meta["checkpoint_sha256"]:
         raise DmlError("%s was built with another network (%s): %s is a different checkpoint; "

@@ -61,8 +61,9 @@ def test_train_end_to_end_run_folder(tiny_cifar, tiny_run):
     assert tags["train/epoch_loss"] == [1, 2]
     assert tags["train/batch_loss"] == [10]  # 9 steps an epoch, logged every 10 steps
     assert tags["eval/map_at_r"] == tags["eval/knn_accuracy"] == [2]  # no --eval-period: the end
-    assert seen["images"] == {"plots/loss": [2], "plots/embedding_test": [2]}
-    for name in ("loss.png", "embedding_test.png"):
+    assert seen["images"] == {"plots/loss": [2], "plots/embedding_test": [2],
+                              "plots/retrieval_test": [2]}
+    for name in ("loss.png", "embedding_test.png", "retrieval_test.png"):
         assert_png(os.path.join(run, "plots", name))
     history = json.load(open(os.path.join(logs, "history.json")))
     assert [h["epoch"] for h in history] == [1, 2] and "map_at_r" in history[1]
