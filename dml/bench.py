@@ -37,6 +37,11 @@ def _loss(name, margin=0.2):
         "online_triplet": lambda: losses.OnlineTripletLoss(margin=margin, selector="random_hard"),
         "online_contrastive": lambda: losses.OnlineContrastiveLoss(
             margin=1.0, pair_selector="hard_negative"),
+        "multi_similarity": losses.MultiSimilarityLoss,
+        "circle": losses.CircleLoss,
+        "supcon": losses.SupConLoss,
+        "lifted": losses.GeneralizedLiftedStructureLoss,
+        "npairs": losses.NPairsLoss,
     }
     return make[name]()
 

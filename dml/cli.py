@@ -8,7 +8,7 @@ import sys
 
 from . import DATASETS, DISTANCES, METHODS, DmlError, WriteFailed, __version__, error_summary
 
-from .registry import KVSTORES, SPLITS  # noqa: E402  (no MXNet import before OMP_NUM_THREADS)
+from .registry import KVSTORES, MINER_METHODS, MINERS, PROXY_METHODS, SPLITS  # noqa: E402  (no MXNet import before OMP_NUM_THREADS)
 # what --resume lets change: the run's length and where it runs; everything else is the run's
 RESUME_MAY_CHANGE = ("epochs", "gpus", "cpus", "kvstore", "num_workers", "data_root")
 
@@ -183,6 +183,14 @@ def build_parser():
                    help="arcface, cosface, sphereface: the logit scale s (defaults in README)")
     g.add_argument("--distance", choices=DISTANCES, default=None,
                    help="distance the loss and the evaluation use")
+    g.add_argument("--miner", default=None, choices=MINERS,
+                   help="%s: the pairs the loss scores (multi_similarity: the multi-similarity "
+                   "miner's, the default of multi_similarity; none: every pair, the others' "
+                   "default)" % ", ".join(MINER_METHODS))
+    g.add_argument("--loss-lr-mult", type=_positive_float, default=None, metavar="M",
+                   help="%s: the proxies learn M times faster than the network (default 100 "
+                   "for proxy_anchor and soft_triple, as their papers; 1 for the others)"
+                   % ", ".join(PROXY_METHODS))
     g.add_argument("--selector", default=None, metavar="NAME",
                    help="online_triplet: random_hard|all|hardest|semihard (default random_hard); "
                    "online_contrastive: hard_negative|all_positive (default hard_negative)")
@@ -540,8 +548,16 @@ def config_from_args(args):
                        "online-mining methods" % args.method)
     if args.scale is not None and not method.scaled:
         raise DmlError("--scale applies to arcface, cosface and sphereface, not %s" % args.method)
+    if args.miner is not None and args.method not in MINER_METHODS:
+        raise DmlError("--miner applies to %s, not %s" % (", ".join(MINER_METHODS), args.method))
+    if args.loss_lr_mult is not None and args.method not in PROXY_METHODS:
+        raise DmlError("--loss-lr-mult applies to the proxy methods (%s), not %s"
+                       % (", ".join(PROXY_METHODS), args.method))
     _absolute_data_root(args)
     values = defaults_for(args.method, args.dataset)
+    if args.margin is not None and values["margin"] is None:
+        raise DmlError("--margin does not apply to %s: its loss has no margin (its parameters "
+                       "are in the README's loss table)" % args.method)
     for key in values:
         given = getattr(args, key, None)
         if given is not None:

@@ -18,9 +18,11 @@ class RunConfig:
     selector: Optional[str] = None
     embedding_dim: int = 128
     l2_normalize: bool = False
-    margin: float = 1.0
+    margin: Optional[float] = 1.0  # None: the method's loss has no margin
     scale: float = 0.0  # s of the margin-softmax heads (arcface, cosface, sphereface)
     distance: str = "euclidean"
+    miner: Optional[str] = None  # the pair losses of registry.MINER_METHODS
+    loss_lr_mult: float = 1.0  # the learning-rate multiplier of a loss's own parameters (proxies)
     optimizer: str = "adam"
     lr: float = 1e-3
     wd: float = 0.0
@@ -90,7 +92,7 @@ def validate(cfg, splits=None):
     try:
         get_method(cfg.method).check_options(cfg.margin, cfg.scale)
     except ValueError as err:
-        raise DmlError("%s: %s (margin=%g, scale=%g)" % (cfg.method, err, cfg.margin,
+        raise DmlError("%s: %s (margin=%s, scale=%g)" % (cfg.method, err, cfg.margin,
                                                          cfg.scale)) from None
     if splits is None:
         return

@@ -74,7 +74,8 @@ def build_net(ctx, embedding_dim=128, backbone="resnet18_v1", l2_normalize=False
 
 def build_loss(cfg):
     """The loss of a run's config (its method's, with its margin, distance and selector)."""
-    return get_method(cfg.method).build_loss(cfg.margin, cfg.distance, cfg.selector)
+    return get_method(cfg.method).build_loss(cfg.margin, cfg.distance, cfg.selector,
+                                             miner=cfg.miner)
 
 
 def build_train_loader(cfg, splits, num_parts=1, part_index=0):
@@ -358,7 +359,7 @@ def prepare_training(cfg, splits, net=None, ctx=None, workers=None):
     method = get_method(cfg.method)
     # labels keep their values under --split unseen: the classifier covers the training labels
     model = method.build_model(net, int(np.max(splits.train.labels)) + 1, ctx, cfg.margin,
-                               cfg.scale)
+                               cfg.scale, loss_lr_mult=cfg.loss_lr_mult)
     model.hybridize(static_alloc=True, static_shape=True)
     loss_fn = build_loss(cfg)
     loss_fn.hybridize(static_alloc=True, static_shape=True)

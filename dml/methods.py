@@ -13,6 +13,10 @@ from .data import BalancedBatchSampler, PairDataset, ShuffledBatchSampler, Tripl
 from .losses import (ContrastiveLoss, OnlineContrastiveLoss, OnlineTripletLoss, TripletBatchAllLoss,
                      TripletBatchHardLoss, TripletMarginLoss, TripletSemiHardLoss)
 from .losses.heads import MARGIN_HEADS
+from .losses.proxies import NormalizedSoftmaxLoss, ProxyAnchorLoss, ProxyNCALoss, SoftTripleLoss
+from .losses.similarity import (CircleLoss, GeneralizedLiftedStructureLoss, MultiSimilarityLoss,
+                                NPairsLoss, SupConLoss)
+from .miners import MultiSimilarityMiner
 from .nets import ClassifierNet, MarginClassifierNet, SiameseNet, TripletNet
 
 
@@ -47,7 +51,7 @@ class Method:
         self.name, self.summary, self._loss_cls = name, summary, loss_cls
         self.stat, self.selectors, self._selector_arg = stat, selectors, selector_arg
 
-    def build_model(self, net, num_classes, ctx, margin=None, scale=None):
+    def build_model(self, net, num_classes, ctx, margin=None, scale=None, **_):
         """What the batches run through: the embedding net itself, or a wrapper around it."""
         return net
 
@@ -55,7 +59,7 @@ class Method:
         """Raise ValueError for a margin or scale the method cannot take (before anything is
         written)."""
 
-    def build_loss(self, margin=1.0, distance="euclidean", selector=None):
+    def build_loss(self, margin=1.0, distance="euclidean", selector=None, miner=None):
         kwargs = dict(margin=margin, distance=distance, return_active_fraction=True)
         if self._selector_arg:
             kwargs[self._selector_arg] = selector or self.selectors[0]
@@ -125,10 +129,10 @@ class _TupleMethod(_PlainBatches):
 
     wrapper = tuple_dataset = tuple_loss = None
 
-    def build_model(self, net, num_classes, ctx, margin=None, scale=None):
+    def build_model(self, net, num_classes, ctx, margin=None, scale=None, **_):
         return self.wrapper(net)
 
-    def build_loss(self, margin=1.0, distance="euclidean", selector=None):
+    def build_loss(self, margin=1.0, distance="euclidean", selector=None, miner=None):
         return self.tuple_loss(margin=margin, distance=distance, return_active_fraction=True)
 
     def train_dataset(self, dataset, seed=0):
@@ -159,12 +163,12 @@ class TripletMethod(_TupleMethod):
 class SoftmaxMethod(_PlainBatches):
     """Cross-entropy classification; the classifier's input (the embedding) is evaluated."""
 
-    def build_model(self, net, num_classes, ctx, margin=None, scale=None):
+    def build_model(self, net, num_classes, ctx, margin=None, scale=None, **_):
         model = ClassifierNet(net, num_classes)
         model.classifier.initialize(mx.init.Xavier(), ctx=ctx)
         return model
 
-    def build_loss(self, margin=1.0, distance="euclidean", selector=None):
+    def build_loss(self, margin=1.0, distance="euclidean", selector=None, miner=None):
         return gluon.loss.SoftmaxCrossEntropyLoss()
 
     def forward(self, model, loss_fn, images, labels):
@@ -191,7 +195,7 @@ class MarginSoftmaxMethod(SoftmaxMethod):
     def check_options(self, margin, scale):
         self.build_head(2, margin, scale)
 
-    def build_model(self, net, num_classes, ctx, margin=None, scale=None):
+    def build_model(self, net, num_classes, ctx, margin=None, scale=None, **_):
         model = MarginClassifierNet(net, self.build_head(max(num_classes, 2), margin, scale))
         model.classifier.initialize(ctx=ctx)
         return model
@@ -201,6 +205,91 @@ class MarginSoftmaxMethod(SoftmaxMethod):
         loss = loss_fn(logits, labels).mean()
         accuracy = (logits.argmax(axis=1) == labels).mean()  # on the margin logits: a lower bound
         return loss, accuracy
+
+
+class MinedLoss(gluon.Block):
+    """``loss(embeddings, labels, indices=miner(embeddings, labels))``: a pair loss on the pairs
+    its miner chooses (the miner works on the host, without gradient)."""
+
+    def __init__(self, loss, miner, **kwargs):
+        super().__init__(**kwargs)
+        self.miner = miner
+        with self.name_scope():
+            self.loss = loss
+
+    def forward(self, embeddings, labels):
+        return self.loss(embeddings, labels, indices=self.miner(embeddings, labels))
+
+
+MINERS = {"none": None, "multi_similarity": MultiSimilarityMiner}
+
+
+class PairLossMethod(Method):
+    """A P x K method whose loss scores pairs by cosine similarity (dml.losses.similarity):
+    ``--margin`` is the loss's ``margin_arg`` (none for some), ``--miner`` restricts the pairs."""
+
+    def __init__(self, name, summary, loss_cls, margin_arg=None, miners=False):
+        super().__init__(name, summary, loss_cls, stat="similarity_gap")
+        self.margin_arg, self.takes_miner = margin_arg, miners
+
+    def build_loss(self, margin=None, distance="cosine", selector=None, miner=None):
+        kwargs = {self.margin_arg: margin} if self.margin_arg and margin is not None else {}
+        loss = self._loss_cls(return_stat=True, **kwargs)
+        if miner in (None, "none"):
+            return loss
+        return MinedLoss(loss, MINERS[miner]())
+
+    def check_options(self, margin, scale):
+        self.build_loss(margin)
+
+
+class ModelLoss(gluon.HybridBlock):
+    """The loss slot of a method whose loss lives in its model (the proxy losses: their proxies
+    are the model's ``classifier``, trained, checkpointed and resumed with it)."""
+
+    def hybrid_forward(self, F, x):
+        return x
+
+
+class ProxyMethod(_PlainBatches):
+    """Shuffled batches; the loss holds learnable proxies (``model.classifier``), trained with
+    ``--loss-lr-mult`` times the learning rate and saved as ``classifier-<id>.params``."""
+
+    stat = "accuracy"
+
+    def __init__(self, name, summary, loss_cls, margin_arg=None):
+        super().__init__(name, summary, loss_cls, stat="accuracy")
+        self.margin_arg = margin_arg
+
+    def build_proxies(self, num_classes, embedding_dim, margin=None, loss_lr_mult=1.0):
+        kwargs = {self.margin_arg: margin} if self.margin_arg and margin is not None else {}
+        return self._loss_cls(num_classes, embedding_dim, lr_mult=loss_lr_mult, return_stat=True,
+                              **kwargs)
+
+    def check_options(self, margin, scale):
+        self.build_proxies(2, 2, margin)
+
+    def build_model(self, net, num_classes, ctx, margin=None, scale=None, loss_lr_mult=1.0, **_):
+        model = MarginClassifierNet(net, self.build_proxies(max(num_classes, 2), net.embedding_dim,
+                                                            margin, loss_lr_mult))
+        model.classifier.initialize(ctx=ctx)
+        return model
+
+    def build_loss(self, margin=None, distance="cosine", selector=None, miner=None):
+        return ModelLoss()
+
+    def forward(self, model, loss_fn, images, labels):
+        return model(images, labels)
+
+    def forward_batch(self, model, loss_fn, parts, ctx):
+        """The loss of the whole batch, on ``ctx[0]`` (Proxy-Anchor's sums over the batch are not
+        a mean of per-device losses): the embeddings are gathered as for the P x K methods, and
+        every other device's proxies get a zero gradient term, so that each copy is updated with
+        the one full-batch gradient the kvstore sums."""
+        embeddings, labels = gather_embeddings(model.embedding_net, parts, ctx)
+        loss, stat = model.classifier(embeddings, labels)
+        zeros = [(model.classifier.proxies.data(c) * 0).sum() for c in ctx[1:]]
+        return [loss] + zeros, loss, stat
 
 
 METHODS = {m.name: m for m in [
@@ -226,6 +315,22 @@ METHODS = {m.name: m for m in [
                         MARGIN_HEADS["cosface"]),
     MarginSoftmaxMethod("sphereface", "softmax over a multiplicative angular margin head "
                         "(SphereFace, annealed)", MARGIN_HEADS["sphereface"]),
+    PairLossMethod("multi_similarity", "multi-similarity loss on the multi-similarity miner's "
+                   "pairs", MultiSimilarityLoss, miners=True),
+    PairLossMethod("circle", "circle loss over every pair", CircleLoss, margin_arg="m",
+                   miners=True),
+    PairLossMethod("supcon", "supervised contrastive loss over every pair", SupConLoss,
+                   miners=True),
+    PairLossMethod("lifted", "generalized lifted-structure loss over every pair",
+                   GeneralizedLiftedStructureLoss, margin_arg="neg_margin", miners=True),
+    PairLossMethod("npairs", "N-pair loss, one pair per class", NPairsLoss),
+    ProxyMethod("proxy_anchor", "Proxy-Anchor loss, one learnable proxy per class",
+                ProxyAnchorLoss, margin_arg="margin"),
+    ProxyMethod("proxy_nca", "ProxyNCA loss, one learnable proxy per class", ProxyNCALoss),
+    ProxyMethod("normalized_softmax", "normalized softmax over learnable class weights",
+                NormalizedSoftmaxLoss),
+    ProxyMethod("soft_triple", "SoftTriple loss, 10 learnable centres per class",
+                SoftTripleLoss, margin_arg="margin"),
 ]}
 
 
@@ -233,6 +338,10 @@ assert tuple(METHODS) == registry.METHODS, "dml.registry.METHODS and the methods
 assert tuple(m for m in METHODS if METHODS[m].pk_batches) == registry.PK_METHODS
 assert {m: METHODS[m].selectors for m in METHODS if METHODS[m].selectors} == \
     registry.METHOD_SELECTORS
+assert tuple(m for m in METHODS if getattr(METHODS[m], "takes_miner", False)) == \
+    registry.MINER_METHODS
+assert tuple(m for m in METHODS if isinstance(METHODS[m], ProxyMethod)) == registry.PROXY_METHODS
+assert tuple(MINERS) == registry.MINERS
 
 
 def get_method(name):

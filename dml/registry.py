@@ -15,6 +15,15 @@ METHODS = (
     "arcface",
     "cosface",
     "sphereface",
+    "multi_similarity",
+    "circle",
+    "supcon",
+    "lifted",
+    "npairs",
+    "proxy_anchor",
+    "proxy_nca",
+    "normalized_softmax",
+    "soft_triple",
 )
 DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder")
 SPLITS = ("test", "unseen")
@@ -30,7 +39,12 @@ METHOD_SELECTORS = {
 MARGIN_HEAD_METHODS = ("arcface", "cosface", "sphereface")  # take --scale
 # the online-mining methods: P x K batches, one fused batch loss
 PK_METHODS = ("triplet_semihard", "triplet_batch_hard", "triplet_batch_all", "online_contrastive",
-              "online_triplet")
+              "online_triplet", "multi_similarity", "circle", "supcon", "lifted", "npairs")
+# the pair losses on similarities that take a miner's pairs (--miner), and the miners
+MINER_METHODS = ("multi_similarity", "circle", "supcon", "lifted")
+MINERS = ("none", "multi_similarity")
+# learnable proxies (shuffled batches; --loss-lr-mult scales the proxies' learning rate)
+PROXY_METHODS = ("proxy_anchor", "proxy_nca", "normalized_softmax", "soft_triple")
 
 # Defaults per method, then per dataset, then per (method, dataset); the command line overrides
 # all three. P x K methods batch n_classes x n_samples images; the tuple methods and softmax batch
@@ -57,6 +71,30 @@ METHOD_DEFAULTS = {
                     batch_size=120, **_TUPLES),
     "sphereface": dict(l2_normalize=True, distance="cosine", margin=4.0, scale=30.0,
                        batch_size=120, **_TUPLES),
+    # pytorch-metric-learning 2.9's defaults; margin None: the loss has no margin to set
+    # (multi-similarity: alpha 2, beta 50, base 0.5 and its miner's epsilon 0.1; SupCon:
+    # temperature 0.1). Embeddings are unit length and compared by cosine, as the losses do.
+    "multi_similarity": dict(l2_normalize=True, distance="cosine", margin=None, n_classes=10,
+                             n_samples=12, miner="multi_similarity"),
+    "circle": dict(l2_normalize=True, distance="cosine", margin=0.4, n_classes=10,
+                   n_samples=12, miner="none"),  # margin: the relaxation m (gamma 80)
+    "supcon": dict(l2_normalize=True, distance="cosine", margin=None, n_classes=10,
+                   n_samples=12, miner="none"),
+    "lifted": dict(l2_normalize=True, distance="euclidean", margin=1.0, n_classes=10,
+                   n_samples=12, miner="none"),  # margin: neg_margin (pos_margin 0)
+    "npairs": dict(l2_normalize=True, distance="cosine", margin=None, n_classes=10,
+                   n_samples=12),
+    # proxies: margin 0.1 and alpha 32 (Proxy-Anchor), softmax_scale 1 (ProxyNCA), temperature
+    # 0.05 (normalized softmax), K 10, la 20, gamma 0.1, margin 0.01 (SoftTriple). The papers
+    # train Proxy-Anchor's proxies and SoftTriple's centres 100x faster than the network.
+    "proxy_anchor": dict(l2_normalize=True, distance="cosine", margin=0.1, batch_size=120,
+                         loss_lr_mult=100.0, **_TUPLES),
+    "proxy_nca": dict(l2_normalize=True, distance="cosine", margin=None, batch_size=120,
+                      loss_lr_mult=1.0, **_TUPLES),
+    "normalized_softmax": dict(l2_normalize=True, distance="cosine", margin=None,
+                               batch_size=120, loss_lr_mult=1.0, **_TUPLES),
+    "soft_triple": dict(l2_normalize=True, distance="cosine", margin=0.01, batch_size=120,
+                        loss_lr_mult=100.0, **_TUPLES),
 }
 DATASET_DEFAULTS = {
     "digits": dict(epochs=10),

@@ -51,7 +51,8 @@ def _one_step(method_name, ctx, batch, selector=None, **cfg_args):
     ("triplet_semihard", None), ("triplet_batch_hard", None), ("triplet_batch_all", None),
     ("online_triplet", "all"), ("online_triplet", "hardest"), ("online_triplet", "random_hard"),
     ("online_triplet", "semihard"), ("online_contrastive", "hard_negative"),
-    ("online_contrastive", "all_positive")])
+    ("online_contrastive", "all_positive"), ("multi_similarity", None), ("circle", None),
+    ("supcon", None), ("lifted", None), ("npairs", None)])
 def test_two_devices_mine_the_whole_batch(method, selector):
     """2 contexts give the loss of 1 on the same batch, and the same updated weights (on every
     device): the embeddings of both slices are gathered before mining."""
@@ -62,6 +63,36 @@ def test_two_devices_mine_the_whole_batch(method, selector):
     assert loss2 == pytest.approx(loss1, rel=1e-5) and stat2 == pytest.approx(stat1, rel=1e-5)
     for name in weights1:
         np.testing.assert_allclose(weights2[name], weights1[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["proxy_anchor", "proxy_nca", "normalized_softmax",
+                                    "soft_triple"])
+def test_proxy_losses_on_two_devices_equal_one(method):
+    """The proxy loss of the whole batch (Proxy-Anchor's sums over the batch are no mean of
+    per-device losses): 2 contexts give 1's loss, network update and proxies on every device."""
+    rng = np.random.RandomState(2)
+    batch = (rng.normal(size=(9, 10)).astype(np.float32),
+             rng.randint(0, 4, size=9).astype(np.float32))
+    results = []
+    for ctx in (CTX1, CTX2):
+        cfg = RunConfig(method=method, margin=0.1, batch_size=9, loss_lr_mult=10.0)
+        meth = get_method(method)
+        net = _net(ctx)
+        model = meth.build_model(net, 4, ctx, cfg.margin, cfg.scale, loss_lr_mult=10.0)
+        loss_fn = build_loss(cfg)
+        trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": 0.5},
+                                kvstore="device")
+        loss, stat = train_step(meth, model, loss_fn, trainer, batch, ctx)
+        proxies = [model.classifier.proxies.data(c).asnumpy() for c in ctx]
+        weights = [p.data(ctx[-1]).asnumpy() for p in net.collect_params().values()]
+        results.append((loss.asscalar(), stat.asscalar(), proxies, weights))
+    (loss1, stat1, proxies1, weights1), (loss2, stat2, proxies2, weights2) = results
+    assert loss2 == pytest.approx(loss1, rel=1e-5) and stat2 == pytest.approx(stat1)
+    for p in proxies2:
+        np.testing.assert_allclose(p, proxies1[0], rtol=1e-4, atol=1e-6)
+    assert np.abs(proxies1[0]).sum() > 0
+    for w1, w2 in zip(weights1, weights2):
+        np.testing.assert_allclose(w2, w1, rtol=1e-4, atol=1e-6)
 
 
 def test_mining_each_slice_alone_would_differ():

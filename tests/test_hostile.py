@@ -81,6 +81,10 @@ KINDS = {
               "--num-workers", "1"],
     "softmax": ["--method", "softmax", "--batch-size", "16", "--embedding-dim", "16",
                 "--num-workers", "1"],
+    # learnable proxies (checkpointed with the run, 100x learning rate) and a miner's pairs
+    "proxy": ["--method", "proxy_anchor", "--batch-size", "16", "--embedding-dim", "16",
+              "--num-workers", "1"],
+    "mined": ["--method", "multi_similarity"] + TINY,
 }
 
 

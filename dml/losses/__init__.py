@@ -6,10 +6,16 @@ Every loss takes ``margin=`` and ``distance='euclidean'|'squared'|'cosine'`` and
 loss as a 1-element NDArray (with ``return_active_fraction=True``: ``(loss, fraction)``).
 The margin-softmax heads (:class:`ArcFace`, :class:`CosFace`, :class:`SphereFace`) are called as
 ``head(embeddings, labels)`` and return logits for softmax cross-entropy.
+The similarity losses (:mod:`.similarity`: multi-similarity, circle, SupCon, NT-Xent, lifted
+structure, N-pairs) and the proxy losses (:mod:`.proxies`) carry pytorch-metric-learning 2.9's
+names, parameters and reductions; the pair ones also take ``indices=`` from :mod:`dml.miners`.
 """
 from .contrastive import PAIR_SELECTORS, ContrastiveLoss, OnlineContrastiveLoss
 from .distance import DISTANCES, pair_distance, pairwise_distance
 from .heads import MARGIN_HEADS, ArcFace, CosFace, SphereFace
+from .proxies import NormalizedSoftmaxLoss, ProxyAnchorLoss, ProxyNCALoss, SoftTripleLoss
+from .similarity import (CircleLoss, GeneralizedLiftedStructureLoss, MultiSimilarityLoss,
+                         NPairsLoss, NTXentLoss, SupConLoss)
 from .triplet import (ONLINE_TRIPLET_SELECTORS, OnlineTripletLoss, TripletBatchAllLoss,
                       TripletBatchHardLoss, TripletMarginLoss, TripletSemiHardLoss)
 
@@ -18,4 +24,7 @@ __all__ = [
     "ContrastiveLoss", "OnlineContrastiveLoss", "TripletMarginLoss", "TripletSemiHardLoss",
     "TripletBatchHardLoss", "TripletBatchAllLoss", "OnlineTripletLoss",
     "MARGIN_HEADS", "ArcFace", "CosFace", "SphereFace",
+    "MultiSimilarityLoss", "CircleLoss", "SupConLoss", "NTXentLoss",
+    "GeneralizedLiftedStructureLoss", "NPairsLoss",
+    "ProxyAnchorLoss", "ProxyNCALoss", "NormalizedSoftmaxLoss", "SoftTripleLoss",
 ]
