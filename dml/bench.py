@@ -1,4 +1,5 @@
-"""Benchmarks that print tables: ``python -m dml.bench losses`` and ``python -m dml.bench train``.
+"""Benchmarks that print tables: ``python -m dml.bench losses``, ``python -m dml.bench train`` and
+``python -m dml.bench serve`` (:mod:`dml.bench_serve`).
 
 ``losses``: for each batch loss and batch size B, the median time of one forward + backward pass
 on random B x D embeddings (P x K labels, ``--samples-per-class`` each), and the peak resident
@@ -304,6 +305,9 @@ def build_parser():
     train.add_argument("--repeats", type=int, default=5)
     train.add_argument("--num-workers", type=int, default=2)
     train.set_defaults(func=cmd_train)
+    from .bench_serve import add_parser
+
+    add_parser(sub)
     return parser
 
 

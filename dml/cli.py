@@ -8,7 +8,9 @@ import sys
 
 from . import DATASETS, DISTANCES, METHODS, DmlError, WriteFailed, __version__, error_summary
 
-from .registry import KVSTORES, MINER_METHODS, MINERS, PROXY_METHODS, SPLITS  # noqa: E402  (no MXNet import before OMP_NUM_THREADS)
+# (the registry imports no MXNet: OMP_NUM_THREADS is set before MXNet loads)
+from .registry import (KVSTORES, METHOD_MINERS, MINER_METHODS, MINERS,  # noqa: E402
+                       PROXY_METHODS, SPLITS)
 # what --resume lets change: the run's length and where it runs; everything else is the run's
 RESUME_MAY_CHANGE = ("epochs", "gpus", "cpus", "kvstore", "num_workers", "data_root")
 
@@ -184,9 +186,10 @@ def build_parser():
     g.add_argument("--distance", choices=DISTANCES, default=None,
                    help="distance the loss and the evaluation use")
     g.add_argument("--miner", default=None, choices=MINERS,
-                   help="%s: the pairs the loss scores (multi_similarity: the multi-similarity "
-                   "miner's, the default of multi_similarity; none: every pair, the others' "
-                   "default)" % ", ".join(MINER_METHODS))
+                   help="the tuples the loss scores: multi_similarity (pairs, for %s; the "
+                   "default of multi_similarity), distance_weighted (triplets, margin's "
+                   "default) or none (every pair or triplet)"
+                   % ", ".join(m for m in MINER_METHODS if "multi_similarity" in METHOD_MINERS[m]))
     g.add_argument("--loss-lr-mult", type=_positive_float, default=None, metavar="M",
                    help="%s: the proxies learn M times faster than the network (default 100 "
                    "for proxy_anchor and soft_triple, as their papers; 1 for the others)"
@@ -550,6 +553,9 @@ def config_from_args(args):
         raise DmlError("--scale applies to arcface, cosface and sphereface, not %s" % args.method)
     if args.miner is not None and args.method not in MINER_METHODS:
         raise DmlError("--miner applies to %s, not %s" % (", ".join(MINER_METHODS), args.method))
+    if args.miner is not None and args.miner not in METHOD_MINERS[args.method]:
+        raise DmlError("--miner %s does not apply to %s: choose %s" % (
+            args.miner, args.method, " or ".join(METHOD_MINERS[args.method])))
     if args.loss_lr_mult is not None and args.method not in PROXY_METHODS:
         raise DmlError("--loss-lr-mult applies to the proxy methods (%s), not %s"
                        % (", ".join(PROXY_METHODS), args.method))

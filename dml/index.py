@@ -86,6 +86,7 @@ class SearchIndex:
             quantizer = faiss.IndexFlatIP(dim) if distance == "cosine" else faiss.IndexFlatL2(dim)
             index = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
             index.cp.seed = seed
+            index.cp.max_points_per_centroid = 64  # k-means on a sample: 64 vectors per cell
             index.train(x)  # (faiss' wrapper keeps the quantizer alive with the index)
         index.add(x)
         return cls(index, distance, kind, nlist if kind == "ivf" else None)

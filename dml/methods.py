@@ -16,7 +16,8 @@ from .losses.heads import MARGIN_HEADS
 from .losses.proxies import NormalizedSoftmaxLoss, ProxyAnchorLoss, ProxyNCALoss, SoftTripleLoss
 from .losses.similarity import (CircleLoss, GeneralizedLiftedStructureLoss, MultiSimilarityLoss,
                                 NPairsLoss, SupConLoss)
-from .miners import MultiSimilarityMiner
+from .losses.margin import MarginLoss
+from .miners import DistanceWeightedMiner, MultiSimilarityMiner
 from .nets import ClassifierNet, MarginClassifierNet, SiameseNet, TripletNet
 
 
@@ -221,15 +222,17 @@ class MinedLoss(gluon.Block):
         return self.loss(embeddings, labels, indices=self.miner(embeddings, labels))
 
 
-MINERS = {"none": None, "multi_similarity": MultiSimilarityMiner}
+MINERS = {"none": None, "multi_similarity": MultiSimilarityMiner,
+          "distance_weighted": DistanceWeightedMiner}
 
 
 class PairLossMethod(Method):
     """A P x K method whose loss scores pairs by cosine similarity (dml.losses.similarity):
     ``--margin`` is the loss's ``margin_arg`` (none for some), ``--miner`` restricts the pairs."""
 
-    def __init__(self, name, summary, loss_cls, margin_arg=None, miners=False):
-        super().__init__(name, summary, loss_cls, stat="similarity_gap")
+    def __init__(self, name, summary, loss_cls, margin_arg=None, miners=False,
+                 stat="similarity_gap"):
+        super().__init__(name, summary, loss_cls, stat=stat)
         self.margin_arg, self.takes_miner = margin_arg, miners
 
     def build_loss(self, margin=None, distance="cosine", selector=None, miner=None):
@@ -324,6 +327,8 @@ METHODS = {m.name: m for m in [
     PairLossMethod("lifted", "generalized lifted-structure loss over every pair",
                    GeneralizedLiftedStructureLoss, margin_arg="neg_margin", miners=True),
     PairLossMethod("npairs", "N-pair loss, one pair per class", NPairsLoss),
+    PairLossMethod("margin", "margin loss on distance-weighted triplets (Wu et al.)", MarginLoss,
+                   margin_arg="margin", miners=True, stat="active_fraction"),
     ProxyMethod("proxy_anchor", "Proxy-Anchor loss, one learnable proxy per class",
                 ProxyAnchorLoss, margin_arg="margin"),
     ProxyMethod("proxy_nca", "ProxyNCA loss, one learnable proxy per class", ProxyNCALoss),

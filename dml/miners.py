@@ -62,3 +62,62 @@ class MultiSimilarityMiner:
         keep_negative = negative & (sim + self.epsilon > hardest_positive)
         keep_positive = positive & (sim - self.epsilon < hardest_negative)
         return masks_to_pairs(keep_positive, keep_negative)
+
+
+class DistanceWeightedMiner:
+    r"""Distance-weighted sampling (Wu et al. 2017), as PML 2.9's ``DistanceWeightedMiner``:
+    triplets (a, p, n) whose negative is drawn with probability proportional to the inverse of the
+    density of distances between random points on the unit sphere in D dimensions,
+
+    .. math:: w_{an} \propto d^{2-D} (1 - d^2/4)^{-(D-3)/2}, \qquad d = \max(d_{an}, cutoff),
+
+    and 0 for negatives at d >= ``nonzero_loss_cutoff`` (they would give no margin loss). For every
+    class with two images or more, each of its images is the anchor of as many triplets as the
+    class has images, each with a positive drawn uniformly among the class's other images.
+    Distances are Euclidean between L2-normalized embeddings. ``rng``: a numpy RandomState
+    (default numpy's global one, which ``dml train`` seeds).
+    """
+
+    def __init__(self, cutoff=0.5, nonzero_loss_cutoff=1.4, rng=None):
+        if not (np.isfinite(cutoff) and np.isfinite(nonzero_loss_cutoff)):
+            raise ValueError("cutoff and nonzero_loss_cutoff must be finite")
+        self.cutoff, self.nonzero_loss_cutoff = float(cutoff), float(nonzero_loss_cutoff)
+        self.rng = rng
+
+    def weights(self, x, labels):
+        """The B x B sampling weights (rows sum to 1, or are 0 where nothing can be drawn)."""
+        dim = x.shape[1]
+        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        dist = np.sqrt(np.maximum(2 - 2 * unit @ unit.T, 0)) + np.eye(len(x))
+        dist = np.maximum(dist, self.cutoff)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_w = (2.0 - dim) * np.log(dist) - ((dim - 3) / 2.0) * np.log(1.0 - 0.25 * dist ** 2)
+            finite = np.isfinite(log_w)
+            w = np.exp(log_w - (np.max(log_w[finite]) if finite.any() else 0.0))
+        w[~finite] = 0.0
+        w *= (labels[:, None] != labels[None, :]) * (dist < self.nonzero_loss_cutoff)
+        total = w.sum(axis=1, keepdims=True)
+        return np.divide(w, total, out=np.zeros_like(w), where=total > 0)
+
+    def __call__(self, embeddings, labels):
+        x, y = _host(embeddings, labels)
+        rng = self.rng or np.random
+        w = self.weights(x, y)
+        a_all, p_all, n_all = [], [], []
+        for label in np.unique(y):
+            members = np.flatnonzero(y == label)
+            others = np.flatnonzero(y != label)
+            if len(members) < 2 or not len(others):
+                continue
+            k = len(members)
+            for a in members:
+                if w[a].sum() <= 0:
+                    continue
+                positives = members[members != a]
+                p = positives[rng.randint(0, len(positives), size=k)]
+                n = rng.choice(len(y), size=k, p=w[a])
+                a_all.append(np.full(k, a)), p_all.append(p), n_all.append(n)
+        if not a_all:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty.copy(), empty.copy()
+        return tuple(np.concatenate(v).astype(np.int64) for v in (a_all, p_all, n_all))

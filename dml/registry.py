@@ -20,6 +20,7 @@ METHODS = (
     "supcon",
     "lifted",
     "npairs",
+    "margin",
     "proxy_anchor",
     "proxy_nca",
     "normalized_softmax",
@@ -39,10 +40,19 @@ METHOD_SELECTORS = {
 MARGIN_HEAD_METHODS = ("arcface", "cosface", "sphereface")  # take --scale
 # the online-mining methods: P x K batches, one fused batch loss
 PK_METHODS = ("triplet_semihard", "triplet_batch_hard", "triplet_batch_all", "online_contrastive",
-              "online_triplet", "multi_similarity", "circle", "supcon", "lifted", "npairs")
-# the pair losses on similarities that take a miner's pairs (--miner), and the miners
-MINER_METHODS = ("multi_similarity", "circle", "supcon", "lifted")
-MINERS = ("none", "multi_similarity")
+              "online_triplet", "multi_similarity", "circle", "supcon", "lifted", "npairs",
+              "margin")
+# --miner: the miners of each method that takes one, its default first (pair miners for the pair
+# losses, a triplet miner for the margin loss)
+MINERS = ("none", "multi_similarity", "distance_weighted")
+METHOD_MINERS = {
+    "multi_similarity": ("multi_similarity", "none"),
+    "circle": ("none", "multi_similarity"),
+    "supcon": ("none", "multi_similarity"),
+    "lifted": ("none", "multi_similarity"),
+    "margin": ("distance_weighted", "none"),
+}
+MINER_METHODS = tuple(METHOD_MINERS)
 # learnable proxies (shuffled batches; --loss-lr-mult scales the proxies' learning rate)
 PROXY_METHODS = ("proxy_anchor", "proxy_nca", "normalized_softmax", "soft_triple")
 
@@ -84,6 +94,9 @@ METHOD_DEFAULTS = {
                    n_samples=12, miner="none"),  # margin: neg_margin (pos_margin 0)
     "npairs": dict(l2_normalize=True, distance="cosine", margin=None, n_classes=10,
                    n_samples=12),
+    # margin 0.2, beta 1.2 (fixed), distance-weighted sampling: cutoff 0.5, nonzero cutoff 1.4
+    "margin": dict(l2_normalize=True, distance="euclidean", margin=0.2, n_classes=10,
+                   n_samples=12, miner="distance_weighted"),
     # proxies: margin 0.1 and alpha 32 (Proxy-Anchor), softmax_scale 1 (ProxyNCA), temperature
     # 0.05 (normalized softmax), K 10, la 20, gamma 0.1, margin 0.01 (SoftTriple). The papers
     # train Proxy-Anchor's proxies and SoftTriple's centres 100x faster than the network.

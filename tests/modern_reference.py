@@ -146,3 +146,48 @@ def ms_miner(x, labels, epsilon=0.1):
             if j in negatives and s[i, j] + epsilon > hardest_pos:
                 a2.append(i), n.append(j)
     return tuple(np.array(v, dtype=np.int64) for v in (a1, p, a2, n))
+
+
+def margin_loss(x, labels, margin=0.2, beta=1.2, nu=0.0, indices=None):
+    """Every triplet (or the given ones): the sum of both hinge terms over the number of terms
+    that are > 0."""
+    u = _unit(x)
+    B = len(x)
+    d = lambda i, j: math.sqrt(max(float(np.sum((u[i] - u[j]) ** 2)), 0.0))  # noqa: E731
+    if indices is None:
+        triplets = [(a, p, n) for a in range(B) for p in range(B) for n in range(B)
+                    if p != a and labels[p] == labels[a] and labels[n] != labels[a]]
+    else:
+        triplets = list(zip(*indices))
+    total, active = 0.0, 0
+    for a, p, n in triplets:
+        pos, neg = max(d(a, p) - beta + margin, 0), max(beta - d(a, n) + margin, 0)
+        total += pos + neg
+        active += (pos > 0) + (neg > 0)
+    loss = total / max(active, 1)
+    if nu and triplets:
+        loss += nu * beta / max(active, 1)
+    return loss
+
+
+def dw_weights(x, labels, cutoff=0.5, nonzero_loss_cutoff=1.4):
+    """The distance-weighted sampling weights, entry by entry."""
+    u = _unit(x)
+    B, D = x.shape
+    raw = np.zeros((B, B))
+    logs = {}
+    for i in range(B):
+        for j in range(B):
+            d = max(math.sqrt(max(float(np.sum((u[i] - u[j]) ** 2)), 0.0)) + (i == j), cutoff)
+            inner = 1.0 - 0.25 * d * d
+            if inner > 0:
+                logs[i, j] = (2.0 - D) * math.log(d) - ((D - 3) / 2.0) * math.log(inner)
+    top = max(logs.values())
+    for (i, j), value in logs.items():
+        d = max(math.sqrt(max(float(np.sum((u[i] - u[j]) ** 2)), 0.0)) + (i == j), cutoff)
+        if labels[i] != labels[j] and d < nonzero_loss_cutoff:
+            raw[i, j] = math.exp(value - top)
+    for i in range(B):
+        if raw[i].sum() > 0:
+            raw[i] /= raw[i].sum()
+    return raw

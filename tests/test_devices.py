@@ -52,7 +52,7 @@ def _one_step(method_name, ctx, batch, selector=None, **cfg_args):
     ("online_triplet", "all"), ("online_triplet", "hardest"), ("online_triplet", "random_hard"),
     ("online_triplet", "semihard"), ("online_contrastive", "hard_negative"),
     ("online_contrastive", "all_positive"), ("multi_similarity", None), ("circle", None),
-    ("supcon", None), ("lifted", None), ("npairs", None)])
+    ("supcon", None), ("lifted", None), ("npairs", None), ("margin", None)])
 def test_two_devices_mine_the_whole_batch(method, selector):
     """2 contexts give the loss of 1 on the same batch, and the same updated weights (on every
     device): the embeddings of both slices are gathered before mining."""

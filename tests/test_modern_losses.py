@@ -10,6 +10,7 @@ import pytest
 from mxnet import autograd
 
 import modern_reference as ref
+from dml.losses.margin import MarginLoss
 from dml.losses.proxies import NormalizedSoftmaxLoss, ProxyAnchorLoss, ProxyNCALoss, SoftTripleLoss
 from dml.losses.similarity import (CircleLoss, GeneralizedLiftedStructureLoss, MultiSimilarityLoss,
                                    NPairsLoss, NTXentLoss, SupConLoss)
@@ -24,6 +25,7 @@ PAIR_LOSSES = {
     "lifted": (GeneralizedLiftedStructureLoss, ref.lifted, {}),
 }
 ALL_PAIR_LOSSES = dict(PAIR_LOSSES, npairs=(NPairsLoss, ref.npairs, {}))
+NAN_LOSSES = dict(ALL_PAIR_LOSSES, margin=(MarginLoss, ref.margin_loss, {}))
 PROXY_LOSSES = {
     "proxy_anchor": (ProxyAnchorLoss, ref.proxy_anchor, {}),
     "proxy_nca": (ProxyNCALoss, ref.proxy_nca, {}),
@@ -164,7 +166,7 @@ def test_every_pair_loss_composes_with_the_miner(name):
     assert value(loss_fn, x, labels, empty) == 0.0
 
 
-@pytest.mark.parametrize("name", list(ALL_PAIR_LOSSES) + list(PROXY_LOSSES))
+@pytest.mark.parametrize("name", list(NAN_LOSSES) + list(PROXY_LOSSES))
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_a_non_finite_embedding_gives_a_nan_loss(name, bad):
     x = np.random.default_rng(1).normal(size=(8, 4)).astype(np.float32)
@@ -175,7 +177,7 @@ def test_a_non_finite_embedding_gives_a_nan_loss(name, bad):
         loss_fn = cls(4, 4, **kwargs)
         loss_fn.initialize()
     else:
-        cls, _, kwargs = ALL_PAIR_LOSSES[name]
+        cls, _, kwargs = NAN_LOSSES[name]
         loss_fn = cls(**kwargs)
     loss_fn.hybridize()
     emb = mx.nd.array(x)
@@ -208,7 +210,8 @@ def test_float32_defaults_stay_finite_at_the_extremes():
     lambda: CircleLoss(m=1.5), lambda: CircleLoss(gamma=-1), lambda: SupConLoss(temperature=0),
     lambda: NTXentLoss(temperature=float("nan")), lambda: ProxyAnchorLoss(0, 8),
     lambda: SoftTripleLoss(3, 8, centers_per_class=0), lambda: NormalizedSoftmaxLoss(3, 8, 0),
-    lambda: MultiSimilarityMiner(float("nan"))])
+    lambda: MultiSimilarityMiner(float("nan")), lambda: MarginLoss(margin=-1),
+    lambda: MarginLoss(beta=float("inf"))])
 def test_bad_parameters_are_refused(make):
     with pytest.raises(ValueError):
         make()
@@ -217,3 +220,86 @@ def test_bad_parameters_are_refused(make):
 def test_npairs_takes_no_indices():
     with pytest.raises(ValueError, match="picks its own pairs"):
         NPairsLoss()(mx.nd.ones((4, 2)), mx.nd.array([0, 0, 1, 1]), indices=(1, 2, 3, 4))
+
+
+# ------------------------------------------------------------------------------------------------
+# The margin loss and distance-weighted sampling (Wu et al. 2017)
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_margin_loss_matches_the_loop_over_every_triplet(hybridize):
+    from dml.losses import MarginLoss
+
+    for case, x, labels in batches():
+        for kwargs in ({}, {"margin": 0.5, "beta": 0.8}):
+            loss_fn = MarginLoss(return_stat=True, **kwargs)
+            loss_fn.cast("float64")
+            if hybridize:
+                loss_fn.hybridize()
+            assert value(loss_fn, x, labels) == pytest.approx(
+                ref.margin_loss(x, labels, **kwargs), rel=1e-6, abs=1e-9), case
+
+
+def test_margin_loss_on_given_triplets_value_and_gradient():
+    from dml.losses import MarginLoss
+
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(10, 4))
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    a = np.array([0, 0, 3, 6, 9, 9])
+    p = np.array([1, 2, 4, 7, 6, 8])
+    n = np.array([3, 9, 0, 1, 2, 2])
+    loss_fn = MarginLoss(margin=0.3, beta=1.0)
+    loss_fn.cast("float64")
+    loss_fn.hybridize()
+    assert value(loss_fn, x, labels, (a, p, n)) == pytest.approx(
+        ref.margin_loss(x, labels, margin=0.3, beta=1.0, indices=(a, p, n)), rel=1e-9)
+    numeric = numeric_gradient(lambda v: ref.margin_loss(v, labels, 0.3, 1.0,
+                                                         indices=(a, p, n)), x)
+    np.testing.assert_allclose(gradients(loss_fn, x, labels, (a, p, n)), numeric, rtol=1e-4,
+                               atol=1e-6)
+    numeric = numeric_gradient(lambda v: ref.margin_loss(v, labels, 0.3, 1.0), x)
+    np.testing.assert_allclose(gradients(loss_fn, x, labels), numeric, rtol=1e-4, atol=1e-6)
+    empty = tuple(np.zeros(0, dtype=np.int64) for _ in range(3))
+    assert value(loss_fn, x, labels, empty) == 0.0
+
+
+def test_a_learnable_beta_gets_the_gradient_of_the_loop():
+    from dml.losses import MarginLoss
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(8, 3))
+    labels = np.repeat(np.arange(4), 2)
+    loss_fn = MarginLoss(learn_beta=True, nu=0.1, beta=1.0)
+    loss_fn.initialize()
+    loss_fn.cast("float64")
+    with autograd.record():
+        loss = loss_fn(mx.nd.array(x, dtype="float64"), mx.nd.array(labels, dtype="float64"))
+    loss.backward()
+    h = 1e-6
+    numeric = (ref.margin_loss(x, labels, beta=1.0 + h, nu=0.1)
+               - ref.margin_loss(x, labels, beta=1.0 - h, nu=0.1)) / (2 * h)
+    assert loss_fn.beta.grad().asscalar() == pytest.approx(numeric, rel=1e-4)
+
+
+def test_distance_weighted_weights_and_triplets():
+    from dml.miners import DistanceWeightedMiner
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(16, 6))
+    labels = np.repeat(np.arange(4), 4)
+    miner = DistanceWeightedMiner(rng=np.random.RandomState(0))
+    np.testing.assert_allclose(miner.weights(x, labels), ref.dw_weights(x, labels), rtol=1e-9,
+                               atol=1e-12)
+    a, p, n = miner(x, labels)
+    assert a.dtype == p.dtype == n.dtype == np.int64
+    assert (labels[a] == labels[p]).all() and (a != p).all() and (labels[a] != labels[n]).all()
+    assert np.bincount(a, minlength=16).tolist() == [4] * 16  # class size, per anchor
+    # the negatives follow the weights: anchor 0's negatives over 1,500 minings (6,000 draws)
+    w = miner.weights(x, labels)[0]
+    drawn = np.concatenate([n[a == 0] for a, _, n in (miner(x, labels) for _ in range(1500))])
+    assert np.abs(np.bincount(drawn, minlength=16) / len(drawn) - w).max() < 0.03
+    # negatives beyond nonzero_loss_cutoff are never drawn; no negative possible: no triplet
+    far = DistanceWeightedMiner(nonzero_loss_cutoff=0.0)(x, labels)
+    assert all(len(v) == 0 for v in far)
+    assert all(len(v) == 0 for v in miner(x, np.zeros(16)))

@@ -12,7 +12,7 @@ from dml.cli import main
 from dml.registry import MINER_METHODS, PK_METHODS, PROXY_METHODS
 from runhelpers import TINY
 
-NEW_PAIR_METHODS = ("multi_similarity", "circle", "supcon", "lifted", "npairs")
+NEW_PAIR_METHODS = ("multi_similarity", "circle", "supcon", "lifted", "npairs", "margin")
 
 
 def run_dir(out, method):
@@ -35,7 +35,8 @@ def test_each_new_method_trains_and_evaluates(method, tiny_cifar, tmp_path, caps
     assert 0 <= metrics["map_at_r"] <= 1 and config["distance"] in ("cosine", "euclidean")
     assert config["l2_normalize"] is True
     history = json.load(open(os.path.join(run, "logs", "history.json")))
-    stat = "accuracy" if method in PROXY_METHODS else "similarity_gap"
+    stat = ("accuracy" if method in PROXY_METHODS else "active_fraction" if method == "margin"
+            else "similarity_gap")
     assert stat in history[0], history[0]
     if method in PROXY_METHODS:
         assert config["loss_lr_mult"] == (100.0 if method in ("proxy_anchor", "soft_triple")
@@ -43,6 +44,8 @@ def test_each_new_method_trains_and_evaluates(method, tiny_cifar, tmp_path, caps
         assert glob.glob(os.path.join(run, "params", "classifier-*.params"))  # the proxies
     if method == "multi_similarity":
         assert config["miner"] == "multi_similarity" and config["margin"] is None
+    if method == "margin":
+        assert config["miner"] == "distance_weighted" and config["margin"] == 0.2
     if method in ("circle", "lifted"):
         assert config["miner"] == "none" and config["margin"] == {"circle": 0.4,
                                                                   "lifted": 1.0}[method]
@@ -80,6 +83,9 @@ def test_a_miner_changes_the_pairs(tiny_cifar, tmp_path):
     (["--method", "triplet_semihard", "--miner", "multi_similarity"],
      "--miner applies to %s, not triplet_semihard" % ", ".join(MINER_METHODS)),
     (["--method", "npairs", "--miner", "none"], "--miner applies to"),
+    (["--method", "margin", "--miner", "multi_similarity"],
+     "--miner multi_similarity does not apply to margin: choose distance_weighted or none"),
+    (["--method", "circle", "--miner", "distance_weighted"], "does not apply to circle"),
     (["--method", "circle", "--loss-lr-mult", "10"], "--loss-lr-mult applies to the proxy"),
     (["--method", "supcon", "--margin", "0.5"], "--margin does not apply to supcon"),
     (["--method", "multi_similarity", "--margin", "0.5"], "--margin does not apply to"),

@@ -13,6 +13,7 @@ names, parameters and reductions; the pair ones also take ``indices=`` from :mod
 from .contrastive import PAIR_SELECTORS, ContrastiveLoss, OnlineContrastiveLoss
 from .distance import DISTANCES, pair_distance, pairwise_distance
 from .heads import MARGIN_HEADS, ArcFace, CosFace, SphereFace
+from .margin import MarginLoss
 from .proxies import NormalizedSoftmaxLoss, ProxyAnchorLoss, ProxyNCALoss, SoftTripleLoss
 from .similarity import (CircleLoss, GeneralizedLiftedStructureLoss, MultiSimilarityLoss,
                          NPairsLoss, NTXentLoss, SupConLoss)
@@ -25,6 +26,6 @@ __all__ = [
     "TripletBatchHardLoss", "TripletBatchAllLoss", "OnlineTripletLoss",
     "MARGIN_HEADS", "ArcFace", "CosFace", "SphereFace",
     "MultiSimilarityLoss", "CircleLoss", "SupConLoss", "NTXentLoss",
-    "GeneralizedLiftedStructureLoss", "NPairsLoss",
+    "GeneralizedLiftedStructureLoss", "NPairsLoss", "MarginLoss",
     "ProxyAnchorLoss", "ProxyNCALoss", "NormalizedSoftmaxLoss", "SoftTripleLoss",
 ]

@@ -135,13 +135,13 @@ class _SimilarityLoss(gluon.loss.Loss):
         raise NotImplementedError
 
 
-def _as_arrays(indices, like):
-    """A miner's (a1, p, a2, n) as NDArrays of ``like``'s dtype and context (one -1 entry for
-    an empty tuple, which selects nothing)."""
+def _as_arrays(indices, like, count=4):
+    """A miner's (a1, p, a2, n) (or ``count`` arrays) as NDArrays of ``like``'s dtype and
+    context (one -1 entry for an empty tuple, which selects nothing)."""
     import mxnet as mx
     import numpy as np
 
-    if len(indices) != 4:
+    if count == 4 and len(indices) != 4:
         raise ValueError("indices must be the pairs (a1, p, a2, n) of a pair miner, not %d "
                          "arrays" % len(indices))
     out = []
