@@ -9,8 +9,8 @@ import sys
 from . import DATASETS, DISTANCES, METHODS, DmlError, WriteFailed, __version__, error_summary
 
 # (the registry imports no MXNet: OMP_NUM_THREADS is set before MXNet loads)
-from .registry import (KVSTORES, METHOD_MINERS, MINER_METHODS, MINERS,  # noqa: E402
-                       PROXY_METHODS, SPLITS)
+from .registry import (KVSTORES, MARGIN_HEAD_METHODS, METHOD_MINERS, MINER_METHODS,  # noqa: E402
+                       MINERS, PROXY_METHODS, SPLITS)
 # what --resume lets change: the run's length and where it runs; everything else is the run's
 RESUME_MAY_CHANGE = ("epochs", "gpus", "cpus", "kvstore", "num_workers", "data_root")
 
@@ -182,7 +182,7 @@ def build_parser():
                    help="loss margin (> 0); arcface: angle m < pi/2 (0.5), cosface: m < 1 (0.35), "
                    "sphereface: integer m (4)")
     g.add_argument("--scale", type=_positive_float, default=None, metavar="S",
-                   help="arcface, cosface, sphereface: the logit scale s (defaults in README)")
+                   help="%s: the logit scale s (defaults in README)" % ", ".join(MARGIN_HEAD_METHODS))
     g.add_argument("--distance", choices=DISTANCES, default=None,
                    help="distance the loss and the evaluation use")
     g.add_argument("--miner", default=None, choices=MINERS,
@@ -550,7 +550,8 @@ def config_from_args(args):
         raise DmlError("%s takes --batch-size; --n-classes and --n-samples apply to the "
                        "online-mining methods" % args.method)
     if args.scale is not None and not method.scaled:
-        raise DmlError("--scale applies to arcface, cosface and sphereface, not %s" % args.method)
+        raise DmlError("--scale applies to %s, not %s" % (", ".join(MARGIN_HEAD_METHODS),
+                                                           args.method))
     if args.miner is not None and args.method not in MINER_METHODS:
         raise DmlError("--miner applies to %s, not %s" % (", ".join(MINER_METHODS), args.method))
     if args.miner is not None and args.miner not in METHOD_MINERS[args.method]:

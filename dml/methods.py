@@ -336,6 +336,8 @@ METHODS = {m.name: m for m in [
                 NormalizedSoftmaxLoss),
     ProxyMethod("soft_triple", "SoftTriple loss, 10 learnable centres per class",
                 SoftTripleLoss, margin_arg="margin"),
+    MarginSoftmaxMethod("subcenter_arcface", "softmax over an ArcFace head with 3 sub-centers "
+                        "per class", MARGIN_HEADS["subcenter_arcface"]),
 ]}
 
 

@@ -25,6 +25,7 @@ METHODS = (
     "proxy_nca",
     "normalized_softmax",
     "soft_triple",
+    "subcenter_arcface",
 )
 DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder")
 SPLITS = ("test", "unseen")
@@ -37,7 +38,7 @@ METHOD_SELECTORS = {
     "online_contrastive": ("hard_negative", "all_positive"),
     "online_triplet": ("random_hard", "all", "hardest", "semihard"),
 }
-MARGIN_HEAD_METHODS = ("arcface", "cosface", "sphereface")  # take --scale
+MARGIN_HEAD_METHODS = ("arcface", "cosface", "sphereface", "subcenter_arcface")  # take --scale
 # the online-mining methods: P x K batches, one fused batch loss
 PK_METHODS = ("triplet_semihard", "triplet_batch_hard", "triplet_batch_all", "online_contrastive",
               "online_triplet", "multi_similarity", "circle", "supcon", "lifted", "npairs",
@@ -108,6 +109,9 @@ METHOD_DEFAULTS = {
                                batch_size=120, loss_lr_mult=1.0, **_TUPLES),
     "soft_triple": dict(l2_normalize=True, distance="cosine", margin=0.01, batch_size=120,
                         loss_lr_mult=100.0, **_TUPLES),
+    # ArcFace's m and s with 3 sub-centers per class (PML's SubCenterArcFaceLoss defaults)
+    "subcenter_arcface": dict(l2_normalize=True, distance="cosine", margin=0.5, scale=64.0,
+                              batch_size=120, **_TUPLES),
 }
 DATASET_DEFAULTS = {
     "digits": dict(epochs=10),

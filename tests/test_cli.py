@@ -298,7 +298,8 @@ BAD_INPUTS = [
      "sphereface: SphereFace margin m must be a positive integer, not 2.5"),
     (["--method", "arcface", "--scale", "0"], "must be > 0"),
     (["--method", "arcface", "--scale", "inf"], "'inf' must be a finite number"),
-    (["--scale", "30"], "--scale applies to arcface, cosface and sphereface, not triplet_semihard"),
+    (["--scale", "30"], "--scale applies to arcface, cosface, sphereface, subcenter_arcface, not "
+                        "triplet_semihard"),
     (["--method", "cosface", "--n-classes", "4"], "cosface takes --batch-size"),
     (["--method", "online_triplet", "--selector", "hard"],
      "unknown selector 'hard' for online_triplet: choose one of random_hard, all, hardest, semihard"),

@@ -199,3 +199,27 @@ def test_heads_train_a_separable_toy_problem():
             trainer.step(1)
         cos = ref_cos(net(x).asnumpy(), head.weight.data().asnumpy())
         assert (cos.argmax(axis=1) == y).mean() > 0.95, type(head).__name__
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_subcenter_arcface_takes_each_class_nearest_sub_center(hybridize):
+    """3 sub-centers per class: cos(theta_j) is the largest of class j's three cosines, then
+    ArcFace's formula; the gradient reaches only the nearest sub-center of each class."""
+    from dml.losses import SubCenterArcFace
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(6, 5)).astype(np.float32)
+    y = np.array([0, 1, 2, 3, 0, 1])
+    w = rng.normal(size=(12, 5)).astype(np.float32)
+    head = SubCenterArcFace(4, s=16.0, m=0.5, sub_centers=3)
+    logits, gx, gw = run_head(head, x, y, w, hybridize)
+    per_sub = ref_cos(x, w).reshape(6, 4, 3)
+    np.testing.assert_allclose(logits, ref_arcface(per_sub.max(axis=2), y, 16.0, 0.5, False),
+                               atol=2e-4)
+    nearest = set()
+    for i in range(6):
+        nearest |= {c * 3 + int(np.argmax(per_sub[i, c])) for c in range(4)}
+    touched = {r for r in range(12) if np.abs(gw[r]).sum() > 0}
+    assert touched <= nearest and np.isfinite(gx).all()
+    with pytest.raises(ValueError, match="sub_centers"):
+        SubCenterArcFace(4, sub_centers=0)

@@ -21,7 +21,7 @@ def run_dir(out, method):
     return runs[0]
 
 
-@pytest.mark.parametrize("method", NEW_PAIR_METHODS + PROXY_METHODS)
+@pytest.mark.parametrize("method", NEW_PAIR_METHODS + PROXY_METHODS + ("subcenter_arcface",))
 def test_each_new_method_trains_and_evaluates(method, tiny_cifar, tmp_path, capsys):
     out = str(tmp_path / "out")
     shape = TINY if method in PK_METHODS else ["--batch-size", "16", "--embedding-dim", "16",
@@ -35,8 +35,8 @@ def test_each_new_method_trains_and_evaluates(method, tiny_cifar, tmp_path, caps
     assert 0 <= metrics["map_at_r"] <= 1 and config["distance"] in ("cosine", "euclidean")
     assert config["l2_normalize"] is True
     history = json.load(open(os.path.join(run, "logs", "history.json")))
-    stat = ("accuracy" if method in PROXY_METHODS else "active_fraction" if method == "margin"
-            else "similarity_gap")
+    stat = ("accuracy" if method in PROXY_METHODS + ("subcenter_arcface",) else
+            "active_fraction" if method == "margin" else "similarity_gap")
     assert stat in history[0], history[0]
     if method in PROXY_METHODS:
         assert config["loss_lr_mult"] == (100.0 if method in ("proxy_anchor", "soft_triple")

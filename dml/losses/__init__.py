@@ -12,7 +12,7 @@ names, parameters and reductions; the pair ones also take ``indices=`` from :mod
 """
 from .contrastive import PAIR_SELECTORS, ContrastiveLoss, OnlineContrastiveLoss
 from .distance import DISTANCES, pair_distance, pairwise_distance
-from .heads import MARGIN_HEADS, ArcFace, CosFace, SphereFace
+from .heads import MARGIN_HEADS, ArcFace, CosFace, SphereFace, SubCenterArcFace
 from .margin import MarginLoss
 from .proxies import NormalizedSoftmaxLoss, ProxyAnchorLoss, ProxyNCALoss, SoftTripleLoss
 from .similarity import (CircleLoss, GeneralizedLiftedStructureLoss, MultiSimilarityLoss,
@@ -24,7 +24,7 @@ __all__ = [
     "DISTANCES", "pair_distance", "pairwise_distance", "PAIR_SELECTORS", "ONLINE_TRIPLET_SELECTORS",
     "ContrastiveLoss", "OnlineContrastiveLoss", "TripletMarginLoss", "TripletSemiHardLoss",
     "TripletBatchHardLoss", "TripletBatchAllLoss", "OnlineTripletLoss",
-    "MARGIN_HEADS", "ArcFace", "CosFace", "SphereFace",
+    "MARGIN_HEADS", "ArcFace", "CosFace", "SphereFace", "SubCenterArcFace",
     "MultiSimilarityLoss", "CircleLoss", "SupConLoss", "NTXentLoss",
     "GeneralizedLiftedStructureLoss", "NPairsLoss", "MarginLoss",
     "ProxyAnchorLoss", "ProxyNCALoss", "NormalizedSoftmaxLoss", "SoftTripleLoss",

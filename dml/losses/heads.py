@@ -1,4 +1,4 @@
-"""Margin-based softmax heads: ArcFace, CosFace and SphereFace.
+"""Margin-based softmax heads: ArcFace (and sub-center ArcFace), CosFace and SphereFace.
 
 Each head holds a learnable class-weight matrix W (num_classes x D) and is called as
 ``head(embeddings, labels) -> logits``. It L2-normalizes the rows of W and the embeddings, so
@@ -30,6 +30,8 @@ def _check_scale(s):
 class _MarginHead(gluon.HybridBlock):
     """cos(theta) of every (embedding, class) pair, and the target-class mask."""
 
+    sub_centers = 1  # rows of W per class (sub-center ArcFace: the nearest one counts)
+
     def __init__(self, num_classes, s, in_units=0, **kwargs):
         super().__init__(**kwargs)
         if not (isinstance(num_classes, int) and num_classes >= 2):
@@ -37,18 +39,21 @@ class _MarginHead(gluon.HybridBlock):
         self.num_classes = num_classes
         self._s = _check_scale(s)
         with self.name_scope():
-            self.weight = self.params.get("weight", shape=(num_classes, in_units),
+            self.weight = self.params.get("weight", shape=(num_classes * self.sub_centers,
+                                                           in_units),
                                           init="xavier", allow_deferred_init=True)
 
     def infer_shape(self, embeddings, *args):
         """W's second dimension is the embedding's (MXNet cannot infer it through the row
         normalization)."""
-        self.weight.shape = (self.num_classes, embeddings.shape[1])
+        self.weight.shape = (self.num_classes * self.sub_centers, embeddings.shape[1])
 
     def _cosine(self, F, embeddings, weight):
         x = F.L2Normalization(embeddings, mode="instance")
         w = F.L2Normalization(weight, mode="instance")
-        cos = F.FullyConnected(x, w, no_bias=True, num_hidden=self.num_classes)
+        cos = F.FullyConnected(x, w, no_bias=True, num_hidden=self.num_classes * self.sub_centers)
+        if self.sub_centers > 1:  # B x C x K: a class's cosine is its nearest sub-center's
+            cos = F.max(cos.reshape((0, self.num_classes, self.sub_centers)), axis=2)
         return F.clip(cos, -1.0 + COS_EPS, 1.0 - COS_EPS)
 
     def hybrid_forward(self, F, embeddings, labels, weight):
@@ -84,6 +89,19 @@ class ArcFace(_MarginHead):
             return F.where(cos > 0, phi, cos)
         # theta + m > pi  <=>  cos(theta) < cos(pi - m)
         return F.where(cos > math.cos(math.pi - self._m), phi, cos - self._m * math.sin(self._m))
+
+
+class SubCenterArcFace(ArcFace):
+    r"""Sub-center ArcFace (Deng et al., ECCV 2020), as PML 2.9's ``SubCenterArcFaceLoss``: K
+    weight vectors per class (``sub_centers`` = 3), cos(theta_j) the largest cosine of class j's
+    sub-centers, then ArcFace's margin (m = 0.5 rad, PML's 28.6 degrees; s = 64). Noisy or
+    multi-modal classes spread over their sub-centers instead of pulling one center apart."""
+
+    def __init__(self, num_classes, s=64.0, m=0.5, sub_centers=3, **kwargs):
+        if not (isinstance(sub_centers, int) and sub_centers >= 1):
+            raise ValueError("sub_centers must be an integer >= 1, not %r" % (sub_centers,))
+        self.sub_centers = sub_centers
+        super().__init__(num_classes, s=s, m=m, **kwargs)
 
 
 class CosFace(_MarginHead):
@@ -160,4 +178,5 @@ lambda (not trained); ``iteration`` counts training batches.
                                     embeddings, weight)
 
 
-MARGIN_HEADS = {"arcface": ArcFace, "cosface": CosFace, "sphereface": SphereFace}
+MARGIN_HEADS = {"arcface": ArcFace, "cosface": CosFace, "sphereface": SphereFace,
+                "subcenter_arcface": SubCenterArcFace}
