@@ -43,6 +43,7 @@ def _loss(name, margin=0.2):
         "supcon": losses.SupConLoss,
         "lifted": losses.GeneralizedLiftedStructureLoss,
         "npairs": losses.NPairsLoss,
+        "margin": losses.MarginLoss,
     }
     return make[name]()
 

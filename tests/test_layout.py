@@ -88,3 +88,26 @@ def test_the_cli_maps_parameter_names_to_flags():
                               "--n-samples"
     assert as_flags("checkpoint=/a/b=c is not in x; gpus=''; run_dir=x; `unknown`", flags) == \
         "--checkpoint /a/b=c is not in x; --gpus ''; run_dir=x; `unknown`"
+
+
+def test_every_dml_command_the_readme_shows_parses():
+    """Each `python -m dml ...` line of the README's command blocks is accepted by the parser
+    (no flag that does not exist, no missing argument)."""
+    import shlex
+
+    from dml.cli import build_parser
+
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    seen, inside = 0, False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            inside = not inside
+            continue
+        line = line.split(" #")[0].strip()
+        if inside and line.startswith("python -m dml "):
+            try:
+                build_parser().parse_args(shlex.split(line)[3:])
+            except SystemExit:
+                raise AssertionError("the README's command does not parse: %s" % line) from None
+            seen += 1
+    assert seen >= 15

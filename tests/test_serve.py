@@ -324,3 +324,31 @@ def test_evaluate_verification_writes_thresholds(run, tmp_path):
         50 * 49 // 2
     assert "FNMR" in stdout and "1e-2" in stdout
     assert_png(os.path.join(copy, "plots", "retrieval_test.png"))
+
+
+def test_the_readme_onnxruntime_lines_embed_like_load_run(run, photos, tmp_path):
+    """The README's ONNX Runtime snippet, run as written (in a folder holding model.onnx and
+    a.png), gives load_run's embedding of a.png."""
+    import re
+
+    import dml as lib
+    from dml.export import export_onnx
+
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "onnxruntime" in b]
+    assert len(blocks) == 1
+    assert len(blocks[0].strip().splitlines()) <= 10  # "the ten lines"
+    loaded = lib.load_run(run)
+    export_onnx(loaded, str(tmp_path / "model.onnx"))
+    image = sorted(glob.glob(os.path.join(photos, "test", "*", "*.png")))[0]
+    shutil.copy(image, str(tmp_path / "a.png"))
+    namespace = {}
+    cwd = os.getcwd()
+    os.chdir(str(tmp_path))
+    try:
+        exec(blocks[0], namespace)  # noqa: S102  (our own README)
+    finally:
+        os.chdir(cwd)
+    want = loaded.embed([image])
+    assert namespace["embedding"].shape == want.shape
+    assert np.abs(namespace["embedding"] - want).max() <= 1e-4
