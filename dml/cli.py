@@ -179,8 +179,11 @@ def build_parser():
     g.add_argument("--no-l2-normalize", dest="l2_normalize", action="store_false",
                    help="do not L2-normalize the embedding")
     g.add_argument("--margin", type=_positive_float, default=None,
-                   help="loss margin (> 0); arcface: angle m < pi/2 (0.5), cosface: m < 1 (0.35), "
-                   "sphereface: integer m (4)")
+                   help="loss margin (> 0); arcface, subcenter_arcface: angle m < pi/2 (0.5), "
+                   "cosface: m < 1 (0.35), sphereface: integer m (4), circle: relaxation m < 1 "
+                   "(0.4), lifted: neg_margin (1), margin: m (0.2), proxy_anchor: delta (0.1), "
+                   "soft_triple: delta (0.01); multi_similarity, supcon, npairs, proxy_nca and "
+                   "normalized_softmax have none")
     g.add_argument("--scale", type=_positive_float, default=None, metavar="S",
                    help="%s: the logit scale s (defaults in README)" % ", ".join(MARGIN_HEAD_METHODS))
     g.add_argument("--distance", choices=DISTANCES, default=None,
@@ -449,9 +452,7 @@ def cmd_search(args):
     if args.checkpoint is not None and args.run is None:
         raise DmlError("--checkpoint applies with --run (the index names its own checkpoint)")
     gallery = open_index(args.index_dir)
-    if args.k > gallery.index.count:
-        raise DmlError("-k %d but the gallery holds %d images: choose k between 1 and %d"
-                       % (args.k, gallery.index.count, gallery.index.count))
+    gallery.index.check_k(args.k)  # before the run loads
     run = run_for_index(gallery, args.run, args.checkpoint, _context(args))
     queries = collect(args.queries)
     kept, distances, indices, problems = search(run, gallery, queries, args.k, args.nprobe,
@@ -864,7 +865,7 @@ def as_flags(text, flags):
     (``data_root=/x``, `` `n_classes` ``); here they are the flags ``--data-root /x``,
     ``--n-classes``. Only names in ``flags`` (the parser's destinations) are changed."""
     def flag(name):
-        return "--" + name.replace("_", "-")
+        return "-" + name if len(name) == 1 else "--" + name.replace("_", "-")  # -k
 
     text = re.sub(r"`([a-z][a-z_]*)`", lambda m: flag(m.group(1)) if m.group(1) in flags
                   else m.group(0), text)
@@ -873,10 +874,10 @@ def as_flags(text, flags):
 
 
 def _destinations(parser):
-    """The destinations of every ``--option`` of ``parser`` and its subcommands."""
+    """The destinations of every option of ``parser`` and its subcommands."""
     names = set()
     for action in parser._actions:  # pylint: disable=protected-access
-        if any(o.startswith("--") for o in action.option_strings):
+        if action.option_strings:
             names.add(action.dest)
         for choice in getattr(action, "choices", None) or {}:
             sub = action.choices[choice] if isinstance(action.choices, dict) else None

@@ -91,12 +91,15 @@ class SearchIndex:
         index.add(x)
         return cls(index, distance, kind, nlist if kind == "ivf" else None)
 
-    def search(self, queries, k, nprobe=None, ef=None):
-        """``(distances, indices)``, each Q x k, nearest first; an index of -1 (distance inf)
-        where an approximate index found fewer than k neighbours."""
+    def check_k(self, k):
         if not 1 <= k <= self.count:
             raise DmlError("k=%d but the gallery holds %d images: choose k between 1 and %d"
                            % (k, self.count, self.count))
+
+    def search(self, queries, k, nprobe=None, ef=None):
+        """``(distances, indices)``, each Q x k, nearest first; an index of -1 (distance inf)
+        where an approximate index found fewer than k neighbours."""
+        self.check_k(k)
         q = prepared(queries, self.distance)
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise DmlError("the queries have %s dimensions, the index %d"

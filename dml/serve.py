@@ -261,21 +261,14 @@ def embed_items(run, items, batch_size=256, strict=False, progress=True):
 def write_embeddings(path, embeddings, items):
     """``path`` (``.npy``) and beside it ``<stem>.csv`` (index, path, label), each written
     through a temporary file and a rename; returns the CSV path."""
-    import csv
-    import io
     import os
 
     from .runs import write_atomic
 
     csv_path = os.path.splitext(path)[0] + ".csv"
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["index", "path", "label"])
-    for i, item in enumerate(items):
-        writer.writerow([i, item.source, item.label])
     write_atomic(lambda tmp: save_npy(tmp, embeddings), path)
     try:
-        write_atomic(lambda tmp: save_text(tmp, text.getvalue()), csv_path)
+        write_atomic(lambda tmp: save_text(tmp, _items_csv(items)), csv_path)
     except Exception:
         os.remove(path)
         raise
@@ -434,6 +427,9 @@ def run_for_index(gallery, run_dir=None, checkpoint=None, ctx=None):
     meta = gallery.meta
     if run_dir is None:
         run_dir = meta["run_dir"]
+        if not os.path.isdir(run_dir):
+            raise DmlError("the index's run folder %s is gone: give the run's folder (run="
+                           "RUN_DIR), it must hold the same checkpoint" % run_dir)
         if checkpoint is None:
             checkpoint = meta["checkpoint"]
             if not os.path.isfile(checkpoint):
@@ -453,9 +449,7 @@ def run_for_index(gallery, run_dir=None, checkpoint=None, ctx=None):
 def search(run, gallery, queries, k=10, nprobe=None, ef=None, strict=False):
     """Embed ``queries`` (:class:`Item` s) and find their ``k`` nearest gallery images ->
     ``(kept queries, distances Q x k, indices Q x k, problems)``."""
-    if not 1 <= k <= gallery.index.count:
-        raise DmlError("k=%d but the gallery holds %d images: choose k between 1 and %d"
-                       % (k, gallery.index.count, gallery.index.count))
+    gallery.index.check_k(k)  # before the queries are embedded
     embeddings, kept, problems = embed_items(run, queries, strict=strict)
     distances, indices = gallery.index.search(embeddings, k, nprobe=nprobe, ef=ef)
     return kept, distances, indices, problems

@@ -199,6 +199,15 @@ def test_search_refuses_another_network_and_bad_queries(run, photos, tmp_path, c
     notimage.write_bytes(b"GIF89a garbage")
     code, line = bad(capsys, ["search", index_dir, str(notimage), "--strict"])
     assert code == 2 and "x.png is not an image" in line, line
+    moved = tmp_path / "moved-index"
+    shutil.copytree(index_dir, str(moved))
+    meta = json.load(open(str(moved / "index.json")))
+    meta["run_dir"] = str(tmp_path / "gone")
+    json.dump(meta, open(str(moved / "index.json"), "w"))
+    code, line = bad(capsys, ["search", str(moved), photos])
+    assert code == 2 and "run folder" in line and "--run RUN_DIR" in line, line
+    assert main(["search", str(moved), os.path.join(photos, "test", "cat"), "--run", run,
+                 "-k", "2"]) == 0  # the moved run, named
     code, line = bad(capsys, ["search", str(tmp_path), photos])
     assert code == 2 and "is not an index folder" in line, line
     code, line = bad(capsys, ["search", index_dir, photos, "--grid", str(tmp_path / "no" / "g.png")])
