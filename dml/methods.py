@@ -226,6 +226,12 @@ MINERS = {"none": None, "multi_similarity": MultiSimilarityMiner,
           "distance_weighted": DistanceWeightedMiner}
 
 
+def _margin_kwargs(margin_arg, margin):
+    """``--margin`` as the loss's own parameter (circle's ``m``, lifted's ``neg_margin``, ...);
+    nothing for a loss without one."""
+    return {margin_arg: margin} if margin_arg and margin is not None else {}
+
+
 class PairLossMethod(Method):
     """A P x K method whose loss scores pairs by cosine similarity (dml.losses.similarity):
     ``--margin`` is the loss's ``margin_arg`` (none for some), ``--miner`` restricts the pairs."""
@@ -236,8 +242,7 @@ class PairLossMethod(Method):
         self.margin_arg, self.takes_miner = margin_arg, miners
 
     def build_loss(self, margin=None, distance="cosine", selector=None, miner=None):
-        kwargs = {self.margin_arg: margin} if self.margin_arg and margin is not None else {}
-        loss = self._loss_cls(return_stat=True, **kwargs)
+        loss = self._loss_cls(return_stat=True, **_margin_kwargs(self.margin_arg, margin))
         if miner in (None, "none"):
             return loss
         return MinedLoss(loss, MINERS[miner]())
@@ -258,16 +263,13 @@ class ProxyMethod(_PlainBatches):
     """Shuffled batches; the loss holds learnable proxies (``model.classifier``), trained with
     ``--loss-lr-mult`` times the learning rate and saved as ``classifier-<id>.params``."""
 
-    stat = "accuracy"
-
     def __init__(self, name, summary, loss_cls, margin_arg=None):
         super().__init__(name, summary, loss_cls, stat="accuracy")
         self.margin_arg = margin_arg
 
     def build_proxies(self, num_classes, embedding_dim, margin=None, loss_lr_mult=1.0):
-        kwargs = {self.margin_arg: margin} if self.margin_arg and margin is not None else {}
         return self._loss_cls(num_classes, embedding_dim, lr_mult=loss_lr_mult, return_stat=True,
-                              **kwargs)
+                              **_margin_kwargs(self.margin_arg, margin))
 
     def check_options(self, margin, scale):
         self.build_proxies(2, 2, margin)

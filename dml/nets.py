@@ -80,7 +80,8 @@ class ClassifierNet(gluon.HybridBlock):
 class MarginClassifierNet(gluon.Block):
     """``net(x, labels) -> logits``: an :class:`EmbeddingNet` (``.embedding_net``) followed by a
     margin head (``.classifier``: ``dml.losses.ArcFace``, ``CosFace`` or ``SphereFace``), which
-    needs the labels to put its margin on the target class. A plain Block around two hybridized
+    needs the labels to put its margin on the target class; or by a proxy loss
+    (``dml.losses.ProxyAnchorLoss``, ...), whose proxies then train and checkpoint as the head. A plain Block around two hybridized
     children, so that a head's own per-batch step (SphereFace's annealing) runs every call."""
 
     def __init__(self, embedding_net, head, **kwargs):
