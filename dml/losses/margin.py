@@ -20,7 +20,7 @@ from mxnet import gluon
 
 from .base import batch_loss_io, propagate_non_finite
 from .distance import _NORM_EPS, safe_sqrt
-from .similarity import negative_mask, positive_mask
+from .similarity import GraphOf, negative_mask, positive_mask
 
 
 def gather_pairs(F, matrix, rows, cols):
@@ -51,7 +51,8 @@ class MarginLoss(gluon.HybridBlock):
         with self.name_scope():
             if learn_beta:  # a parameter (initialize the loss, and train it with the network)
                 self.beta = self.params.get("beta", shape=(1,), init=mx.init.Constant(self._beta_value))
-            self.mined = _MinedTriplets(self)
+            self.mined = GraphOf(lambda F, x, y, beta, a, p, n: self._forward(F, x, y, beta,
+                                                                             (a, p, n)))
 
     def hybrid_forward(self, F, embeddings, labels, beta=None):
         if beta is None:  # fixed: a constant of the graph
@@ -116,14 +117,3 @@ class MarginLoss(gluon.HybridBlock):
         return self.mined(embeddings, labels, self._beta_input(embeddings),
                           *_as_arrays(indices, embeddings, count=3))
 
-
-class _MinedTriplets(gluon.HybridBlock):
-    """The owning :class:`MarginLoss` on a miner's triplets (a graph of its own: a hybridized
-    graph has a fixed number of inputs); beta comes in as an input, the owner's parameter."""
-
-    def __init__(self, owner, **kwargs):
-        super().__init__(**kwargs)
-        self._score = owner._forward  # a bound method: the owner is not registered as a child
-
-    def hybrid_forward(self, F, embeddings, labels, beta, a, p, n):
-        return self._score(F, embeddings, labels, beta, (a, p, n))

@@ -91,16 +91,17 @@ def similarity_gap(F, sim, pos, neg):
     return (mean_pos - mean_neg).reshape((1,))
 
 
-class _MinedPairs(gluon.HybridBlock):
-    """The owning loss on the pairs a miner chose (a separate block: a hybridized graph has a
-    fixed number of inputs)."""
+class GraphOf(gluon.HybridBlock):
+    """``function(F, *inputs)`` as a block of its own: a loss scored on a miner's index tuples
+    takes more inputs than the loss alone, and a hybridized graph has a fixed number of inputs.
+    (A function, not the owning block: the owner is not registered as a child.)"""
 
-    def __init__(self, owner, **kwargs):
+    def __init__(self, function, **kwargs):
         super().__init__(**kwargs)
-        self._score = owner._forward  # a bound method: the owner is not registered as a child
+        self._function = function
 
-    def hybrid_forward(self, F, embeddings, labels, a1, p, a2, n):
-        return self._score(F, embeddings, labels, (a1, p, a2, n))
+    def hybrid_forward(self, F, *inputs):
+        return self._function(F, *inputs)
 
 
 class _SimilarityLoss(gluon.loss.Loss):
@@ -111,7 +112,8 @@ class _SimilarityLoss(gluon.loss.Loss):
         super().__init__(weight=None, batch_axis=0, **kwargs)
         self._return_stat = return_stat
         with self.name_scope():
-            self.mined = _MinedPairs(self)
+            self.mined = GraphOf(lambda F, x, y, a1, p, a2, n: self._forward(F, x, y,
+                                                                            (a1, p, a2, n)))
 
     def hybrid_forward(self, F, embeddings, labels):
         return self._forward(F, embeddings, labels, None)
