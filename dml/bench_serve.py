@@ -11,7 +11,6 @@
    against the exact result, and index memory, for faiss' exact, IVF and HNSW indexes and for
    our own numpy top-k (:func:`dml.index.brute_force`) on the same data in the same run.
 """
-import json
 import os
 import subprocess
 import sys
