@@ -54,7 +54,8 @@ class RunConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-from .registry import DATASET_DEFAULTS, METHOD_DATASET_DEFAULTS, METHOD_DEFAULTS  # noqa: E402
+from .registry import (DATASET_DEFAULTS, METHOD_DATASET_DEFAULTS, METHOD_DEFAULTS,  # noqa: E402
+                       METHOD_FIXED_DEFAULTS)
 
 
 def defaults_for(method, dataset):
@@ -65,6 +66,7 @@ def defaults_for(method, dataset):
         dataset_values.pop("n_classes", None)
         dataset_values.pop("n_samples", None)
     values.update(dataset_values)
+    values.update(METHOD_FIXED_DEFAULTS.get(method, {}))
     values.update(METHOD_DATASET_DEFAULTS.get((method, dataset), {}))
     return values
 

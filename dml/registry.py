@@ -93,8 +93,9 @@ METHOD_DEFAULTS = {
                    n_samples=12, miner="none"),
     "lifted": dict(l2_normalize=True, distance="euclidean", margin=1.0, n_classes=10,
                    n_samples=12, miner="none"),  # margin: neg_margin (pos_margin 0)
+    # N pairs of N classes: two images per class (more would be unused: one pair per class)
     "npairs": dict(l2_normalize=True, distance="cosine", margin=None, n_classes=10,
-                   n_samples=12),
+                   n_samples=2),
     # margin 0.2, beta 1.2 (fixed), distance-weighted sampling: cutoff 0.5, nonzero cutoff 1.4
     "margin": dict(l2_normalize=True, distance="euclidean", margin=0.2, n_classes=10,
                    n_samples=12, miner="distance_weighted"),
@@ -121,6 +122,8 @@ DATASET_DEFAULTS = {
     "fashion-mnist": dict(epochs=20),
     "folder": dict(epochs=30, n_classes=8, n_samples=8),
 }
+# method defaults that a dataset's batch shape does not override
+METHOD_FIXED_DEFAULTS = {"npairs": dict(n_samples=2)}
 METHOD_DATASET_DEFAULTS = {
     # three images a tuple: 10 epochs take ~160 s on 2 cores; 8 keep it well inside 3 minutes
     ("triplet", "digits"): dict(epochs=8),
