@@ -101,3 +101,11 @@ def test_options_that_do_not_apply_are_refused(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and message in err, err
     assert not os.listdir(str(tmp_path))
+
+
+def test_npairs_batches_two_images_per_class_whatever_the_dataset():
+    from dml.config import defaults_for
+
+    for dataset in ("digits", "cifar10", "cifar100", "folder"):
+        assert defaults_for("npairs", dataset)["n_samples"] == 2, dataset
+    assert defaults_for("multi_similarity", "cifar10")["n_samples"] == 16  # the dataset's shape
