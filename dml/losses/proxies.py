@@ -14,13 +14,7 @@ from mxnet import gluon
 
 from .base import batch_loss_io, propagate_non_finite
 from .distance import _NORM_EPS
-from .similarity import masked_logsumexp
-
-
-def _check_positive(name, value):
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError("%s must be a finite number > 0, not %r" % (name, value))
-    return float(value)
+from .similarity import check_positive, masked_logsumexp
 
 
 class _ProxyLoss(gluon.HybridBlock):
@@ -88,7 +82,7 @@ class ProxyAnchorLoss(_ProxyLoss):
         self._margin = float(margin)
         if not math.isfinite(self._margin):
             raise ValueError("margin must be finite, not %r" % (margin,))
-        self._alpha = _check_positive("alpha", alpha)
+        self._alpha = check_positive("alpha", alpha)
 
     def _loss(self, F, cos, labels):
         pos = class_mask(F, labels, cos)
@@ -116,7 +110,7 @@ class ProxyNCALoss(_ProxyLoss):
 
     def __init__(self, num_classes, embedding_dim, softmax_scale=1.0, **kwargs):
         super().__init__(num_classes, embedding_dim, mx.init.Normal(1.0), **kwargs)
-        self._scale = _check_positive("softmax_scale", softmax_scale)
+        self._scale = check_positive("softmax_scale", softmax_scale)
 
     def _loss(self, F, cos, labels):
         logits = -self._scale * F.relu(2 - 2 * cos)  # ||a - b||^2 = 2 - 2 a.b for unit vectors
@@ -136,7 +130,7 @@ class NormalizedSoftmaxLoss(_ProxyLoss):
 
     def __init__(self, num_classes, embedding_dim, temperature=0.05, **kwargs):
         super().__init__(num_classes, embedding_dim, mx.init.Normal(1.0), **kwargs)
-        self._temperature = _check_positive("temperature", temperature)
+        self._temperature = check_positive("temperature", temperature)
 
     def _loss(self, F, cos, labels):
         logits = cos / self._temperature
@@ -165,7 +159,7 @@ class SoftTripleLoss(_ProxyLoss):
         super().__init__(num_classes, embedding_dim,
                          mx.init.Uniform(1.0 / math.sqrt(max(int(num_classes) * centers, 1))),
                          per_class=centers, **kwargs)
-        self._la, self._gamma = _check_positive("la", la), _check_positive("gamma", gamma)
+        self._la, self._gamma = check_positive("la", la), check_positive("gamma", gamma)
         self._margin = float(margin)
 
     def _loss(self, F, cos, labels):

@@ -20,6 +20,13 @@ from .distance import _NORM_EPS, diagonal_mask
 _BIG = 1e30
 
 
+def check_positive(name, value):
+    """``value`` as a float, or a ``ValueError`` unless it is a finite number > 0."""
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError("%s must be a finite number > 0, not %r" % (name, value))
+    return float(value)
+
+
 def cosine_similarity(F, x):
     """The B x B matrix of cosine similarities of the rows of ``x``."""
     unit = F.L2Normalization(x, mode="instance", eps=_NORM_EPS)
@@ -170,12 +177,10 @@ class MultiSimilarityLoss(_SimilarityLoss):
 
     def __init__(self, alpha=2.0, beta=50.0, base=0.5, **kwargs):
         super().__init__(**kwargs)
-        for name, value in (("alpha", alpha), ("beta", beta)):
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError("%s must be a finite number > 0, not %r" % (name, value))
+        self._alpha, self._beta = check_positive("alpha", alpha), check_positive("beta", beta)
         if not math.isfinite(base):
             raise ValueError("base must be finite, not %r" % (base,))
-        self._alpha, self._beta, self._base = float(alpha), float(beta), float(base)
+        self._base = float(base)
 
     def _loss(self, F, sim, pos, neg):
         pos_term = masked_logsumexp(F, -self._alpha * (sim - self._base), pos, add_one=True)
@@ -229,9 +234,7 @@ class SupConLoss(_SimilarityLoss):
 
     def __init__(self, temperature=0.1, **kwargs):
         super().__init__(**kwargs)
-        if not (temperature > 0 and math.isfinite(temperature)):
-            raise ValueError("temperature must be a finite number > 0, not %r" % (temperature,))
-        self._temperature = float(temperature)
+        self._temperature = check_positive("temperature", temperature)
 
     def _loss(self, F, sim, pos, neg):
         logits = sim / self._temperature
@@ -257,9 +260,7 @@ class NTXentLoss(_SimilarityLoss):
 
     def __init__(self, temperature=0.07, **kwargs):
         super().__init__(**kwargs)
-        if not (temperature > 0 and math.isfinite(temperature)):
-            raise ValueError("temperature must be a finite number > 0, not %r" % (temperature,))
-        self._temperature = float(temperature)
+        self._temperature = check_positive("temperature", temperature)
 
     def _loss(self, F, sim, pos, neg):
         logits = sim / self._temperature
