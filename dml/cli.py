@@ -303,6 +303,17 @@ INPUT_HELP = ("a folder (searched recursively; an image's label is its first fol
               "path per line, relative to the list file, optionally a tab or comma and a label)")
 
 
+def _collection_arguments(parser, positional, metavar, verb, out_metavar, out_help):
+    """RUN_DIR, the images (or ``--dataset``) and ``-o`` of ``dml embed`` and ``dml index``."""
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by dml train")
+    parser.add_argument(positional, metavar=metavar, nargs="*", help=INPUT_HELP)
+    parser.add_argument("--dataset", choices=("train", "test"), default=None,
+                        dest="dataset_split",
+                        help="%s this split of the run's own dataset instead of %s"
+                        % (verb, metavar))
+    parser.add_argument("-o", "--out", required=True, metavar=out_metavar, help=out_help)
+
+
 def _serving_parsers(sub):
     embed = sub.add_parser(
         "embed", help="embed images with a trained run",
@@ -310,12 +321,8 @@ def _serving_parsers(sub):
         "Writes OUT.npy (float32 N x D) and beside it OUT.csv (index, path, label).",
         formatter_class=_Formatter)
     embed.set_defaults(func=cmd_embed)
-    embed.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by dml train")
-    embed.add_argument("inputs", metavar="INPUT", nargs="*", help=INPUT_HELP)
-    embed.add_argument("--dataset", choices=("train", "test"), default=None, dest="dataset_split",
-                       help="embed this split of the run's own dataset instead of INPUT")
-    embed.add_argument("-o", "--out", required=True, metavar="OUT.npy",
-                       help="the .npy file to write (and OUT.csv beside it)")
+    _collection_arguments(embed, "inputs", "INPUT", "embed", "OUT.npy",
+                          "the .npy file to write (and OUT.csv beside it)")
     _run_options(embed)
 
     index = sub.add_parser(
@@ -324,12 +331,8 @@ def _serving_parsers(sub):
         "distance, in a new folder INDEX_DIR (index.faiss, items.csv, index.json with the run's "
         "identity: a search with another network is refused).", formatter_class=_Formatter)
     index.set_defaults(func=cmd_index)
-    index.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by dml train")
-    index.add_argument("gallery", metavar="GALLERY", nargs="*", help=INPUT_HELP)
-    index.add_argument("--dataset", choices=("train", "test"), default=None, dest="dataset_split",
-                       help="index this split of the run's own dataset instead of GALLERY")
-    index.add_argument("-o", "--out", required=True, metavar="INDEX_DIR",
-                       help="the folder to create (it must not exist)")
+    _collection_arguments(index, "gallery", "GALLERY", "index", "INDEX_DIR",
+                          "the folder to create (it must not exist)")
     index.add_argument("--kind", choices=("exact", "ivf", "hnsw"), default="exact",
                        help="exact: every gallery image is compared (brute force results); ivf "
                        "or hnsw: approximate and faster on large galleries (doc/serving.md)")
