@@ -116,25 +116,17 @@ class Item:
 
 
 def _walk_images(folder):
-    """``(path, first-level folder or "")`` for every image file under ``folder`` (recursive,
-    sorted, hidden files and folders skipped) and the number of other files."""
+    """``(path, first-level folder or "")`` for every image file under ``folder`` (see
+    :func:`dml.data.datasets.walk_image_files`) and the number of other files."""
     import os
 
-    from .data.datasets import image_extensions
+    from .data.datasets import walk_image_files
 
-    extensions = image_extensions()
-    found, skipped = [], 0
-    for here, dirs, files in os.walk(folder, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        rel = os.path.relpath(here, folder)
-        label = "" if rel == "." else rel.split(os.sep)[0]
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            if os.path.splitext(name)[1].lower() in extensions:
-                found.append((os.path.join(here, name), label))
-            else:
-                skipped += 1
+    paths, skipped = walk_image_files(folder)
+    found = []
+    for path in paths:
+        rel = os.path.relpath(os.path.dirname(path), folder)
+        found.append((path, "" if rel == "." else rel.split(os.sep)[0]))
     return found, skipped
 
 

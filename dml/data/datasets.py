@@ -498,27 +498,37 @@ def image_extensions():
     return {ext.lower() for ext in Image.registered_extensions()}
 
 
+def walk_image_files(folder):
+    """``(paths, skipped)``: every image file below ``folder`` (recursively, by Pillow's file
+    endings; folders walked in sorted order, files sorted within each; hidden files and folders
+    left out, links not followed) and the number of other files."""
+    extensions = image_extensions()
+    paths, skipped = [], 0
+    for here, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            if os.path.splitext(name)[1].lower() in extensions:
+                paths.append(os.path.join(here, name))
+            else:
+                skipped += 1
+    return paths, skipped
+
+
 def _list_class_tree(split_dir):
     """``(classes, items, skipped)``: the class folders of ``split_dir`` (first level, sorted),
     ``(path, class)`` for every image below each one (recursively: a class may keep its images
     in subfolders), and the number of other files (``Thumbs.db``, ``labels.csv``, ...), which
     are skipped. A class folder without a single image is a :class:`dml.DmlError`."""
-    extensions = image_extensions()
     classes = sorted(d for d in os.listdir(split_dir)
                      if os.path.isdir(os.path.join(split_dir, d)) and not d.startswith("."))
     items, skipped = [], 0
     for name in classes:
         class_dir = os.path.join(split_dir, name)
-        found = []
-        for folder, dirs, files in os.walk(class_dir, followlinks=False):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for fname in sorted(files):
-                if fname.startswith("."):
-                    continue
-                if os.path.splitext(fname)[1].lower() in extensions:
-                    found.append((os.path.join(folder, fname), name))
-                else:
-                    skipped += 1
+        paths, others = walk_image_files(class_dir)
+        skipped += others
+        found = [(path, name) for path in paths]
         if not found:
             raise DmlError("class folder %s holds no image (looked for %s files, also in "
                            "subfolders): add images or remove the folder"
