@@ -10,20 +10,26 @@ class EmbeddingNet(gluon.HybridBlock):
     """GluonCV backbone features -> Dense(embedding_dim) -> optional L2 normalization.
 
     ``backbone`` is a GluonCV model-zoo name whose model has a ``features`` block ending in global
-    pooling (``resnet18_v1`` by default; ``cifar_resnet20_v1`` and friends work too).
+    pooling (``resnet18_v1`` by default, ``resnet50_v1``; ``cifar_resnet20_v1`` and friends work
+    too), or ``googlenet`` (its convolutions and inception blocks, then global average pooling).
     ``pretrained=True`` loads GluonCV's ImageNet weights for the backbone from the local model
-    store ``root`` (``~/.mxnet/models``, the file GluonCV itself would download) and never
-    downloads: a missing or unreadable file is a :class:`dml.DmlError`.
+    store ``root`` (``~/.mxnet/models``), downloading them once through GluonCV's model store
+    when they are missing (:func:`fetch_pretrained`); a failed download or an unreadable file is
+    a :class:`dml.DmlError` naming the file. ``freeze_bn``: every BatchNorm of the backbone runs in
+    inference mode (its running statistics, never updated) and its scale and shift do not train,
+    as the zero-shot benchmark papers train a pretrained backbone.
     """
 
     def __init__(self, embedding_dim=128, backbone="resnet18_v1", l2_normalize=False,
-                 pretrained=False, root=None, **kwargs):
+                 pretrained=False, root=None, freeze_bn=False, **kwargs):
         super().__init__(**kwargs)
         self._l2_normalize = l2_normalize
         self.embedding_dim = embedding_dim
         with self.name_scope():
             self.features = backbone_features(backbone, pretrained, root)
             self.embedding = gluon.nn.Dense(embedding_dim, flatten=True)
+        if freeze_bn:
+            freeze_batchnorm(self.features)
 
     def hybrid_forward(self, F, x):
         x = self.embedding(self.features(x))
@@ -148,6 +154,13 @@ def import_gluoncv_model_zoo():
     return model_zoo
 
 
+# GoogLeNet's layers up to its last inception block: its own head pools 7 x 7 (224 x 224 input
+# only) and classifies; the embedding pools globally instead
+_GOOGLENET_FEATURES = ("conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a",
+                       "inception3b", "maxpool3", "inception4a", "inception4b", "inception4c",
+                       "inception4d", "inception4e", "maxpool4", "inception5a", "inception5b")
+
+
 def backbone_features(name, pretrained=False, root=None):
     get_model = import_gluoncv_model_zoo().get_model
 
@@ -155,17 +168,135 @@ def backbone_features(name, pretrained=False, root=None):
         net = get_model(name, pretrained=False)
     except ValueError as err:
         raise DmlError("unknown backbone %r (%s)" % (name, str(err).splitlines()[0])) from None
-    if not hasattr(net, "features"):
+    if not hasattr(net, "features") and not all(hasattr(net, n) for n in _GOOGLENET_FEATURES):
         raise DmlError("backbone %r has no `features` block to embed from" % name)
     if pretrained:
-        path = pretrained_file(name, root)
-        if not os.path.isfile(path):
-            raise DmlError("`pretrained` needs GluonCV's ImageNet weights for %s at %s (nothing is "
-                           "downloaded): copy that file there, or drop `pretrained`" % (name, path))
+        path = fetch_pretrained(name, root)
         try:
             # GluonCV's file holds the classifier too: only the features are kept
             net.load_parameters(path, ignore_extra=True)
         except Exception as err:  # MXNet reports a wrong or corrupt file in several ways
             raise DmlError("cannot load %s as %s weights (%s): replace it with GluonCV's file"
                            % (path, name, error_summary(err))) from None
-    return net.features
+    if hasattr(net, "features"):
+        return net.features
+    features = gluon.nn.HybridSequential(prefix="")
+    for child in _GOOGLENET_FEATURES:
+        features.add(getattr(net, child))
+    features.add(gluon.nn.GlobalAvgPool2D())
+    return features
+
+
+def freeze_batchnorm(block):
+    """Every BatchNorm below ``block`` in inference mode for good (``use_global_stats``: the
+    running mean and variance normalize, also in training, and are never updated) with its gamma
+    and beta frozen (``grad_req='null'``). Call before hybridizing. Returns the count."""
+    count = 0
+    for child in _descendants(block):
+        if isinstance(child, gluon.nn.BatchNorm):
+            child._kwargs["use_global_stats"] = True  # pylint: disable=protected-access
+            for param in (child.gamma, child.beta):
+                param.grad_req = "null"
+            count += 1
+    return count
+
+
+def _descendants(block):
+    for child in block._children.values():  # pylint: disable=protected-access
+        yield child
+        yield from _descendants(child)
+
+
+PRETRAINED_TIMEOUT = 30  # seconds without a byte before the one download attempt gives up
+MAX_PRETRAINED_BYTES = 1 << 30
+
+
+def _offline():
+    return os.environ.get("DML_OFFLINE", "") not in ("", "0")
+
+
+def fetch_pretrained(name, root=None):
+    """The path of GluonCV's ImageNet weights for ``name`` in the model store ``root``
+    (``~/.mxnet/models``), downloaded when missing: one attempt at GluonCV's own address
+    (``$MXNET_GLUON_REPO``, default Apache's S3 mirror) with a 30 s timeout, the zip checked
+    against GluonCV's SHA-1 and unpacked under a temporary name, then renamed. Offline
+    (``DML_OFFLINE=1``, or no network) it fails at once with a :class:`dml.DmlError` that names
+    the exact file to copy there."""
+    path = pretrained_file(name, root)
+    if os.path.isfile(path):
+        return path
+    advice = "copy GluonCV's file there (on a machine with a network: python -c \"from " \
+             "gluoncv.model_zoo import get_model_file; print(get_model_file('%s'))\"), or drop " \
+             "`pretrained`" % name
+    if _offline():
+        raise DmlError("`pretrained` needs GluonCV's ImageNet weights for %s at %s and downloads "
+                       "are off (DML_OFFLINE=1): %s" % (name, path, advice))
+    try:
+        url = download_pretrained(name, path)
+    except DmlError:
+        raise
+    except Exception as err:  # URLError, timeouts, HTTP errors, a full disk, ...
+        raise DmlError("`pretrained` needs GluonCV's ImageNet weights for %s at %s; the download "
+                       "from %s failed (%s): %s" % (name, path, pretrained_url(name),
+                                                   _reason(err), advice)) from None
+    import logging
+
+    logging.getLogger("dml").info("downloaded %s's ImageNet weights from %s to %s", name, url,
+                                  path)
+    return path
+
+
+def _reason(err):
+    reason = getattr(err, "reason", None) or getattr(err, "strerror", None) or err
+    return str(reason).strip().splitlines()[0][:160] if str(reason).strip() else \
+        type(err).__name__
+
+
+def pretrained_url(name):
+    """GluonCV's download address of ``name``'s weights (honours ``$MXNET_GLUON_REPO``)."""
+    store = import_gluoncv_model_zoo().model_store
+    repo = os.environ.get("MXNET_GLUON_REPO", store.apache_repo_url)
+    if not repo.endswith("/"):
+        repo += "/"
+    return store._url_format.format(  # pylint: disable=protected-access
+        repo_url=repo, file_name="%s-%s" % (name, store.short_hash(name)))
+
+
+def download_pretrained(name, path):
+    """One download of ``name``'s zip to ``path`` (see :func:`fetch_pretrained`); returns the
+    address. A file whose SHA-1 is not GluonCV's is refused and nothing is left behind."""
+    import shutil
+    import tempfile
+    import urllib.request
+    import zipfile
+
+    store = import_gluoncv_model_zoo().model_store
+    url = pretrained_url(name)
+    expected = store._model_sha1[name]  # pylint: disable=protected-access
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".tmp-download-") as tmp:
+        archive = os.path.join(tmp, "weights.zip")
+        with urllib.request.urlopen(url, timeout=PRETRAINED_TIMEOUT) as response, \
+                open(archive, "wb") as out:
+            copied = 0
+            for block in iter(lambda: response.read(1 << 20), b""):
+                copied += len(block)
+                if copied > MAX_PRETRAINED_BYTES:
+                    raise DmlError("%s sent more than %d MB, more than any GluonCV model: "
+                                   "refused" % (url, MAX_PRETRAINED_BYTES >> 20))
+                out.write(block)
+        member = os.path.basename(path)
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                if member not in zf.namelist():
+                    raise DmlError("%s holds no %s: refused" % (url, member))
+                with zf.open(member) as src, open(os.path.join(tmp, member), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        except zipfile.BadZipFile:
+            raise DmlError("%s is not a zip file: refused" % url) from None
+        if not store.check_sha1(os.path.join(tmp, member), expected):
+            raise DmlError("the weights downloaded from %s do not have GluonCV's SHA-1 %s: "
+                           "refused (nothing was kept at %s)" % (url, expected, path))
+        os.replace(os.path.join(tmp, member), path)
+    return url
