@@ -85,21 +85,40 @@ def nearest_neighbors(embeddings, k, distance="euclidean", chunk=None):
     return out
 
 
-def retrieval_metrics(embeddings, labels, distance="euclidean", chunk=None):
-    """precision_at_1, r_precision, map_at_r, recall_at_{1,2,4,8} and num_queries."""
+def retrieval_metrics(embeddings, labels, distance="euclidean", chunk=None, gallery=None,
+                      gallery_labels=None):
+    """precision_at_1, r_precision, map_at_r, recall_at_{1,2,4,8} and num_queries.
+
+    Without ``gallery`` every embedding queries the others (itself excluded) and R is the number
+    of *other* embeddings of its class. With ``gallery`` (and ``gallery_labels``) each embedding
+    queries the gallery (In-Shop's protocol) and R is the number of gallery embeddings of its
+    class. Either way a query with R = 0 is left out."""
     x = np.asarray(embeddings, dtype=np.float64)
     labels = np.asarray(labels).reshape(-1)
-    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    r_all = counts[inverse] - 1
+    if gallery is None:
+        refs, ref_labels, exclude_self = x, labels, True
+        _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        r_all = counts[inverse] - 1
+    else:
+        refs = np.asarray(gallery, dtype=np.float64)
+        ref_labels = np.asarray(gallery_labels).reshape(-1)
+        exclude_self = False
+        classes, counts = np.unique(ref_labels, return_counts=True)
+        where = np.searchsorted(classes, labels)
+        found = (where < len(classes)) & (classes[np.minimum(where, len(classes) - 1)] == labels)
+        r_all = np.where(found, counts[np.minimum(where, len(classes) - 1)], 0)
     if not (r_all > 0).any():
-        raise ValueError("retrieval metrics need at least one class with two or more embeddings")
-    k = min(max(int(r_all.max()), max(RECALL_KS)), len(x) - 1)
+        raise ValueError("retrieval metrics need at least one query with a relevant reference "
+                         "(another image of its class%s)" % (" in the gallery" if gallery
+                                                             is not None else ""))
+    k = min(max(int(r_all.max()), max(RECALL_KS)), len(refs) - (1 if exclude_self else 0))
     sums = dict.fromkeys(RETRIEVAL_KEYS, 0.0)
     ranks = np.arange(1, k + 1)
-    for start, stop, nn in _neighbor_chunks(x, x, k, distance, exclude_self=True, chunk=chunk):
+    for start, stop, nn in _neighbor_chunks(x, refs, k, distance, exclude_self=exclude_self,
+                                            chunk=chunk):
         r = r_all[start:stop]
         keep = r > 0
-        relevant = (labels[nn] == labels[start:stop, None])[keep]
+        relevant = (ref_labels[nn] == labels[start:stop, None])[keep]
         r = r[keep]
         rel_r = relevant & (ranks[None, :] <= r[:, None])
         precision_at_i = np.cumsum(rel_r, axis=1) / ranks[None, :]
@@ -234,11 +253,15 @@ def verification_thresholds(embeddings, labels, distance="euclidean", fmrs=VERIF
 
 
 def all_metrics(embeddings, labels, reference_embeddings, reference_labels, distance="euclidean",
-                pairs=None, seed=0):
+                pairs=None, seed=0, gallery=None, gallery_labels=None):
     """Every metric of ``metrics.json`` for one evaluated split (``verification_auc`` when
-    ``pairs`` is given)."""
-    metrics = retrieval_metrics(embeddings, labels, distance)
+    ``pairs`` is given). With ``gallery``: retrieval of each embedding (a query) against the
+    gallery, clustering of the queries, and ``knn_accuracy`` voting among the gallery."""
+    metrics = retrieval_metrics(embeddings, labels, distance, gallery=gallery,
+                                gallery_labels=gallery_labels)
     metrics.update(clustering_metrics(embeddings, labels, distance, seed))
+    if gallery is not None:
+        reference_embeddings, reference_labels = gallery, gallery_labels
     if set(np.unique(labels)) <= set(np.unique(reference_labels)):
         metrics["knn_accuracy"] = knn_accuracy(reference_embeddings, reference_labels, embeddings,
                                                labels, distance)

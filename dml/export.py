@@ -12,7 +12,9 @@ Two things in the way, and what is done about them:
 
 The ONNX file has one input ``data`` (float32 N x 3 x H x W, the run's preprocessing: see
 ``metadata_props``) and one output ``embedding`` (float32 N x D); its metadata records the run's
-normalization mean and std, input size, distance and the checkpoint it came from. Before the
+normalization mean and std, input size, how an image is brought to it (``resize``: ``square``, or
+``center_crop``: shorter side to 256/224 of it, then the central crop), distance and the
+checkpoint it came from. Before the
 file is written, ONNX Runtime embeds a batch and must agree with MXNet to ``tolerance``.
 """
 import json
@@ -105,7 +107,7 @@ def export_onnx(run, out_path, tolerance=1e-4, check_batch=None):
                            % (run.checkpoint, error_summary(err))) from None
         model = _tidy(onnx.load(raw), dict(
             mean=list(run.mean), std=list(run.std), input_size=list(run.input_size),
-            distance=run.config.distance, embedding_dim=int(expected.shape[1]),
+            resize=run.resize, distance=run.config.distance, embedding_dim=int(expected.shape[1]),
             checkpoint=os.path.abspath(run.checkpoint), producer="dml"))
         onnx.checker.check_model(model)
         data = model.SerializeToString()

@@ -1,5 +1,7 @@
 """Use a trained run: ``dml.load_run(run_dir)`` gives its network, config and class names, and
 embeds images with exactly the run's evaluation preprocessing."""
+import os
+
 import numpy as np
 
 from . import DmlError
@@ -10,27 +12,31 @@ class LoadedRun:
 
     ``net`` (a hybridized Gluon block), ``config`` (the run's :class:`dml.config.RunConfig`),
     ``class_names``, ``mean``/``std`` (the per-channel normalization), ``input_size`` (H, W),
-    ``checkpoint`` (the params file), ``run_dir`` and ``ctx``.
+    ``resize`` (``square`` or ``center_crop``: :mod:`dml.data.transforms`), ``checkpoint`` (the
+    params file), ``run_dir`` and ``ctx``.
     """
 
     def __init__(self, net, config, class_names, mean, std, input_size, checkpoint, ctx,
-                 run_dir=None):
+                 run_dir=None, resize="square"):
         self.run_dir = run_dir
         self.net, self.config, self.class_names = net, config, list(class_names)
         self.mean, self.std = tuple(mean), tuple(std)
         self.input_size, self.checkpoint, self.ctx = tuple(input_size), checkpoint, ctx
+        self.resize = resize
 
     def _image(self, image):
-        """One image as uint8 H x W x 3 at the run's input size, decoded and resized as the
-        run's own datasets do (RGB, bilinear)."""
+        """One image as uint8 H x W x 3 at the run's input size, decoded and brought there as
+        the run's own datasets do (RGB, bilinear; resized whole, or resized and centre-cropped:
+        ``resize``)."""
         from PIL import Image
 
         from .data.datasets import read_image
+        from .data.transforms import fit_image
 
         height, width = self.input_size
         if isinstance(image, str):
             if height == width:  # as the run's own datasets read a file (JPEG at a reduced scale)
-                return read_image(image, height)
+                return read_image(image, height, self.resize)
             image = read_image(image)
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8 or image.ndim not in (2, 3):
@@ -41,7 +47,9 @@ class LoadedRun:
             raise DmlError("cannot embed a %s: pass file paths, PIL images or uint8 arrays"
                            % type(image).__name__)
         image = image.convert("RGB")
-        if image.size != (width, height):
+        if height == width:
+            image = fit_image(image, height, self.resize)
+        elif image.size != (width, height):
             image = image.resize((width, height), Image.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
 
@@ -72,16 +80,17 @@ class LoadedRun:
         return np.concatenate(out)
 
 
-def load_run(run_dir, checkpoint="last", ctx=None):
+def load_run(run_dir, checkpoint=None, ctx=None):
     """Load a run folder written by ``dml train``: ``checkpoint`` is ``last``, ``best`` or a
-    params file (``net-*.params`` or an exported ``embedding-*.params``); ``ctx`` an MXNet
-    context (default the CPU). Returns a :class:`LoadedRun`."""
+    params file (``net-*.params`` or an exported ``embedding-*.params``); None: the one the
+    run's metrics report (``best`` when its validation classes selected it, else ``last``).
+    ``ctx`` an MXNet context (default the CPU). Returns a :class:`LoadedRun`."""
     import mxnet as mx
 
-    from .engine import load_net, open_run
+    from .engine import load_net, open_run, reported_checkpoint
 
     run, stored, cfg = open_run(run_dir)
-    kind, path, _ = run.resolve(checkpoint)
+    kind, path, _ = run.resolve(checkpoint or reported_checkpoint(run))
     ctx = ctx or mx.cpu()
     net = load_net(cfg, kind, path, [ctx])
     norm = stored.get("normalization")
@@ -89,9 +98,11 @@ def load_run(run_dir, checkpoint="last", ctx=None):
         from .data import load_dataset
 
         splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
-        norm = dict(mean=splits.mean, std=splits.std, input_size=input_size(splits))
+        norm = dict(mean=splits.mean, std=splits.std, input_size=input_size(splits),
+                    resize=splits.resize)
     return LoadedRun(net, cfg, stored.get("class_names", []), norm["mean"], norm["std"],
-                     norm["input_size"], path, ctx, run_dir=str(run.path))
+                     norm["input_size"], path, ctx, run_dir=str(run.path),
+                     resize=norm.get("resize", "square"))
 
 
 def input_size(splits):
@@ -410,7 +421,8 @@ def open_index(index_dir):
 
 def run_for_index(gallery, run_dir=None, checkpoint=None, ctx=None):
     """The :class:`LoadedRun` whose network built ``gallery``: by default the run and checkpoint
-    index.json names; with ``run_dir`` (and ``checkpoint``, default ``last``) another copy of it.
+    index.json names; with ``run_dir`` (and ``checkpoint``, default the one the run reports)
+    another copy of it.
     A network other than the one that embedded the gallery (another run, another checkpoint, or
     the same file retrained), or another distance, is a :class:`DmlError`: its queries would be
     compared with embeddings of a different space."""
@@ -427,7 +439,7 @@ def run_for_index(gallery, run_dir=None, checkpoint=None, ctx=None):
             if not os.path.isfile(checkpoint):
                 raise DmlError("the index's checkpoint %s is gone: give the run's folder (run="
                                "RUN_DIR)" % checkpoint)
-    run = load_run(run_dir, checkpoint or "last", ctx)
+    run = load_run(run_dir, checkpoint, ctx)
     if file_sha256(run.checkpoint) != meta["checkpoint_sha256"]:
         raise DmlError("%s was built with another network (%s): %s is a different checkpoint; "
                        "rebuild the index with dml index" % (
@@ -483,3 +495,53 @@ def result_rows(run, gallery, queries, distances, indices):
             (image(gallery.items[i]), gallery.items[i].label, d)
             for d, i in zip(dist, idx) if i >= 0]))
     return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# Query against gallery: `dml evaluate RUN --query DIR --gallery DIR`.
+
+
+def labelled_items(folder, role):
+    """The images of ``folder`` (a query or gallery folder: ``<class>/<image>``, recursively)
+    with their class; an image outside a class folder is a :class:`DmlError`."""
+    items = collect([folder])
+    unlabelled = [item.source for item in items if not item.label]
+    if unlabelled:
+        raise DmlError("the %s folder %s must hold class folders (%s/<class>/<image>); %s is "
+                       "not in one" % (role, folder, folder, unlabelled[0]))
+    return items
+
+
+def check_query_gallery_classes(query, gallery, query_dir, gallery_dir):
+    """Every query class must have gallery images and every gallery class queries: a class on
+    one side only is a :class:`DmlError` naming a few."""
+    q, g = {i.label for i in query}, {i.label for i in gallery}
+    for side, other, only in ((query_dir, gallery_dir, sorted(q - g)),
+                              (gallery_dir, query_dir, sorted(g - q))):
+        if only:
+            raise DmlError("%d classes of %s are not in %s (%s): query and gallery must hold the "
+                           "same classes" % (len(only), side, other, ", ".join(only[:3])))
+
+
+def evaluate_query_gallery(run, query_dir, gallery_dir, batch_size=256, strict=False):
+    """Every retrieval metric (and the clustering of the queries, and ``knn_accuracy`` voting
+    among the gallery) of the images in ``query_dir`` retrieved against those in
+    ``gallery_dir``, embedded by ``run`` (a :class:`LoadedRun`): the definitions of
+    :func:`dml.evaluation.all_metrics`. Returns the metrics."""
+    from .evaluation import all_metrics
+
+    query = labelled_items(query_dir, "query")
+    gallery = labelled_items(gallery_dir, "gallery")
+    check_query_gallery_classes(query, gallery, query_dir, gallery_dir)
+    q_emb, q_kept, _ = embed_items(run, query, batch_size, strict)
+    g_emb, g_kept, _ = embed_items(run, gallery, batch_size, strict)
+    names = sorted({i.label for i in q_kept} | {i.label for i in g_kept})
+    code = {name: c for c, name in enumerate(names)}
+    q_labels = np.array([code[i.label] for i in q_kept])
+    g_labels = np.array([code[i.label] for i in g_kept])
+    metrics = all_metrics(q_emb, q_labels, g_emb, g_labels, run.config.distance,
+                          seed=run.config.seed, gallery=g_emb, gallery_labels=g_labels)
+    metrics.update(split="query_gallery", num_gallery=int(len(g_kept)),
+                   query=os.path.abspath(query_dir), gallery=os.path.abspath(gallery_dir),
+                   checkpoint=run.checkpoint)
+    return metrics

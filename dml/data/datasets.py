@@ -7,6 +7,7 @@ Nothing here downloads unless the files are missing, and then only one attempt t
 downloader (skipped when ``DML_OFFLINE=1``); a missing or corrupt file is a :class:`dml.DmlError`
 naming the folder and the files looked for.
 """
+import dataclasses
 import gzip
 import logging
 import os
@@ -21,6 +22,7 @@ import numpy as np
 from mxnet import base, gluon
 
 from .. import DmlError
+from .transforms import AUGMENTS, Augment, fit_image, load_side
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +31,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
-class Augment:
-    """Training augmentation: random crop of the image zero-padded by ``pad`` pixels, and a random
-    horizontal flip when ``flip``."""
-
-    pad: int = 0
-    flip: bool = False
-
-
-@dataclass
 class DatasetSplits:
+    """A dataset as training and evaluation see it. ``train`` and ``test`` are datasets of
+    ``(uint8 H x W x 3 image, int label)`` in the evaluation geometry (``resize``, see
+    :mod:`dml.data.transforms`); ``augment`` is the dataset's default training augmentation
+    (named ``augment_name``; :meth:`augmentation` gives another by name).
+
+    ``gallery``: when set, ``test`` holds the queries and retrieval is measured for each query
+    against the gallery (In-Shop); otherwise each test image queries the other test images.
+    ``val``: the training-split images of ``val_classes``, training classes held out for model
+    selection (:func:`hold_out_classes`); ``reference``: the images ``knn_accuracy`` votes with
+    (None: the training split)."""
+
     name: str
     train: "gluon.data.Dataset"
     test: "gluon.data.Dataset"
@@ -46,11 +50,16 @@ class DatasetSplits:
     mean: Tuple[float, float, float]
     std: Tuple[float, float, float]
     augment: Augment = field(default_factory=Augment)
-    # the images knn_accuracy votes with (None: the training split); see unseen_class_splits
     reference: Optional["gluon.data.Dataset"] = None
     split: str = "test"
     train_classes: Optional[List[int]] = None  # None: every class
     eval_classes: Optional[List[int]] = None
+    augment_name: str = "none"
+    crop_pad: int = 0
+    resize: str = "square"
+    gallery: Optional["gluon.data.Dataset"] = None
+    val: Optional["gluon.data.Dataset"] = None
+    val_classes: Optional[List[int]] = None
 
     @property
     def num_classes(self):
@@ -59,6 +68,29 @@ class DatasetSplits:
     @property
     def references(self):
         return self.train if self.reference is None else self.reference
+
+    @property
+    def input_side(self):
+        """The side of the network's square input."""
+        image, _ = self.train[0]
+        return int(np.asarray(image).shape[0])
+
+    def augmentation(self, name=None):
+        """The :class:`Augment` named ``name`` (one of ``none``, ``crop``, ``crop-flip``,
+        ``resized-crop-flip``; None: the dataset's default) with this dataset's crop padding."""
+        return Augment.named(name or self.augment_name, self.crop_pad, self.input_side)
+
+
+def _splits(name, train, test, class_names, mean, std, crop_pad=0, resize="square", **kwargs):
+    """A :class:`DatasetSplits` whose default augmentation is ``name``'s in
+    :data:`dml.registry.DATASET_DEFAULTS`."""
+    from ..registry import DATASET_DEFAULTS
+
+    augment = DATASET_DEFAULTS[name]["augment"]
+    side = int(np.asarray(train[0][0]).shape[0]) if len(train) else 0
+    return DatasetSplits(name=name, train=train, test=test, class_names=class_names, mean=mean,
+                         std=std, augment=Augment.named(augment, crop_pad, side),
+                         augment_name=augment, crop_pad=crop_pad, resize=resize, **kwargs)
 
 
 class ImageArrayDataset(gluon.data.Dataset):
@@ -88,20 +120,23 @@ class ImageArrayDataset(gluon.data.Dataset):
         return ImageArrayDataset(self.images[indices], self.labels[indices])
 
 
-def read_image(path, size=None):
-    """The image at ``path`` fully decoded as uint8 H x W x 3 RGB (resized to ``size`` x ``size``
-    when given), or a :class:`dml.DmlError` naming the file: undecodable, truncated (whatever
-    ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` another library set) or a decompression bomb."""
+def read_image(path, size=None, resize="square", draft=None):
+    """The image at ``path`` fully decoded as uint8 H x W x 3 RGB: brought to ``size`` x ``size``
+    by ``resize`` (:func:`dml.data.transforms.fit_image`) when ``size`` is given, else whole (a
+    JPEG at the reduced scale that keeps it at least ``draft`` pixels on each side, when given).
+    An undecodable or truncated file (whatever ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` another
+    library set) or a decompression bomb is a :class:`dml.DmlError` naming the file."""
     from PIL import Image, ImageFile
 
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # GluonCV's import turns it on for the process
     try:
         with Image.open(path) as img:
-            if size is not None:
-                img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, still in full
+            target = load_side(size, resize) if size is not None else draft
+            if target:
+                img.draft("RGB", (target, target))  # JPEG: decode at a reduced scale, in full
             img = img.convert("RGB")
-            if size is not None and img.size != (size, size):
-                img = img.resize((size, size), Image.BILINEAR)
+            if size is not None:
+                img = fit_image(img, size, resize)
             return np.asarray(img, dtype=np.uint8)
     except Image.DecompressionBombError as err:
         raise DmlError("%s is too large to decode safely (%s): shrink or remove it"
@@ -112,18 +147,22 @@ def read_image(path, size=None):
 
 
 class ImageFileDataset(gluon.data.Dataset):
-    """Images read lazily from files with Pillow, converted to RGB and resized to ``size`` x ``size``."""
+    """Images read lazily from files with Pillow, converted to RGB and brought to ``size`` x
+    ``size`` by ``resize`` (``square`` or ``center_crop``: :mod:`dml.data.transforms`).
+    :meth:`raw_batch` gives the whole images instead (decoded at a reduced JPEG scale that keeps
+    them at least twice ``size``), for a random resized crop."""
 
-    def __init__(self, paths, labels, size):
+    def __init__(self, paths, labels, size, resize="square"):
         self.paths = list(paths)
         self.labels = np.asarray(labels, dtype=np.int32)
         self.size = int(size)
+        self.resize = resize
 
     def __len__(self):
         return len(self.paths)
 
     def _load(self, idx):
-        return read_image(self.paths[idx], self.size)
+        return read_image(self.paths[idx], self.size, self.resize)
 
     def __getitem__(self, idx):
         return self._load(idx), int(self.labels[idx])
@@ -132,9 +171,16 @@ class ImageFileDataset(gluon.data.Dataset):
         indices = np.asarray(indices)
         return np.stack([self._load(i) for i in indices]), self.labels[indices]
 
+    def raw_batch(self, indices):
+        """``(list of whole uint8 images, labels)``: the training input of a resized crop."""
+        indices = np.asarray(indices)
+        return ([read_image(self.paths[i], draft=2 * self.size) for i in indices],
+                self.labels[indices])
+
     def subset(self, indices):
         indices = np.asarray(indices, dtype=np.int64)
-        return ImageFileDataset([self.paths[i] for i in indices], self.labels[indices], self.size)
+        return ImageFileDataset([self.paths[i] for i in indices], self.labels[indices], self.size,
+                                self.resize)
 
 
 def default_data_root(name):
@@ -187,15 +233,10 @@ def load_digits(image_size=32, test_fraction=0.25, seed=0):
     train_pixels = images[idx_train].astype(np.float64) / 255.0
     mean = float(train_pixels.mean())
     std = float(train_pixels.std())
-    return DatasetSplits(
-        name="digits",
-        train=ImageArrayDataset(images[idx_train], labels[idx_train]),
-        test=ImageArrayDataset(images[idx_test], labels[idx_test]),
-        class_names=[str(i) for i in range(10)],
-        mean=(mean,) * 3,
-        std=(std,) * 3,
-        augment=Augment(pad=max(1, image_size // 16), flip=False),
-    )
+    # handwriting: a mirrored digit is another shape, so no flip
+    return _splits("digits", ImageArrayDataset(images[idx_train], labels[idx_train]),
+                   ImageArrayDataset(images[idx_test], labels[idx_test]),
+                   [str(i) for i in range(10)], (mean,) * 3, (std,) * 3, crop_pad=max(1, image_size // 16))
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,15 +436,9 @@ def load_cifar(name, root=None):
                        "`data_root`" % (name.upper().replace("CIFAR", "CIFAR-"), root, looked))
     train = _cifar_records(spec, kind, source, spec["py_train" if kind == "python" else "bin_train"])
     test = _cifar_records(spec, kind, source, spec["py_test" if kind == "python" else "bin_test"])
-    return DatasetSplits(
-        name=name,
-        train=ImageArrayDataset(*train),
-        test=ImageArrayDataset(*test),
-        class_names=_cifar_class_names(spec, kind, source),
-        mean=spec["mean"],
-        std=spec["std"],
-        augment=Augment(pad=4, flip=True),
-    )
+    return _splits(name, ImageArrayDataset(*train), ImageArrayDataset(*test),
+                   _cifar_class_names(spec, kind, source), spec["mean"], spec["std"],
+                   crop_pad=4)
 
 
 # --------------------------------------------------------------------------------------------
@@ -478,12 +513,10 @@ def load_mnist(name, root=None):
         padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))  # 28x28 -> 32x32, the backbone's input
         splits[split] = ImageArrayDataset(np.repeat(padded[..., None], 3, axis=3), labels)
     mean, std = _MNIST_STATS[name]
-    return DatasetSplits(
-        name=name, train=splits["train"], test=splits["test"],
-        class_names=FASHION_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)],
-        mean=(mean,) * 3, std=(std,) * 3,
-        augment=Augment(pad=2, flip=name == "fashion-mnist"),
-    )
+    return _splits(name, splits["train"], splits["test"],
+                   FASHION_CLASSES if name == "fashion-mnist" else [str(i) for i in range(10)],
+                   (mean,) * 3, (std,) * 3,
+                   crop_pad=2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -577,13 +610,10 @@ def load_folder(root, image_size=32):
     train_classes = sorted({index[c] for _, c in splits["train"][1]})
     eval_classes = sorted({index[c] for _, c in splits["test"][1]})
     every = list(range(len(class_names)))
-    return DatasetSplits(
-        name="folder", train=datasets["train"], test=datasets["test"], class_names=class_names,
-        train_classes=None if train_classes == every else train_classes,
-        eval_classes=None if eval_classes == every else eval_classes,
-        mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        augment=Augment(pad=max(1, image_size // 8), flip=True),
-    )
+    return _splits("folder", datasets["train"], datasets["test"], class_names, IMAGENET_MEAN,
+                   IMAGENET_STD, crop_pad=max(1, image_size // 8),
+                   train_classes=None if train_classes == every else train_classes,
+                   eval_classes=None if eval_classes == every else eval_classes)
 
 
 def class_subset(dataset, classes):
@@ -599,17 +629,24 @@ def unseen_class_splits(splits):
     """The unseen-class protocol: train on the first half of the classes (label order, ``n // 2``
     of ``n``) and evaluate on the test images of the other half, which training never sees.
     ``knn_accuracy`` then votes with the training-split images of the unseen classes. Labels keep
-    their values, so class names stay right."""
+    their values, so class names stay right. A dataset whose test classes differ from its
+    training classes already (the benchmarks, a class-disjoint folder) is refused: its test
+    split is the unseen-class protocol."""
     n = splits.num_classes
+    if splits.train_classes is not None or splits.gallery is not None:
+        raise DmlError("split=unseen halves the classes of a dataset whose train and test splits "
+                       "share them; %s is class-disjoint already (it trains on %d classes and "
+                       "tests on %d others): use split=test" % (
+                           splits.name, len(splits.train_classes or []),
+                           len(splits.eval_classes or [])))
     if n < MIN_UNSEEN_CLASSES:
         raise DmlError("split=unseen needs a dataset with at least %d classes (half to train on, "
                        "half to evaluate on); %s has %d" % (MIN_UNSEEN_CLASSES, splits.name, n))
     seen, unseen = list(range(n // 2)), list(range(n // 2, n))
-    out = DatasetSplits(
-        name=splits.name, train=class_subset(splits.train, seen),
-        test=class_subset(splits.test, unseen), class_names=splits.class_names, mean=splits.mean,
-        std=splits.std, augment=splits.augment, reference=class_subset(splits.train, unseen),
-        split="unseen", train_classes=seen, eval_classes=unseen)
+    out = dataclasses.replace(
+        splits, train=class_subset(splits.train, seen), test=class_subset(splits.test, unseen),
+        reference=class_subset(splits.train, unseen), split="unseen", train_classes=seen,
+        eval_classes=unseen)
     for what, dataset, classes in (("training", out.train, seen), ("test", out.test, unseen),
                                    ("training", out.reference, unseen)):
         if len(np.unique(dataset.labels)) < 2:
@@ -617,6 +654,43 @@ def unseen_class_splits(splits):
                            "%s to %s" % (what, splits.name, splits.class_names[classes[0]],
                                          splits.class_names[classes[-1]]))
     return out
+
+
+VAL_CLASSES_SEED = 0  # the held-out classes do not depend on --seed: every seed selects alike
+
+
+def count_val_classes(val_classes, num_train_classes):
+    """``val_classes`` (a whole number of classes, or a fraction in (0, 1)) as a count."""
+    if val_classes is None or val_classes == 0:
+        return 0
+    if 0 < val_classes < 1:
+        return int(round(val_classes * num_train_classes))
+    if val_classes != int(val_classes) or val_classes < 0:
+        raise DmlError("val_classes=%g must be a whole number of classes or a fraction between "
+                       "0 and 1" % val_classes)
+    return int(val_classes)
+
+
+def hold_out_classes(splits, val_classes):
+    """``splits`` with ``val_classes`` of its training classes (a count, or a fraction of them)
+    held out: their training images become ``splits.val``, the validation set that model
+    selection (``eval_period``, params/best/) scores, and training never sees them. The classes
+    are a fixed draw (seed 0, whatever the run's seed) among the training classes, never a test
+    class; at least 2 must remain on each side."""
+    present = sorted(int(c) for c in np.unique(splits.train.labels))
+    count = count_val_classes(val_classes, len(present))
+    if not val_classes:
+        return splits
+    if count < 2 or len(present) - count < 2:
+        raise DmlError("val_classes=%g would hold out %d of the %d training classes of %s: "
+                       "validation and training each need at least 2 (choose between 2 and %d)"
+                       % (val_classes, count, len(present), splits.name, len(present) - 2))
+    rng = np.random.default_rng(VAL_CLASSES_SEED)
+    held = sorted(int(c) for c in rng.permutation(present)[:count])
+    kept = [c for c in present if c not in set(held)]
+    return dataclasses.replace(splits, train=class_subset(splits.train, kept),
+                               val=class_subset(splits.train, held), val_classes=held,
+                               train_classes=kept)
 
 
 def check_same_classes(names, splits, run_dir, data_root=None):
@@ -647,6 +721,9 @@ def apply_split(splits, split):
 
 def load_dataset(name, data_root=None, image_size=32):
     """Load a dataset by its ``--dataset`` name; raises :class:`dml.DmlError` on user errors."""
+    from ..registry import DATASETS
+    from .benchmarks import BENCHMARKS, load_benchmark
+
     if name == "digits":
         return load_digits(image_size=image_size)
     if name in _CIFAR:
@@ -655,6 +732,6 @@ def load_dataset(name, data_root=None, image_size=32):
         return load_mnist(name, data_root)
     if name == "folder":
         return load_folder(data_root, image_size=image_size)
-    raise DmlError("unknown dataset %r: choose one of digits, cifar10, cifar100, mnist, "
-                   "fashion-mnist, folder" % (name,))
-
+    if name in BENCHMARKS:
+        return load_benchmark(name, data_root, image_size=image_size)
+    raise DmlError("unknown dataset %r: choose one of %s" % (name, ", ".join(DATASETS)))

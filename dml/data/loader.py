@@ -5,25 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .datasets import Augment
-
-
-def augment_batch(images, augment, rng):
-    """Random crop from the zero-padded image and random horizontal flip, for a whole
-    N x H x W x C uint8 batch at once."""
-    n, h, w, _ = images.shape
-    if augment.pad > 0:
-        p = augment.pad
-        padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
-        top = rng.integers(0, 2 * p + 1, size=n)
-        left = rng.integers(0, 2 * p + 1, size=n)
-        rows = (top[:, None] + np.arange(h))[:, :, None]
-        cols = (left[:, None] + np.arange(w))[:, None, :]
-        images = padded[np.arange(n)[:, None, None], rows, cols]
-    if augment.flip:
-        flip = rng.random(n) < 0.5
-        images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
-    return images
+from .transforms import Augment, augment_batch
 
 
 def normalize_batch(images, mean, std):
@@ -70,11 +52,15 @@ class BatchLoader:
             self.batch_sampler.set_epoch(epoch)
 
     def _make(self, epoch, number, indices):
-        images, labels = self.dataset.batch(indices)
         rng = np.random.default_rng([self.seed, epoch, number])
-        if isinstance(images, list):  # a tuple dataset: one image array per tuple element
-            return tuple(normalize_batch(augment_batch(part, self.augment, rng), self.mean, self.std)
-                         for part in images) + (labels.astype(np.float32),)
+        if self.augment.resized_crop and hasattr(self.dataset, "raw_batch"):
+            images, labels = self.dataset.raw_batch(indices)  # whole images, of any sizes
+        else:
+            images, labels = self.dataset.batch(indices)
+            if isinstance(images, list):  # a tuple dataset: one image array per tuple element
+                return tuple(normalize_batch(augment_batch(part, self.augment, rng), self.mean,
+                                             self.std) for part in images) + (
+                    labels.astype(np.float32),)
         images = augment_batch(images, self.augment, rng)
         return normalize_batch(images, self.mean, self.std), labels.astype(np.float32)
 
