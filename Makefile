@@ -48,7 +48,7 @@ DOC_RUN := .doc-run
 doc: install
 	$(PY) scripts/network_diagrams.py --out-dir doc
 	rm -rf $(DOC_RUN)
-	$(PY) -m dml train --method triplet_semihard --dataset digits --eval-period 1 --output-root $(DOC_RUN)
+	$(PY) -m dml train --method triplet_semihard --dataset digits --eval-period 1 --select-on-test --output-root $(DOC_RUN)
 	run=$$(ls -d $(DOC_RUN)/digits/triplet_semihard/*) && \
 	  cp $$run/plots/embedding_test.png doc/embedding_digits.png && \
 	  cp $$run/plots/loss.png doc/loss_digits.png && \

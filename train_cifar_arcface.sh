@@ -6,5 +6,4 @@
 # Extra arguments pass through: bash train_cifar_arcface.sh --epochs 3 --gpus 0,1
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/train_common.sh"
 dml_train --method arcface --dataset cifar10 --backbone resnet18_v1 \
-  --batch-size 120 --margin 0.5 --scale 64 --epochs 60 --optimizer adam --lr 1e-3 --lr-steps 40,50 \
-  --eval-period 10 "$@"
+  --batch-size 120 --margin 0.5 --scale 64 --epochs 60 --optimizer adam --lr 1e-3 --lr-steps 40,50 "$@"

@@ -5,5 +5,4 @@
 # Extra arguments pass through: bash train_cifar_siamese.sh --epochs 3 --gpus 0,1
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/train_common.sh"
 dml_train --method siamese --dataset cifar10 --backbone resnet18_v1 \
-  --batch-size 64 --margin 1.0 --epochs 60 --optimizer adam --lr 1e-3 --lr-steps 40,50 \
-  --eval-period 10 "$@"
+  --batch-size 64 --margin 1.0 --epochs 60 --optimizer adam --lr 1e-3 --lr-steps 40,50 "$@"

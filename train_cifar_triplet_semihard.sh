@@ -4,5 +4,4 @@
 # Extra arguments pass through: bash train_cifar_triplet_semihard.sh --epochs 3 --gpus 0,1
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/train_common.sh"
 dml_train --method triplet_semihard --dataset cifar10 --backbone resnet18_v1 \
-  --n-classes 8 --n-samples 16 --epochs 60 --optimizer adam --lr 1e-3 --lr-steps 40,50 \
-  --eval-period 10 "$@"
+  --n-classes 8 --n-samples 16 --epochs 60 --optimizer adam --lr 1e-3 --lr-steps 40,50 "$@"

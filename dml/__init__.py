@@ -35,9 +35,10 @@ def error_summary(err, limit=200):
     return line[:limit]
 
 
-def load_run(run_dir, checkpoint="last", ctx=None):
+def load_run(run_dir, checkpoint=None, ctx=None):
     """A trained run's network, config and class names, and ``embed(images)`` with the run's own
-    preprocessing (see :func:`dml.serve.load_run`; MXNet loads on first use)."""
+    preprocessing (see :func:`dml.serve.load_run`; MXNet loads on first use). ``checkpoint``:
+    ``"last"``, ``"best"`` or a params file; None: the one the run's metrics.json reports."""
     from .serve import load_run as _load_run
 
     return _load_run(run_dir, checkpoint, ctx)

@@ -9,8 +9,8 @@ import sys
 from . import DATASETS, DISTANCES, METHODS, DmlError, WriteFailed, __version__, error_summary
 
 # (the registry imports no MXNet: OMP_NUM_THREADS is set before MXNet loads)
-from .registry import (KVSTORES, MARGIN_HEAD_METHODS, METHOD_MINERS, MINER_METHODS,  # noqa: E402
-                       MINERS, PROXY_METHODS, SPLITS)
+from .registry import (AUGMENTS, BENCHMARKS, KVSTORES, MARGIN_HEAD_METHODS,  # noqa: E402
+                       METHOD_MINERS, MINER_METHODS, MINERS, PROXY_METHODS, SPLITS)
 # what --resume lets change: the run's length and where it runs; everything else is the run's
 RESUME_MAY_CHANGE = ("epochs", "gpus", "cpus", "kvstore", "num_workers", "data_root")
 
@@ -123,6 +123,15 @@ def parse_gpus(text):
     return gpus
 
 
+def _val_classes(text):
+    """``--val-classes``: a whole number of classes, or a fraction of them in (0, 1)."""
+    value = _finite_float(text)
+    if value < 0 or (value >= 1 and value != int(value)):
+        raise argparse.ArgumentTypeError("%r is neither a whole number of classes nor a fraction "
+                                         "between 0 and 1" % text)
+    return int(value) if value >= 1 else value
+
+
 def _epoch_list(text):
     try:
         return [int(p) for p in text.split(",") if p.strip()]
@@ -158,20 +167,48 @@ def build_parser():
                    "may change")
     g.add_argument("--data-root", default=None, metavar="PATH",
                    help="where the dataset's files are (default: ~/.mxnet/datasets/<dataset>; "
-                   "for folder: ROOT holding train/<class>/ and test/<class>/); stored as an "
-                   "absolute path. With --resume: where the run's data is now, if it moved")
+                   "for folder: ROOT holding train/<class>/ and test/<class>/; for %s: the "
+                   "folder of the official files, see README); stored as an absolute path. With "
+                   "--resume: where the run's data is now, if it moved" % ", ".join(BENCHMARKS))
     g.add_argument("--split", choices=SPLITS, default=None,
-                   help="test: train on the training split, evaluate on the test split (every "
-                   "class); unseen: train on the first half of the classes, evaluate on the test "
-                   "images of the other half (default test)")
+                   help="test: train on the training split, evaluate on the test split (on the "
+                   "benchmarks and class-disjoint folders: classes training never saw); unseen: "
+                   "train on the first half of the classes, evaluate on the test images of the "
+                   "other half (default test)")
+    g.add_argument("--val-classes", type=_val_classes, default=None, metavar="N|FRACTION",
+                   help="hold out N training classes (or this fraction of them; never test "
+                   "classes) as validation: --eval-period and params/best/ select on them, and "
+                   "the test split is scored once, at the end, with the selected weights "
+                   "(implies --eval-period 1 unless given; default 0: no selection, the final "
+                   "epoch is the model)")
+    g.add_argument("--select-on-test", action="store_true", default=None,
+                   help="let --eval-period select params/best/ on the test split itself "
+                   "(test-set feedback: its metrics are then no longer those of unseen data)")
     g.add_argument("--image-size", type=_bounded_int(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), default=None,
-                   help="side of the square network input for digits and folder (default 32)")
-    g.add_argument("--no-augment", dest="augment", action="store_false", default=None,
-                   help="train without the dataset's crop/flip augmentation")
+                   help="side of the square network input for digits, folder and the "
+                   "benchmarks (default 32; 224 for the benchmarks)")
+    g.add_argument("--augment", choices=AUGMENTS, default=None,
+                   help="training augmentation: crop (a random crop of the zero-padded image), "
+                   "crop-flip (and a horizontal flip), resized-crop-flip (a random resized crop "
+                   "of 8-100%% of the image, and a flip) or none. Default per dataset: crop for "
+                   "digits and mnist (a mirrored digit is no digit), crop-flip for cifar, "
+                   "fashion-mnist and folder, resized-crop-flip for the benchmarks")
+    g.add_argument("--no-augment", dest="augment", action="store_const", const="none",
+                   help="the same as --augment none")
     g = train.add_argument_group("network and loss")
-    g.add_argument("--backbone", default=None, help="GluonCV model-zoo name (default resnet18_v1)")
+    g.add_argument("--backbone", default=None,
+                   help="GluonCV model-zoo name: resnet18_v1 (default), resnet50_v1 (the "
+                   "benchmarks' default), googlenet, or another with a features block")
     g.add_argument("--pretrained", action="store_true", default=None,
-                   help="start from GluonCV's ImageNet weights in ~/.mxnet/models (never downloaded)")
+                   help="start from GluonCV's ImageNet weights in ~/.mxnet/models, downloaded "
+                   "once when missing (the benchmarks' default)")
+    g.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                   help="start from random weights")
+    g.add_argument("--freeze-bn", action="store_true", default=None,
+                   help="BatchNorm in inference mode: running statistics, scale and shift frozen "
+                   "(the benchmarks' default, as their papers train a pretrained backbone)")
+    g.add_argument("--no-freeze-bn", dest="freeze_bn", action="store_false",
+                   help="train BatchNorm as usual")
     g.add_argument("--embedding-dim", type=_bounded_int(1, MAX_EMBEDDING_DIM), default=None,
                    help="default 128")
     g.add_argument("--l2-normalize", action="store_true", default=None,
@@ -233,9 +270,9 @@ def build_parser():
                    help="keep the newest N epoch checkpoints, delete older ones once the next is "
                    "complete (0: keep all; default 1)")
     g.add_argument("--eval-period", type=_non_negative_int, default=None,
-                   help="evaluate the retrieval metrics every E epochs, log them as eval/* scalars "
-                   "and the projector, and keep the best map_at_r in params/best (0: at the end "
-                   "only)")
+                   help="every E epochs score the retrieval metrics of the validation classes "
+                   "(--val-classes; or the test split with --select-on-test), log them and keep "
+                   "the best map_at_r in params/best/ (0: at the end only)")
     g.add_argument("--output-root", default=None, help="where run folders go (default .)")
 
     evaluate = sub.add_parser(
@@ -250,9 +287,10 @@ def build_parser():
                           help="test: the test split, every class; unseen: the test images of "
                           "the classes the run did not train on (runs trained with --split "
                           "unseen). Default: the split the run trained with")
-    evaluate.add_argument("--checkpoint", default="last", metavar="last|best|PATH",
-                          help="last: params/net-<last epoch>.params; best: params/best/ (highest "
-                          "map_at_r evaluated); or a net-*.params or exported embedding-*.params file")
+    evaluate.add_argument("--checkpoint", default=None, metavar="last|best|PATH",
+                          help="last: params/net-<last epoch>.params; best: params/best/ (the "
+                          "selected checkpoint); or a net-*.params or exported embedding-*.params "
+                          "file (default: the one training reported, metrics.json's checkpoint)")
     evaluate.add_argument("--gpus", type=parse_gpus, default=None, metavar="0,1",
                           help="GPUs to embed on (default: all GPUs mxnet sees, else the CPU)")
     evaluate.add_argument("--data-root", default=None, metavar="PATH",
@@ -260,20 +298,35 @@ def build_parser():
                           "--data-root, stored in config.json); it must hold the run's classes")
 
     compare = sub.add_parser(
-        "compare", help="tabulate every run under a folder",
-        description="One row per run folder found under ROOT (method, dataset, split, epochs, every "
-        "metric, training time), best map_at_r first.",
+        "compare", help="tabulate every run under a folder, seeds grouped",
+        description="One row per experiment found under ROOT, best map_at_r first: runs that "
+        "differ only in --seed (and in where or on what devices they ran) are grouped, and each "
+        "metric is their mean with a 95%% confidence interval (Student's t) and the count. "
+        "Columns: the first run, method, dataset, split, epochs, the seeds, the options that "
+        "tell two experiments of one method apart, every metric, training time.",
         formatter_class=_Formatter)
     compare.set_defaults(func=cmd_compare)
     compare.add_argument("root", metavar="ROOT", help="a folder holding run folders, at any depth")
     compare.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     compare.add_argument("--plot", default=None, metavar="OUT.png",
-                         help="also draw a grouped bar chart of the metrics, one bar per run")
+                         help="also draw a grouped bar chart of the metrics, one bar per row "
+                         "(with its 95%% interval)")
+    compare.add_argument("--runs", action="store_true",
+                         help="one row per run instead of per experiment (no grouping)")
     evaluate.add_argument("--verification", action="store_true",
                           help="also report, over every pair of the evaluated split, the false "
                           "non-match rate at false match rates 1e-2 and 1e-3 and the distance "
                           "threshold of each (a pair closer than it is 'same class'), into "
                           "metrics.json")
+    evaluate.add_argument("--query", default=None, metavar="DIR",
+                          help="with --gallery: score retrieval of the images of DIR/<class>/ "
+                          "against those of the gallery folder instead of the run's split "
+                          "(printed, and written to --out; the run's metrics.json is left alone)")
+    evaluate.add_argument("--gallery", default=None, metavar="DIR",
+                          help="the gallery folder (DIR/<class>/<image>) of --query; both must "
+                          "hold the same classes")
+    evaluate.add_argument("--out", default=None, metavar="FILE.json",
+                          help="with --query/--gallery: also write the metrics to FILE.json")
     _serving_parsers(sub)
     doctor = sub.add_parser(
         "doctor", help="check this machine: installed versions, usable GPUs, one training step",
@@ -287,8 +340,9 @@ def build_parser():
 
 def _run_options(parser, checkpoint=True):
     if checkpoint:
-        parser.add_argument("--checkpoint", default="last", metavar="last|best|PATH",
-                            help="which of the run's checkpoints embeds (as in dml evaluate)")
+        parser.add_argument("--checkpoint", default=None, metavar="last|best|PATH",
+                            help="which of the run's checkpoints embeds (as in dml evaluate; "
+                            "default: the one training reported)")
     parser.add_argument("--gpu", type=_non_negative_int, default=None, metavar="N",
                         help="embed on GPU N (default the CPU)")
     parser.add_argument("--batch-size", type=_bounded_int(1, MAX_BATCH_IMAGES), default=256,
@@ -375,8 +429,9 @@ def _serving_parsers(sub):
     export.set_defaults(func=cmd_export)
     export.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by dml train")
     export.add_argument("--onnx", required=True, metavar="MODEL.onnx", help="the file to write")
-    export.add_argument("--checkpoint", default="last", metavar="last|best|PATH",
-                        help="which of the run's checkpoints to export")
+    export.add_argument("--checkpoint", default=None, metavar="last|best|PATH",
+                        help="which of the run's checkpoints to export (default: the one "
+                        "training reported)")
 
 
 def _context(args):
@@ -573,6 +628,8 @@ def config_from_args(args):
         given = getattr(args, key, None)
         if given is not None:
             values[key] = given
+    if args.val_classes and args.eval_period is None:
+        values["eval_period"] = 1  # validation classes are there to select on
     if args.gpus is None:
         values["gpus"] = _all_gpus()
     cfg = RunConfig.from_dict(values)
@@ -739,6 +796,8 @@ def cmd_train(args):
 
 def cmd_evaluate(args):
     _absolute_data_root(args)
+    if args.query is not None or args.gallery is not None or args.out is not None:
+        return _evaluate_folders(args)
     from .engine import evaluate_run
 
     gpus = None
@@ -753,6 +812,39 @@ def cmd_evaluate(args):
     print("metrics:     %s" % run.metrics_file)
     print("plots:       %s" % ", ".join(figures))
     print("tensorboard: tensorboard --logdir %s" % run.logs)
+    return 0
+
+
+def _evaluate_folders(args):
+    """``dml evaluate RUN --query DIR --gallery DIR [--out FILE.json]``."""
+    from .runs import write_json
+    from .serve import check_writable, evaluate_query_gallery, load_run
+
+    if args.query is None or args.gallery is None:
+        raise DmlError("--query and --gallery go together (--out only with them)")
+    for option in ("split", "verification", "data_root"):
+        if getattr(args, option):
+            raise DmlError("--%s applies to the run's own dataset, not to --query/--gallery"
+                           % option.replace("_", "-"))
+    for option, folder in (("--query", args.query), ("--gallery", args.gallery)):
+        if not os.path.isdir(folder):
+            raise DmlError("%s %s: no such folder" % (option, folder))
+    if args.out is not None:
+        if not args.out.lower().endswith(".json"):
+            raise DmlError("--out %s: name a .json file" % args.out)
+        check_writable(args.out)
+    gpus = args.gpus
+    if gpus:
+        _check_gpus(gpus[:1])
+    import mxnet as mx
+
+    run = load_run(args.run_dir, args.checkpoint, mx.gpu(gpus[0]) if gpus else mx.cpu())
+    metrics = evaluate_query_gallery(run, args.query, args.gallery)
+    print(_metrics_table(metrics, _shown_metrics(metrics)))
+    print("queries: %d, gallery: %d images" % (metrics["num_queries"], metrics["num_gallery"]))
+    if args.out is not None:
+        write_json(args.out, metrics)
+        print("metrics:     %s" % args.out)
     return 0
 
 
@@ -774,85 +866,33 @@ def _verification_table(metrics):
     return "\n".join(lines)
 
 
-COMPARE_COLUMNS = ("run", "method", "dataset", "split", "epochs")
-
-
-def compare_rows(root):
-    """One dict per run under ``root``, best ``map_at_r`` first."""
-    from .runs import RunDir, find_runs
-
-    rows = []
-    for run_dir in find_runs(root):
-        run = RunDir(run_dir)
-        try:
-            metrics, config = run.read(run.METRICS), run.read(run.CONFIG)
-        except DmlError as err:
-            log.warning("skipping %s: %s", run_dir, err)
-            continue
-        method = config.get("method", "?")
-        if config.get("selector"):
-            method = "%s (%s)" % (method, config["selector"])
-        row = dict(metrics, run=os.path.relpath(run_dir, root), method=method,
-                   dataset=config.get("dataset", "?"), split=metrics.get("split", "test"),
-                   epochs=metrics.get("epochs", config.get("epochs")))
-        rows.append(row)
-    rows.sort(key=lambda r: (-float(r.get("map_at_r", -1.0)), r["run"]))
-    return rows
-
-
-def _compare_table(rows, fmt):
-    from .evaluation import METRIC_KEYS
-
-    metric_keys = [k for k in METRIC_KEYS + ("verification_auc",) if any(k in r for r in rows)]
-    columns = list(COMPARE_COLUMNS) + metric_keys + ["train_seconds"]
-
-    def cell(row, key):
-        value = row.get(key)
-        if value is None:
-            return ""
-        if isinstance(value, float):
-            return "%.1f" % value if key == "train_seconds" else "%.4f" % value
-        return str(value)
-
-    if fmt == "csv":
-        import csv
-        import io
-
-        out = io.StringIO()
-        w = csv.writer(out, lineterminator="\n")
-        w.writerow(columns)
-        for row in rows:
-            w.writerow([cell(row, c) for c in columns])
-        return out.getvalue().rstrip("\n"), metric_keys
-    lines = ["| " + " | ".join(columns) + " |",
-             "|" + "|".join("---" if c in COMPARE_COLUMNS else "---:" for c in columns) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(cell(row, c) or "-" for c in columns) + " |")
-    return "\n".join(lines), metric_keys
-
-
 def cmd_compare(args):
+    from .compare import compare_rows, differing_options, format_table
+
     if not os.path.isdir(args.root):
         raise DmlError("no folder at %s" % args.root)
     if args.plot and not args.plot.lower().endswith(".png"):
         raise DmlError("--plot %s: name a .png file" % args.plot)
-    rows = compare_rows(args.root)
+    rows = compare_rows(args.root, group=not args.runs)
     if not rows:
         raise DmlError("no finished runs under %s (a run folder holds metrics.json and "
                        "config.json)" % args.root)
-    table, metric_keys = _compare_table(rows, args.format)
+    table, metric_keys = format_table(rows, args.format, differing_options(args.root))
     print(table)
     if args.plot:
         from .plots import metrics_bars
 
         try:
-            labels = ["%s %s" % (r["method"], os.path.basename(r["run"])) for r in rows]
+            labels = ["%s %s" % (r["method"], os.path.basename(r["run"])) + (
+                " (n=%d)" % r["n"] if r["n"] > 1 else "") for r in rows]
             if len(set(labels)) < len(labels):  # the same method and time stamp twice: full paths
                 labels = [r["run"] for r in rows]
             metrics_bars([dict(r, label=l) for r, l in zip(rows, labels)], metric_keys, args.plot,
                          label_key="label",
-                         title="%d runs under %s" % (len(rows), os.path.basename(
-                             os.path.normpath(args.root)) or args.root))
+                         title="%d %s under %s" % (len(rows), "runs" if args.runs else
+                                                   "experiments (mean, 95% interval)",
+                                                   os.path.basename(os.path.normpath(args.root))
+                                                   or args.root))
         except OSError as err:
             raise DmlError("cannot write --plot %s (%s)" % (args.plot, err.strerror or err)) from None
         log.info("bar chart: %s", args.plot)

@@ -31,8 +31,11 @@ class RunConfig:
     lr_factor: float = 0.1
     backbone: str = "resnet18_v1"
     pretrained: bool = False
+    freeze_bn: bool = False  # BatchNorm in inference mode: running statistics, gamma/beta fixed
     image_size: int = 32
-    augment: bool = True
+    augment: str = "crop"  # one of registry.AUGMENTS (each dataset has its default)
+    val_classes: float = 0  # training classes held out for model selection: a count or fraction
+    select_on_test: bool = False  # eval_period selects params/best/ on the test split (feedback)
     gpus: List[int] = field(default_factory=list)
     cpus: int = 0
     kvstore: str = "device"
@@ -51,7 +54,13 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data):
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        if isinstance(values.get("augment"), bool):  # config.json before --augment NAME
+            values["augment"] = (DATASET_DEFAULTS.get(values.get("dataset"), {}).get(
+                "augment", "crop") if values["augment"] else "none")
+        if "select_on_test" not in data and data.get("eval_period"):
+            values["select_on_test"] = True  # what --eval-period did before validation classes
+        return cls(**values)
 
 
 from .registry import (DATASET_DEFAULTS, METHOD_DATASET_DEFAULTS, METHOD_DEFAULTS,  # noqa: E402
@@ -87,6 +96,14 @@ def validate(cfg, splits=None):
         raise DmlError("%d devices (%s) but a batch holds only %d samples: every device needs at "
                        "least one; use fewer devices or a larger batch"
                        % (devices, "`gpus`" if cfg.gpus else "`cpus`", per_batch))
+    if cfg.eval_period and not (cfg.val_classes or cfg.select_on_test):
+        raise DmlError("eval_period=%d selects params/best/ and needs a split to select on: hold "
+                       "out training classes with `val_classes` (a count, or a fraction such as "
+                       "0.2), or pass `select_on_test` to select on the test split (test-set "
+                       "feedback: the test metrics are then no longer unseen)" % cfg.eval_period)
+    if cfg.val_classes and cfg.select_on_test:
+        raise DmlError("`val_classes` and `select_on_test` exclude each other: select on the "
+                       "validation classes or on the test split")
     if cfg.kvstore == "dist_async" and cfg.lr_steps:
         raise DmlError("kvstore=dist_async updates on the servers, which keep the first learning "
                        "rate: lr_steps=%s cannot apply (pass lr_steps='' or use dist_sync)"

@@ -55,15 +55,16 @@ def seed_everything(seed):
 def net_options(cfg):
     """The :func:`build_net` arguments of a run's config."""
     return dict(embedding_dim=cfg.embedding_dim, backbone=cfg.backbone,
-                l2_normalize=cfg.l2_normalize, pretrained=cfg.pretrained)
+                l2_normalize=cfg.l2_normalize, pretrained=cfg.pretrained,
+                freeze_bn=cfg.freeze_bn)
 
 
 def build_net(ctx, embedding_dim=128, backbone="resnet18_v1", l2_normalize=False,
-              pretrained=False):
+              pretrained=False, freeze_bn=False):
     """An initialized :class:`EmbeddingNet` on ``ctx`` (GluonCV's ImageNet weights for the
-    backbone with ``pretrained``)."""
+    backbone with ``pretrained``; BatchNorm frozen with ``freeze_bn``)."""
     net = EmbeddingNet(embedding_dim=embedding_dim, backbone=backbone, l2_normalize=l2_normalize,
-                       pretrained=pretrained)
+                       pretrained=pretrained, freeze_bn=freeze_bn)
     if pretrained:
         net.embedding.initialize(mx.init.Xavier(), ctx=ctx)
         net.features.collect_params().reset_ctx(ctx)
@@ -84,9 +85,8 @@ def build_train_loader(cfg, splits, num_parts=1, part_index=0):
     dataset = method.train_dataset(splits.train, cfg.seed)
     sampler = method.batch_sampler(dataset, cfg.n_classes, cfg.n_samples, cfg.batch_size,
                                    cfg.seed, num_parts, part_index)
-    return BatchLoader(dataset, sampler,
-                       splits.mean, splits.std,
-                       augment=splits.augment if cfg.augment else None, seed=cfg.seed,
+    return BatchLoader(dataset, sampler, splits.mean, splits.std,
+                       augment=splits.augmentation(cfg.augment), seed=cfg.seed,
                        num_workers=cfg.num_workers)
 
 
@@ -241,7 +241,8 @@ def evaluate_net(net, splits, ctx, distance="euclidean", full=True, pairs=None, 
     """Embed ``splits.test`` and score it -> ``(metrics, embeddings, labels)``. ``full`` adds the
     clustering metrics, ``knn_accuracy`` (which embeds ``splits.references`` too) and, with
     ``pairs`` (fixed ``(i, j, same)`` test pairs), ``verification_auc``; otherwise only the
-    retrieval metrics (cheap enough for every evaluation period)."""
+    retrieval metrics (cheap enough for every evaluation period). With ``splits.gallery`` the
+    test images are queries retrieved against the gallery (which is embedded too)."""
     settle()
 
     def embedded(dataset, desc):
@@ -250,21 +251,47 @@ def evaluate_net(net, splits, ctx, distance="euclidean", full=True, pairs=None, 
         with tqdm(total=len(loader), desc=desc, unit="batch", disable=None, leave=False) as bar:
             return embed(net, loader, ctx, progress=bar)
 
-    embeddings, labels = embedded(splits.test, "embedding %s split" % splits.split)
-    check_embeddings(embeddings, splits.split)
+    what = "query" if splits.gallery is not None else splits.split
+    embeddings, labels = embedded(splits.test, "embedding %s split" % what)
+    check_embeddings(embeddings, what)
+    gallery = gallery_labels = None
+    if splits.gallery is not None:
+        gallery, gallery_labels = embedded(splits.gallery, "embedding the gallery")
+        check_embeddings(gallery, "gallery")
     if full:
-        references, reference_labels = embedded(splits.references, "embedding kNN references")
+        if gallery is None:
+            references, reference_labels = embedded(splits.references, "embedding kNN references")
+        else:
+            references, reference_labels = gallery, gallery_labels
         metrics = all_metrics(embeddings, labels, references, reference_labels, distance,
-                              pairs=pairs, seed=seed)
+                              pairs=pairs, seed=seed, gallery=gallery,
+                              gallery_labels=gallery_labels)
     else:
-        metrics = retrieval_metrics(embeddings, labels, distance)
+        metrics = retrieval_metrics(embeddings, labels, distance, gallery=gallery,
+                                    gallery_labels=gallery_labels)
     metrics["split"] = splits.split
+    if gallery is not None:
+        metrics["num_gallery"] = int(len(gallery))
     return metrics, embeddings, labels
 
 
-def run_evaluation(cfg, splits, net, ctx, full=True):
+def validation_splits(splits):
+    """``splits`` with its validation classes (``splits.val``) as the evaluated split: what model
+    selection scores (retrieval among the held-out classes' images)."""
+    import dataclasses
+
+    return dataclasses.replace(splits, test=splits.val, split="val", gallery=None,
+                               reference=None)
+
+
+def run_evaluation(cfg, splits, net, ctx, full=True, on="test"):
     """:func:`evaluate_net` with a run's settings (its distance, seed, batch size, loaders, and
-    the siamese method's fixed verification pairs)."""
+    the siamese method's fixed verification pairs); ``on="val"``: the retrieval metrics of the
+    validation classes (model selection) instead of the test split."""
+    if on == "val":
+        return evaluate_net(net, validation_splits(splits), ctx, cfg.distance, full=False,
+                            seed=cfg.seed, batch_size=cfg.eval_batch_size,
+                            num_workers=cfg.num_workers)
     method = get_method(cfg.method)
     pairs = method.val_dataset(splits.test, cfg.seed).tuples if full and method.verification \
         else None
@@ -344,6 +371,8 @@ def _epoch_summary(state):
         text += ", val loss %.4f" % record["val_loss"]
     if "map_at_r" in record:
         text += ", map_at_r %.4f" % record["map_at_r"]
+    if "val_map_at_r" in record:
+        text += ", validation map_at_r %.4f" % record["val_map_at_r"]
     return text + ", lr %g" % record["learning_rate"]
 
 
@@ -376,18 +405,30 @@ def prepare_training(cfg, splits, net=None, ctx=None, workers=None):
     return state, loader
 
 
+def selection_split(cfg, splits):
+    """Where ``params/best/`` is chosen: ``"val"`` (the held-out validation classes), ``"test"``
+    (``select_on_test``: test-set feedback, by explicit request only) or None (no periodic
+    evaluation: the final epoch is the model)."""
+    if splits.val is not None:
+        return "val"
+    return "test" if cfg.select_on_test else None
+
+
 def default_hooks(cfg, splits, run_dir, state, extra=None):
     """``(recorder, logger, hooks)``: the stop guard, the :class:`dml.hooks.RunRecorder` and the
     :class:`dml.hooks.TensorBoardLogger` of ``run_dir``, then ``extra``."""
     method = state.method
     state.guard = StopGuard(state.model, cfg.log_interval)
-    val_set = method.val_dataset(splits.test, cfg.seed)
+    # the validation loss of siamese/triplet: on the held-out classes when there are some
+    val_set = method.val_dataset(splits.val if splits.val is not None else splits.test, cfg.seed)
     val_loss = None
     if val_set is not None:
         val_loader = eval_loader(cfg, splits, val_set)
         val_loss = lambda s: validation_loss(s.method, s.model, s.loss_fn, val_loader, s.ctx)  # noqa: E731
-    recorder = RunRecorder(run_dir, cfg, lambda s, full: run_evaluation(cfg, splits, s.net, s.ctx,
-                                                                        full), val_loss)
+    recorder = RunRecorder(
+        run_dir, cfg, lambda s, full, on="test": run_evaluation(cfg, splits, s.net, s.ctx, full,
+                                                                on=on),
+        val_loss, select_on=selection_split(cfg, splits))
     logger = TensorBoardLogger(run_dir, cfg, writes=state.workers.writes)
     return recorder, logger, Hooks([state.guard, recorder, logger] + list(extra or []))
 
@@ -446,17 +487,25 @@ def open_run(run_dir):
     return run, stored, cfg
 
 
-def evaluate_run(run_dir, checkpoint="last", split=None, gpus=None, data_root=None,
+def reported_checkpoint(run):
+    """The checkpoint a run's metrics.json reports (``best`` when model selection chose it),
+    else ``last``."""
+    reported = run.read(run.METRICS).get("checkpoint") if run.has(run.METRICS) else None
+    return reported if reported in ("last", "best") else "last"
+
+
+def evaluate_run(run_dir, checkpoint=None, split=None, gpus=None, data_root=None,
                  verification=False):
-    """Re-evaluate a run folder's checkpoint (``last``, ``best`` or a file in its params/) on
-    ``split`` (default: the run's) -> ``(metrics, figure paths, RunDir)``. Everything is read and
+    """Re-evaluate a run folder's checkpoint (``last``, ``best`` or a file in its params/; None:
+    the one its training reported, metrics.json's ``checkpoint``) on ``split`` (default: the
+    run's) -> ``(metrics, figure paths, RunDir)``. Everything is read and
     checked before anything is written: a dataset whose classes differ from the run's, a
     checkpoint of another run, an unreadable metrics.json are :class:`DmlError`. Then
     metrics.json is rewritten (``epochs`` the checkpoint's, ``train_seconds`` kept), and the
     projector entry and figures are replaced. ``data_root``: where the data is now, if it moved;
     ``gpus``: None for every usable GPU, else the indices ([]: the CPU); ``verification`` adds
     :func:`dml.evaluation.verification_thresholds`."""
-    from .data import apply_split, check_same_classes, load_dataset
+    from .data import apply_split, check_same_classes, hold_out_classes, load_dataset
     from .gpus import usable_gpus
 
     run, stored, cfg = open_run(run_dir)
@@ -466,10 +515,11 @@ def evaluate_run(run_dir, checkpoint="last", split=None, gpus=None, data_root=No
     if split == "unseen" and cfg.split != "unseen":
         raise DmlError("%s trained on every class: split=unseen needs a run trained with "
                        "split=unseen" % run.path)
+    previous = run.read(run.METRICS) if run.has(run.METRICS) else {}
+    checkpoint = checkpoint or reported_checkpoint(run)
     kind, path, epoch = run.resolve(checkpoint)
     if checkpoint not in ("last", "best"):
         run.check_own(path)
-    previous = run.read(run.METRICS) if run.has(run.METRICS) else {}
     history = run.read_history()
 
     ctx = make_contexts(usable_gpus(mx.context.num_gpus()) if gpus is None else gpus)
@@ -477,7 +527,8 @@ def evaluate_run(run_dir, checkpoint="last", split=None, gpus=None, data_root=No
     cfg.split = split
     splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     check_same_classes(stored.get("class_names"), splits, run.path, cfg.data_root)
-    splits = apply_split(splits, split)
+    # the run's own training split (its kNN references) lacks its validation classes
+    splits = hold_out_classes(apply_split(splits, split), cfg.val_classes)
     log.info("evaluating %s (epoch %d) on the %s split of %s: %d images", path, epoch, split,
              cfg.dataset, len(splits.test))
     try:
@@ -497,6 +548,9 @@ def evaluate_run(run_dir, checkpoint="last", split=None, gpus=None, data_root=No
         logger.close()
     metrics.update(embedding_dim=cfg.embedding_dim, epochs=epoch,
                    checkpoint=checkpoint if checkpoint in ("last", "best") else path)
+    for key in ("selected_on", "val_map_at_r"):  # how training chose this checkpoint
+        if key in previous and checkpoint == previous.get("checkpoint"):
+            metrics[key] = previous[key]
     if "train_seconds" in previous:
         metrics["train_seconds"] = previous["train_seconds"]
     run.write(run.METRICS, metrics)  # last: a failure above leaves the old metrics.json
@@ -541,13 +595,19 @@ def prepare(cfg, resume_dir=None, fit_classes=True):
     """Check everything a run needs and build what can fail (devices, backbone, dataset, the
     kvstore) before any folder exists: a problem is a :class:`DmlError`. ``fit_classes``: under
     the unseen split, lower ``cfg.n_classes`` to the training classes (it was not given)."""
-    from .data import apply_split, check_same_classes, load_dataset
+    from .data import apply_split, check_same_classes, hold_out_classes, load_dataset
 
     resume = _resume_point(resume_dir, cfg) if resume_dir else None
     ctx = make_contexts(cfg.gpus, cfg.cpus)
     seed_everything(cfg.seed)
     net = build_net(ctx, **net_options(cfg))
-    splits = apply_split(load_dataset(cfg.dataset, cfg.data_root, cfg.image_size), cfg.split)
+    splits = hold_out_classes(apply_split(load_dataset(cfg.dataset, cfg.data_root,
+                                                       cfg.image_size), cfg.split),
+                              cfg.val_classes)
+    if splits.val is not None:
+        log.info("model selection on %d validation classes held out of training (%s), every "
+                 "%d epochs; the test split is evaluated once, at the end", len(splits.val_classes),
+                 _some(splits.class_names[c] for c in splits.val_classes), cfg.eval_period)
     if resume is not None:
         check_same_classes(RunDir(resume_dir).read(RunDir.CONFIG).get("class_names"), splits,
                            resume_dir, cfg.data_root)
@@ -567,6 +627,12 @@ def prepare(cfg, resume_dir=None, fit_classes=True):
                           cfg.dataset, len(splits.train)))
     return Job(ctx=ctx, net=net, splits=splits, workers=workers, resume=resume,
                resume_dir=resume_dir)
+
+
+def _some(names, shown=5):
+    names = list(names)
+    return ", ".join(names[:shown]) + (", ... (%d in all)" % len(names) if len(names) > shown
+                                       else "")
 
 
 def run(cfg, job, argv=()):

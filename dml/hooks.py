@@ -66,6 +66,7 @@ class TrainState:
         self.mean_loss = None  # the epoch's mean loss, checked (epoch_end)
         self.guard = None  # the StopGuard (its ``requested`` is the signal that asked to stop)
         self.metrics = None  # the final metrics (train_end)
+        self.reported_epoch = None  # the epoch whose weights metrics.json reports (train_end)
 
     def elapsed(self):
         """Training seconds, the stopped processes' included."""
@@ -224,13 +225,25 @@ def set_rng_state(state):
 class RunRecorder:
     """Everything a run keeps on disk, through its :class:`dml.runs.RunDir`: a checkpoint every
     ``save_period`` epochs, at the end and when a stop is requested (a partial-epoch one when it
-    comes mid-epoch); ``logs/history.json``; every ``eval_period`` epochs the retrieval metrics
-    and ``params/best/``; at the end the full evaluation, metrics.json and the export (the final
-    checkpoint's weights are the export, on disk once). ``evaluate(state, full)`` returns
-    ``(metrics, embeddings, labels)``. Workers other than rank 0 record nothing."""
+    comes mid-epoch); ``logs/history.json``; model selection; at the end the full evaluation,
+    metrics.json and the export (the final checkpoint's weights are the export, on disk once).
+    Workers other than rank 0 record nothing.
 
-    def __init__(self, run_dir, cfg, evaluate, val_loss=None):
+    ``evaluate(state, full, on)`` returns ``(metrics, embeddings, labels)`` of the test split
+    (``on="test"``) or of the validation classes (``on="val"``). ``select_on`` says where
+    ``params/best/`` is chosen, every ``eval_period`` epochs and at the end, by ``map_at_r``:
+
+    - ``"val"``: the validation classes (history keys ``val_*``). The test split is evaluated
+      once, at the end, with the selected checkpoint's weights: metrics.json reports it
+      (``checkpoint: "best"``, ``epochs`` its epoch, ``selected_on: "validation"``).
+    - ``"test"``: the test split itself (explicit test-set feedback); metrics.json reports the
+      final epoch.
+    - None: no periodic evaluation; the final epoch is the model and ``params/best/``.
+    """
+
+    def __init__(self, run_dir, cfg, evaluate, val_loss=None, select_on=None):
         self.run_dir, self.cfg, self.evaluate, self.val_loss = run_dir, cfg, evaluate, val_loss
+        self.select_on = select_on
 
     def _state(self, state, epoch_sums=None):
         return {"step": state.step, "best_map": state.best_map, "history": state.history,
@@ -259,6 +272,25 @@ class RunRecorder:
                 "loss_sum": loss_sum, "stat_sum": float(state.epoch_stat.asscalar()),
                 "batches": state.seen}), guard.requested)
 
+    @property
+    def _prefix(self):
+        """The history keys of the selection metrics: ``val_map_at_r``, or ``map_at_r`` when
+        the test split itself is scored."""
+        return "val_" if self.select_on == "val" else ""
+
+    def _select(self, state, epoch, final_cid=None):
+        """Score ``state.net`` on the selection split; keep it in ``params/best/`` when its
+        map_at_r is the best so far. Returns the metrics."""
+        state.evaluation = metrics, _, _ = self.evaluate(state, full=False, on=self.select_on)
+        state.record.update((self._prefix + k, metrics[k]) for k in RETRIEVAL_KEYS
+                            if k in metrics)
+        if metrics["map_at_r"] > state.best_map:
+            state.best_map = metrics["map_at_r"]
+            self.run_dir.save_best(state.net, epoch, {self._prefix + k: metrics[k]
+                                                      for k in RETRIEVAL_KEYS},
+                                   final_cid=final_cid)
+        return metrics
+
     def epoch_end(self, state):
         cfg, stat = self.cfg, state.method.stat
         state.record = record = {"epoch": state.epoch, "train_loss": state.mean_loss,
@@ -267,13 +299,9 @@ class RunRecorder:
         if self.val_loss is not None:
             record["val_loss"] = self.val_loss(state)
         state.evaluation = None
-        if (state.workers.writes and cfg.eval_period and state.epoch % cfg.eval_period == 0
-                and not state.final_epoch):  # the last epoch is evaluated in full at the end
-            state.evaluation = metrics, _, _ = self.evaluate(state, full=False)
-            record.update((k, metrics[k]) for k in RETRIEVAL_KEYS if k in metrics)
-            if metrics["map_at_r"] > state.best_map:
-                state.best_map = metrics["map_at_r"]
-                self.run_dir.save_best(state.net, state.epoch, metrics)
+        if (state.workers.writes and self.select_on and cfg.eval_period
+                and state.epoch % cfg.eval_period == 0 and not state.final_epoch):
+            self._select(state, state.epoch)  # the last epoch is scored at the end
         state.history.append(record)
         if ((cfg.save_period and state.epoch % cfg.save_period == 0) or state.final_epoch
                 or state.guard.requested):
@@ -282,15 +310,32 @@ class RunRecorder:
             self.run_dir.write_history(state.history)
 
     def train_end(self, state):
+        cfg = self.cfg
+        final = state.last_good if state.last_good == _checkpoint_id(cfg.epochs) else None
+        reported, checkpoint = cfg.epochs, "last"
+        extra = {}
+        if self.select_on == "val":
+            state.record = state.history[-1]
+            self._select(state, cfg.epochs, final_cid=final)
+            best = self.run_dir.read_best()
+            reported, checkpoint = int(best["epoch"]), "best"
+            extra = dict(selected_on="validation", val_map_at_r=best["val_map_at_r"])
+            if reported != cfg.epochs:  # the test split is scored with the selected weights
+                from .nets import load_weights
+
+                load_weights(state.net, self.run_dir.best_file, ctx=state.ctx)
+                log.info("the validation classes chose epoch %d (map_at_r %.4f): the test split "
+                         "is scored with its weights", reported, best["val_map_at_r"])
         state.evaluation = metrics, _, _ = self.evaluate(state, full=True)
-        final = state.last_good if state.last_good == _checkpoint_id(self.cfg.epochs) else None
-        if metrics["map_at_r"] > state.best_map:
-            self.run_dir.save_best(state.net, self.cfg.epochs, metrics, final_cid=final)
-        state.history[-1].update((k, metrics[k]) for k in METRIC_KEYS if k in metrics)
+        if self.select_on != "val" and metrics["map_at_r"] > state.best_map:
+            self.run_dir.save_best(state.net, cfg.epochs, metrics, final_cid=final)
+        record = next(h for h in state.history if h["epoch"] == reported)
+        record.update((k, metrics[k]) for k in METRIC_KEYS if k in metrics)
         self.run_dir.write_history(state.history)
-        metrics.update(embedding_dim=self.cfg.embedding_dim, epochs=self.cfg.epochs,
-                       checkpoint="last", train_seconds=round(state.train_seconds, 2))
+        metrics.update(embedding_dim=cfg.embedding_dim, epochs=reported, checkpoint=checkpoint,
+                       train_seconds=round(state.train_seconds, 2), **extra)
         state.metrics = metrics
+        state.reported_epoch = reported
 
     def finish(self, state):
         """metrics.json, written last (after the figures): a run folder with it is complete."""
@@ -328,6 +373,8 @@ class TensorBoardLogger:
             self.session_start(state.step + 1)
             if state.history:  # the checkpoint's epoch again, in case it was never flushed
                 self.log_epoch(state.history[-1], state.method.stat)
+        else:
+            self.hparams_start()
 
     def batch_end(self, state):
         if state.checked_loss is not None:
@@ -335,16 +382,22 @@ class TensorBoardLogger:
 
     def epoch_end(self, state):
         self.log_epoch(state.record, state.method.stat)
-        if state.evaluation is not None:
-            _, embeddings, labels = state.evaluation
+        if state.evaluation is not None and state.evaluation[0]["split"] == state.splits.split:
+            _, embeddings, labels = state.evaluation  # (validation classes: no projector)
             self.add_projector(embeddings, labels, state.splits, state.epoch)
 
     def train_end(self, state):
         metrics, embeddings, labels = state.evaluation
-        self.log_eval(metrics, self.cfg.epochs, METRIC_KEYS + ("verification_auc",))
-        self.add_projector(embeddings, labels, state.splits, self.cfg.epochs,
+        epoch = state.reported_epoch or self.cfg.epochs
+        for key in RETRIEVAL_KEYS:  # the final epoch's validation score (train_end computes it)
+            if "val_" + key in state.history[-1]:
+                self.writer.add_scalar("val/" + key, state.history[-1]["val_" + key],
+                                       global_step=self.cfg.epochs)
+        self.log_eval(metrics, epoch, METRIC_KEYS + ("verification_auc",))
+        self.add_projector(embeddings, labels, state.splits, epoch,
                            tag="%s_embedding" % state.splits.split)
-        self.figures(state.splits, embeddings, labels, state.history, self.cfg.epochs)
+        self.figures(state.splits, embeddings, labels, state.history, epoch)
+        self.hparams_end()
 
     def log_eval(self, metrics, epoch, keys):
         for key in keys:
@@ -358,8 +411,43 @@ class TensorBoardLogger:
         self.writer.add_scalar("train/" + stat, record[stat], global_step=epoch)
         if "val_loss" in record:
             self.writer.add_scalar("val/loss", record["val_loss"], global_step=epoch)
+        for key in RETRIEVAL_KEYS:  # model selection on the validation classes
+            if "val_" + key in record:
+                self.writer.add_scalar("val/" + key, record["val_" + key], global_step=epoch)
         self.log_eval(record, epoch, METRIC_KEYS)
         self.writer.flush()
+
+    def hparams(self):
+        """The run's options as TensorBoard's HParams tab shows them: every option that defines
+        the experiment (the seed too), numbers, booleans and strings (lists and None as text)."""
+        from .compare import NOT_THE_EXPERIMENT
+
+        shown = {}
+        for key, value in self.cfg.to_dict().items():
+            if key in NOT_THE_EXPERIMENT and key != "seed":
+                continue
+            if isinstance(value, (list, tuple)):
+                value = ",".join(map(str, value))
+            shown[key] = "none" if value is None else value
+        return shown
+
+    def hparams_start(self):
+        """The HParams plugin's session start (the run's options, :meth:`hparams`), in an event
+        file of its own (:mod:`dml.hparams`): TensorBoard lists every run of a logdir with its
+        options and the last value of each scalar (``eval/*``: the final metrics)."""
+        if isinstance(self.writer, _NullWriter):
+            return
+        from . import hparams
+
+        hparams.write_events(self.run_dir.hparams_events("start"), [
+            hparams.session_start(self.hparams(), group_name=self.run_dir.path)])
+
+    def hparams_end(self):
+        if isinstance(self.writer, _NullWriter):
+            return
+        from . import hparams
+
+        hparams.write_events(self.run_dir.hparams_events("end"), [hparams.session_end()])
 
     def session_start(self, step):
         """A SessionLog START event at ``step``: TensorBoard discards the events of earlier

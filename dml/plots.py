@@ -29,7 +29,8 @@ def _save(fig, path):
 
 
 def loss_curve(history, path, title=""):
-    """Training loss per epoch (and the validation loss and evaluated map_at_r when logged)."""
+    """Training loss per epoch (and the validation loss, the validation classes' map_at_r and
+    the evaluated map_at_r when logged)."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -42,16 +43,21 @@ def loss_curve(history, path, title=""):
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    evaluated = [h for h in history if "map_at_r" in h]
     handles, labels = ax.get_legend_handles_labels()
-    if evaluated:
-        ax2 = ax.twinx()
-        line, = ax2.plot([h["epoch"] for h in evaluated], [h["map_at_r"] for h in evaluated],
-                         color="tab:green", marker="^", linestyle="--")
-        ax2.set_ylabel("map_at_r")
-        ax2.set_ylim(0, 1)
+    ax2 = None
+    for key, colour, name in (("map_at_r", "tab:green", "map_at_r"),
+                              ("val_map_at_r", "tab:purple", "validation map_at_r")):
+        evaluated = [h for h in history if key in h]
+        if not evaluated:
+            continue
+        if ax2 is None:
+            ax2 = ax.twinx()
+            ax2.set_ylabel("map_at_r")
+            ax2.set_ylim(0, 1)
+        line, = ax2.plot([h["epoch"] for h in evaluated], [h[key] for h in evaluated],
+                         color=colour, marker="^", linestyle="--")
         handles.append(line)
-        labels.append("map_at_r")
+        labels.append(name)
     ax.legend(handles, labels, loc="center right")
     ax.set_title(title or "training loss")
     ax.grid(alpha=0.3)
@@ -95,7 +101,8 @@ def embedding_scatter(points, labels, class_names, path, title=""):
 
 
 def metrics_bars(rows, keys, path, label_key="run", title=""):
-    """Grouped bar chart: one group per metric, one bar per row (run)."""
+    """Grouped bar chart: one group per metric, one bar per row (a run, or an experiment whose
+    ``<metric>_ci95`` half widths are drawn as error bars)."""
     plt = _pyplot()
     n = len(rows)
     width = 0.8 / max(n, 1)
@@ -105,8 +112,9 @@ def metrics_bars(rows, keys, path, label_key="run", title=""):
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     for i, row in enumerate(rows):
         values = [row.get(k) if isinstance(row.get(k), (int, float)) else np.nan for k in keys]
+        errors = [row.get(k + "_ci95") or 0.0 for k in keys]
         ax.bar(x + (i - (n - 1) / 2) * width, values, width, label=str(row[label_key]),
-               color=cmap(i % cmap.N))
+               color=cmap(i % cmap.N), yerr=errors if any(errors) else None, capsize=2)
     ax.set_xticks(x)
     ax.set_xticklabels(keys, rotation=30, ha="right")
     ax.set_ylim(0, 1)

@@ -27,7 +27,12 @@ METHODS = (
     "soft_triple",
     "subcenter_arcface",
 )
-DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder")
+DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder", "cub200",
+            "cars196", "sop", "inshop")
+# the zero-shot retrieval benchmarks, read in their official layouts (dml.data.benchmarks)
+BENCHMARKS = ("cub200", "cars196", "sop", "inshop")
+# --augment: the training augmentation (dml.data.transforms)
+AUGMENTS = ("none", "crop", "crop-flip", "resized-crop-flip")
 SPLITS = ("test", "unseen")
 DISTANCES = ("euclidean", "squared", "cosine")
 KVSTORES = ("local", "device", "dist_sync", "dist_device_sync", "dist_async")
@@ -114,13 +119,24 @@ METHOD_DEFAULTS = {
     "subcenter_arcface": dict(l2_normalize=True, distance="cosine", margin=0.5, scale=64.0,
                               batch_size=120, **_TUPLES),
 }
+# The photo benchmarks train as their papers do: an ImageNet-pretrained ResNet-50 with frozen
+# BatchNorm, 512-D embeddings, 224 x 224 random resized crops and flips, Adam at 1e-4.
+_BENCHMARK = dict(epochs=40, n_classes=32, n_samples=4, image_size=224, augment="resized-crop-flip",
+                  backbone="resnet50_v1", embedding_dim=512, pretrained=True, freeze_bn=True,
+                  lr=1e-4)
+# augment: digit-like images must not be mirrored (a flipped 2 is no digit); CIFAR, clothes and
+# photos may be
 DATASET_DEFAULTS = {
-    "digits": dict(epochs=10),
-    "cifar10": dict(epochs=60, n_classes=8, n_samples=16, lr_steps=[40, 50]),
-    "cifar100": dict(epochs=60, n_classes=16, n_samples=8, lr_steps=[40, 50]),
-    "mnist": dict(epochs=10),
-    "fashion-mnist": dict(epochs=20),
-    "folder": dict(epochs=30, n_classes=8, n_samples=8),
+    "digits": dict(epochs=10, augment="crop"),
+    "cifar10": dict(epochs=60, n_classes=8, n_samples=16, lr_steps=[40, 50], augment="crop-flip"),
+    "cifar100": dict(epochs=60, n_classes=16, n_samples=8, lr_steps=[40, 50], augment="crop-flip"),
+    "mnist": dict(epochs=10, augment="crop"),
+    "fashion-mnist": dict(epochs=20, augment="crop-flip"),
+    "folder": dict(epochs=30, n_classes=8, n_samples=8, augment="crop-flip"),
+    "cub200": dict(_BENCHMARK),
+    "cars196": dict(_BENCHMARK),
+    "sop": dict(_BENCHMARK, epochs=20),
+    "inshop": dict(_BENCHMARK, epochs=20),
 }
 # method defaults that a dataset's batch shape does not override
 METHOD_FIXED_DEFAULTS = {"npairs": dict(n_samples=2)}

@@ -314,6 +314,12 @@ class RunDir:
         """The ``embedding-symbol.json`` beside an export's params file."""
         return os.path.join(os.path.dirname(params_file), RunDir.EXPORT_PREFIX + "-symbol.json")
 
+    def hparams_events(self, which):
+        """``logs/events.out.tfevents.<time>.dml-hparams-<which>``: an event file of TensorBoard's
+        HParams summaries (``which``: ``start`` or ``end``, :mod:`dml.hparams`)."""
+        return os.path.join(self.logs, "events.out.tfevents.%d.dml-hparams-%s"
+                            % (time.time(), which))
+
     @property
     def train_log(self):
         return os.path.join(self.logs, self.TRAIN_LOG)
@@ -330,9 +336,10 @@ class RunDir:
         write_json(os.path.join(self.path, name), data)
 
     def write_config(self, cfg, splits, resumed=False, argv=()):
-        """config.json: every option of ``cfg``, the class names and the classes trained and
-        evaluated on, dml's version, the command line and when it started; a resumed run keeps
-        the first process's values and adds the time to ``resumed``."""
+        """config.json: every option of ``cfg``, the class names and the classes trained,
+        validated (``validation_classes``) and evaluated on, dml's version, the command line and
+        when it started; a resumed run keeps the first process's values and adds the time to
+        ``resumed``."""
         from . import __version__
 
         config = cfg.to_dict()
@@ -343,7 +350,7 @@ class RunDir:
                           resumed=previous.get("resumed", []) + [now])
             config.update((k, previous[k]) for k in ("dml_version", "argv", "class_names",
                                                      "train_classes", "eval_classes",
-                                                     "normalization")
+                                                     "validation_classes", "normalization")
                           if k in previous)
         else:
             names = splits.class_names
@@ -353,11 +360,12 @@ class RunDir:
                                          range(len(names))],
                           eval_classes=[names[c] for c in splits.eval_classes or
                                         range(len(names))],
+                          validation_classes=[names[c] for c in splits.val_classes or []],
                           started=now)
             from .serve import input_size
 
             config["normalization"] = dict(mean=list(splits.mean), std=list(splits.std),
-                                           input_size=input_size(splits))
+                                           input_size=input_size(splits), resize=splits.resize)
         self.write(self.CONFIG, config)
 
     def read_history(self):
@@ -483,6 +491,15 @@ class RunDir:
             if _EXPORT_PARAMS.match(name) and name != keep:
                 os.remove(os.path.join(self.params, name))
         return self.export_file(epoch)
+
+    @property
+    def best_file(self):
+        """``params/best/net.params``: the selected checkpoint's weights."""
+        return os.path.join(self.best_dir, "net.params")
+
+    def read_best(self):
+        """``params/best/best.json``: the selected checkpoint's epoch and scores."""
+        return read_run_json(self.best_dir, "best.json")
 
     def save_best(self, net, epoch, metrics, final_cid=None):
         """``best/``: ``net.params``, the export (``embedding-symbol.json``,

@@ -3,10 +3,13 @@ test metrics and training time: the numbers in the README's method table.
 
     python scripts/method_table.py                      # every method on digits, seed 0
     python scripts/method_table.py --methods siamese,triplet --seeds 0,1 -- --epochs 5
+    python scripts/method_table.py --seeds 0,1 -- --split unseen   # the unseen-digits table
     python scripts/method_table.py --output-root R --collect --plot doc/methods_digits.png
 
 Arguments after ``--`` go to every ``dml train``. Each run is a separate process, one after the
-other (they would compete for the cores otherwise); run folders go under --output-root.
+other (they would compete for the cores otherwise); run folders go under --output-root. With
+several seeds a second table follows, one row per method: each metric's mean over the seeds with
+its 95% confidence interval, grouped as ``dml compare`` groups runs (``dml.compare``).
 """
 import argparse
 import glob
@@ -72,8 +75,28 @@ def main():
             print(rows[-1], "(%.0f s wall)" % (time.time() - started), file=sys.stderr, flush=True)
     print(header)
     print("\n".join(rows))
+    if len(args.seeds.split(",")) > 1:
+        print()
+        print(seed_table(root))
     if args.plot and results:
         plot(results, args.plot, args.dataset)
+
+
+def seed_table(root):
+    """The runs under ``root`` grouped over their seeds (``dml compare``'s grouping): method,
+    number of runs, and mean +- 95% interval of precision_at_1, r_precision and map_at_r."""
+    from dml.compare import compare_rows
+
+    lines = ["%-36s %3s %19s %19s %19s" % ("method", "n", "precision_at_1", "r_precision",
+                                          "map_at_r")]
+    for row in compare_rows(root):
+        cells = []
+        for key in ("precision_at_1", "r_precision", "map_at_r"):
+            half = row.get(key + "_ci95")
+            cells.append("%.4f +- %.4f" % (row[key], half) if half is not None
+                         else "%.4f" % row[key])
+        lines.append("%-36s %3d %19s %19s %19s" % (row["method"], row["n"], *cells))
+    return "\n".join(lines)
 
 
 def plot(results, path, dataset):

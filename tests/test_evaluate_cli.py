@@ -79,10 +79,10 @@ def test_evaluate_other_checkpoints(tiny_run, tmp_path):
     assert best["checkpoint"] == "best" and best["epochs"] == load(run_dir, "params/best/best.json")["epoch"]
 
 
-def test_eval_period_logs_metrics_and_keeps_the_best(tiny_cifar, tmp_path):
+def test_eval_period_on_the_test_split_logs_metrics_and_keeps_the_best(tiny_cifar, tmp_path):
     out = str(tmp_path / "out")
     code, _ = run(["train", "--dataset", "cifar10", "--data-root", tiny_cifar, "--epochs", "3",
-                   "--eval-period", "1", "--output-root", out] + TINY)
+                   "--eval-period", "1", "--select-on-test", "--output-root", out] + TINY)
     assert code == 0
     run_dir = only_run_dir(out, "cifar10", "triplet_semihard")
     history = load(run_dir, "logs/history.json")
