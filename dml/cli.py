@@ -10,7 +10,8 @@ from . import DATASETS, DISTANCES, METHODS, DmlError, WriteFailed, __version__, 
 
 # (the registry imports no MXNet: OMP_NUM_THREADS is set before MXNet loads)
 from .registry import (AUGMENTS, BENCHMARKS, KVSTORES, MARGIN_HEAD_METHODS,  # noqa: E402
-                       METHOD_MINERS, MINER_METHODS, MINERS, PROXY_METHODS, SPLITS)
+                       MEMORY_METHODS, METHOD_MINERS, MINER_METHODS, MINERS, PROXY_METHODS,
+                       SPLITS)
 # what --resume lets change: the run's length and where it runs; everything else is the run's
 RESUME_MAY_CHANGE = ("epochs", "gpus", "cpus", "kvstore", "num_workers", "data_root")
 
@@ -105,6 +106,7 @@ MIN_IMAGE_SIZE = 16  # ResNet's five stride-2 stages need at least this much inp
 MAX_EMBEDDING_DIM = 65536
 MAX_BATCH_IMAGES = 65536
 MAX_CONTEXTS = 256
+MAX_MEMORY = 1 << 20  # a million 512-D embeddings: 2 GB of float32
 
 
 def parse_gpus(text):
@@ -230,6 +232,10 @@ def build_parser():
                    "default of multi_similarity), distance_weighted (triplets, margin's "
                    "default) or none (every pair or triplet)"
                    % ", ".join(m for m in MINER_METHODS if "multi_similarity" in METHOD_MINERS[m]))
+    g.add_argument("--memory-size", type=_bounded_int(0, MAX_MEMORY), default=None, metavar="M",
+                   help="%s: a cross-batch memory (XBM) of the last M embeddings, which every "
+                   "batch is also scored against (default 0: none; at least the batch)"
+                   % ", ".join(MEMORY_METHODS))
     g.add_argument("--loss-lr-mult", type=_positive_float, default=None, metavar="M",
                    help="%s: the proxies learn M times faster than the network (default 100 "
                    "for proxy_anchor and soft_triple, as their papers; 1 for the others)"

@@ -22,6 +22,7 @@ class RunConfig:
     scale: float = 0.0  # s of the margin-softmax heads (arcface, cosface, sphereface)
     distance: str = "euclidean"
     miner: Optional[str] = None  # the pair losses of registry.MINER_METHODS
+    memory_size: int = 0  # cross-batch memory of registry.MEMORY_METHODS (0: none)
     loss_lr_mult: float = 1.0  # the learning-rate multiplier of a loss's own parameters (proxies)
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -104,6 +105,19 @@ def validate(cfg, splits=None):
     if cfg.val_classes and cfg.select_on_test:
         raise DmlError("`val_classes` and `select_on_test` exclude each other: select on the "
                        "validation classes or on the test split")
+    if cfg.memory_size:
+        from .registry import MEMORY_METHODS
+
+        if cfg.method not in MEMORY_METHODS:
+            raise DmlError("memory_size=%d: a cross-batch memory wraps the pair losses %s, not %s"
+                           % (cfg.memory_size, ", ".join(MEMORY_METHODS), cfg.method))
+        if cfg.memory_size < per_batch:
+            raise DmlError("memory_size=%d is smaller than a batch (%d images): the memory holds "
+                           "at least the batch it scores" % (cfg.memory_size, per_batch))
+        if cfg.kvstore == "dist_async":
+            raise DmlError("memory_size with kvstore=dist_async: every worker's memory must hold "
+                           "every worker's embeddings in the same order, which needs the "
+                           "synchronous kvstore (dist_sync)")
     if cfg.kvstore == "dist_async" and cfg.lr_steps:
         raise DmlError("kvstore=dist_async updates on the servers, which keep the first learning "
                        "rate: lr_steps=%s cannot apply (pass lr_steps='' or use dist_sync)"

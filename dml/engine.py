@@ -76,7 +76,7 @@ def build_net(ctx, embedding_dim=128, backbone="resnet18_v1", l2_normalize=False
 def build_loss(cfg):
     """The loss of a run's config (its method's, with its margin, distance and selector)."""
     return get_method(cfg.method).build_loss(cfg.margin, cfg.distance, cfg.selector,
-                                             miner=cfg.miner)
+                                             miner=cfg.miner, memory_size=cfg.memory_size)
 
 
 def build_train_loader(cfg, splits, num_parts=1, part_index=0):
@@ -94,6 +94,7 @@ DIST_ENV = ("DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_WORK
             "DMLC_NUM_SERVER")
 _RUN_NAME_KEY = 1 << 24  # an integer kvstore key far above the Trainer's parameter indices
 _RUN_NAME_BYTES = 4096
+_GATHER_KEYS = {"embeddings": _RUN_NAME_KEY + 1, "labels": _RUN_NAME_KEY + 2}
 
 
 def make_kvstore(kind):
@@ -121,6 +122,7 @@ class Workers:
         # dist_async: the servers run the optimizer and apply each worker's push on its own
         self.asynchronous = kv is not None and "async" in kv.type
         self._pulled = False
+        self._gather_keys = set()
 
     @property
     def writes(self):
@@ -150,6 +152,31 @@ class Workers:
         trainer._init_params()  # pylint: disable=protected-access
         mx.nd.waitall()
         self._pulled = True
+
+    def all_gather(self, embeddings, labels):
+        """Every worker's ``embeddings`` (numpy N x D) and ``labels``, concatenated in worker
+        order, and this worker's offset in them: what a cross-batch memory enqueues, so that
+        every worker's memory holds the same rows. Each worker writes its rows into a zero
+        buffer of the whole; the kvstore sums the workers' pushes (a synchronous job's servers
+        keep the sum: no optimizer runs on them) and every worker pulls the sum. Every worker
+        must call it once per step, with the same N."""
+        if self.kv is None or self.count == 1:
+            return embeddings, labels, 0
+        n = len(embeddings)
+        out = []
+        for name, part in (("embeddings", embeddings.reshape(n, -1)),
+                           ("labels", np.asarray(labels, dtype=np.float32).reshape(n, 1))):
+            whole = np.zeros((self.count * n, part.shape[1]), dtype=np.float32)
+            whole[self.rank * n:(self.rank + 1) * n] = part
+            value = mx.nd.array(whole)
+            key = _GATHER_KEYS[name]
+            if key not in self._gather_keys:
+                self.kv.init(key, mx.nd.zeros_like(value))
+                self._gather_keys.add(key)
+            self.kv.push(key, value)
+            self.kv.pull(key, out=value)
+            out.append(value.asnumpy())
+        return out[0], out[1].reshape(-1).astype(np.float64), self.rank * n
 
     def agree(self, run_dir):
         """Rank 0's ``run_dir``, on every worker (broadcast through the kvstore)."""
@@ -392,6 +419,8 @@ def prepare_training(cfg, splits, net=None, ctx=None, workers=None):
     model.hybridize(static_alloc=True, static_shape=True)
     loss_fn = build_loss(cfg)
     loss_fn.hybridize(static_alloc=True, static_shape=True)
+    if hasattr(loss_fn, "gather") and workers.count > 1:  # a cross-batch memory of every worker
+        loss_fn.gather = workers.all_gather
     state = TrainState(cfg, splits, net, model, loss_fn, build_trainer(cfg, model, workers),
                        method, ctx, workers)
     loader = build_train_loader(cfg, splits, workers.count, workers.rank)
@@ -441,6 +470,13 @@ def resume_state(run_dir, state, loader, resume):
                                    getattr(state.model, "classifier", None), state.ctx):
         log.warning("checkpoint %s holds no optimizer states (dist_async): the optimizer "
                     "restarts", resume["id"])
+    if hasattr(state.loss_fn, "load_state"):  # a cross-batch memory
+        memory = run_dir.load_memory(resume)
+        if memory is None:
+            log.warning("checkpoint %s holds no cross-batch memory: it refills from the next "
+                        "%d embeddings", resume["id"], state.loss_fn.memory_size)
+        else:
+            state.loss_fn.load_state(memory)
     state.history, state.best_map, state.step = resume["history"], resume["best_map"], resume["step"]
     state.done_seconds, state.last_good = resume["train_seconds"], resume["id"]
     set_rng_state(resume["rng"])
@@ -620,6 +656,11 @@ def prepare(cfg, resume_dir=None, fit_classes=True):
             cfg.n_classes = present
         validate(cfg, splits)
     workers = Workers(make_kvstore(cfg.kvstore))
+    if cfg.memory_size and cfg.memory_size < cfg.n_classes * cfg.n_samples * workers.count:
+        raise DmlError("memory_size=%d is smaller than the %d workers' batches (%d images): every "
+                       "worker's memory holds every worker's batch" % (
+                           cfg.memory_size, workers.count,
+                           cfg.n_classes * cfg.n_samples * workers.count))
     if workers.count > 1 and cfg.batch_size == 0 and cfg.n_classes * cfg.n_samples * \
             workers.count > len(splits.train):
         raise DmlError("%d workers need %d training images for a batch each; %s has %d"

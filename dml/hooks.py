@@ -257,10 +257,11 @@ class RunRecorder:
         if state.final_epoch and batch is None:  # the final weights: exported, kept once
             net_file = self.run_dir.export(state.net, state.epoch, state.input_shape)
         classifier = getattr(state.model, "classifier", None)
+        memory = state.loss_fn.state() if hasattr(state.loss_fn, "load_state") else None
         cid = self.run_dir.save_checkpoint(state.net, state.trainer, state.epoch, classifier,
                                            self._state(state, epoch_sums), batch=batch,
                                            save_trainer=state.workers.saves_trainer,
-                                           net_file=net_file)
+                                           net_file=net_file, memory=memory)
         self.run_dir.prune(self.cfg.keep_checkpoints)
         return cid
 

@@ -15,8 +15,9 @@ from .losses import (ContrastiveLoss, OnlineContrastiveLoss, OnlineTripletLoss, 
 from .losses.heads import MARGIN_HEADS
 from .losses.proxies import NormalizedSoftmaxLoss, ProxyAnchorLoss, ProxyNCALoss, SoftTripleLoss
 from .losses.similarity import (CircleLoss, GeneralizedLiftedStructureLoss, MultiSimilarityLoss,
-                                NPairsLoss, SupConLoss)
+                                NPairsLoss, SupConLoss, _SimilarityLoss)
 from .losses.margin import MarginLoss
+from .losses.memory import CrossBatchMemory
 from .miners import DistanceWeightedMiner, MultiSimilarityMiner
 from .nets import ClassifierNet, MarginClassifierNet, SiameseNet, TripletNet
 
@@ -60,7 +61,8 @@ class Method:
         """Raise ValueError for a margin or scale the method cannot take (before anything is
         written)."""
 
-    def build_loss(self, margin=1.0, distance="euclidean", selector=None, miner=None):
+    def build_loss(self, margin=1.0, distance="euclidean", selector=None, miner=None,
+                   memory_size=0):
         kwargs = dict(margin=margin, distance=distance, return_active_fraction=True)
         if self._selector_arg:
             kwargs[self._selector_arg] = selector or self.selectors[0]
@@ -133,7 +135,8 @@ class _TupleMethod(_PlainBatches):
     def build_model(self, net, num_classes, ctx, margin=None, scale=None, **_):
         return self.wrapper(net)
 
-    def build_loss(self, margin=1.0, distance="euclidean", selector=None, miner=None):
+    def build_loss(self, margin=1.0, distance="euclidean", selector=None, miner=None,
+                   memory_size=0):
         return self.tuple_loss(margin=margin, distance=distance, return_active_fraction=True)
 
     def train_dataset(self, dataset, seed=0):
@@ -169,7 +172,8 @@ class SoftmaxMethod(_PlainBatches):
         model.classifier.initialize(mx.init.Xavier(), ctx=ctx)
         return model
 
-    def build_loss(self, margin=1.0, distance="euclidean", selector=None, miner=None):
+    def build_loss(self, margin=1.0, distance="euclidean", selector=None, miner=None,
+                   memory_size=0):
         return gluon.loss.SoftmaxCrossEntropyLoss()
 
     def forward(self, model, loss_fn, images, labels):
@@ -240,12 +244,19 @@ class PairLossMethod(Method):
                  stat="similarity_gap"):
         super().__init__(name, summary, loss_cls, stat=stat)
         self.margin_arg, self.takes_miner = margin_arg, miners
+        # a cross-batch memory scores the batch against past batches through the loss's
+        # similarity core (every similarity loss but N-pairs, which picks its own pairs)
+        self.takes_memory = issubclass(loss_cls, _SimilarityLoss) and loss_cls is not NPairsLoss
 
-    def build_loss(self, margin=None, distance="cosine", selector=None, miner=None):
+    def build_loss(self, margin=None, distance="cosine", selector=None, miner=None,
+                   memory_size=0):
+        """The loss; with ``memory_size`` wrapped in a :class:`CrossBatchMemory` (the miner then
+        mines the batch against the memory)."""
         loss = self._loss_cls(return_stat=True, **_margin_kwargs(self.margin_arg, margin))
-        if miner in (None, "none"):
-            return loss
-        return MinedLoss(loss, MINERS[miner]())
+        mine = None if miner in (None, "none") else MINERS[miner]()
+        if memory_size:
+            return CrossBatchMemory(loss, memory_size, miner=mine)
+        return loss if mine is None else MinedLoss(loss, mine)
 
     def check_options(self, margin, scale):
         self.build_loss(margin)
@@ -280,7 +291,8 @@ class ProxyMethod(_PlainBatches):
         model.classifier.initialize(ctx=ctx)
         return model
 
-    def build_loss(self, margin=None, distance="cosine", selector=None, miner=None):
+    def build_loss(self, margin=None, distance="cosine", selector=None, miner=None,
+                   memory_size=0):
         return ModelLoss()
 
     def forward(self, model, loss_fn, images, labels):
@@ -351,6 +363,8 @@ assert tuple(m for m in METHODS if getattr(METHODS[m], "takes_miner", False)) ==
     registry.MINER_METHODS
 assert tuple(m for m in METHODS if isinstance(METHODS[m], ProxyMethod)) == registry.PROXY_METHODS
 assert tuple(MINERS) == registry.MINERS
+assert tuple(m for m in METHODS if getattr(METHODS[m], "takes_memory", False)) == \
+    registry.MEMORY_METHODS
 
 
 def get_method(name):

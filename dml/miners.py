@@ -17,8 +17,12 @@ def _host(embeddings, labels):
     return np.asarray(x, dtype=np.float64), np.asarray(y).reshape(-1)
 
 
+def unit_rows_np(x):
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def cosine_similarity_np(x):
-    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    unit = unit_rows_np(x)
     return unit @ unit.T
 
 
@@ -50,10 +54,25 @@ class MultiSimilarityMiner:
             raise ValueError("epsilon must be finite, not %r" % (epsilon,))
         self.epsilon = float(epsilon)
 
-    def __call__(self, embeddings, labels):
+    def __call__(self, embeddings, labels, ref_emb=None, ref_labels=None):
+        """The pairs ``(a1, p, a2, n)`` of the batch; with ``ref_emb``/``ref_labels`` (PML's
+        reference set, e.g. a cross-batch memory) anchors index the batch and ``p``/``n`` the
+        references, and every same-label reference is a positive (the caller removes an
+        anchor's own copy)."""
         x, y = _host(embeddings, labels)
-        sim = cosine_similarity_np(x)
-        positive, negative = pair_masks_np(y)
+        if ref_emb is None:
+            sim = cosine_similarity_np(x)
+            positive, negative = pair_masks_np(y)
+        else:
+            refs, ref_y = _host(ref_emb, ref_labels)
+            sim = unit_rows_np(x) @ unit_rows_np(refs).T
+            positive = y[:, None] == ref_y[None, :]
+            negative = ~positive
+        return self.mine(sim, positive, negative)
+
+    def mine(self, sim, positive, negative):
+        """The pairs kept among the ``positive`` and ``negative`` masks of the similarities
+        ``sim`` (anchors x references)."""
         if not positive.any() or not negative.any():
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty.copy(), empty.copy(), empty.copy()

@@ -226,6 +226,13 @@ def prune_checkpoints(run_dir, keep):
                 pass
 
 
+def _save_npz(path, arrays):
+    import numpy as np
+
+    with open(path, "wb") as f:  # (np.savez would append .npz to a temporary name)
+        np.savez(f, **arrays)
+
+
 def settle():
     """Wait for every pending MXNet operation before a network's state is read (saved,
     exported or evaluated).
@@ -399,16 +406,27 @@ class RunDir:
                                                                  self.params))
 
     def _param(self, kind, cid):
-        return os.path.join(self.params, "%s-%s.%s" % (kind, cid,
-                                                      "states" if kind == "trainer" else "params"))
+        ext = {"trainer": "states", "memory": "npz"}.get(kind, "params")
+        return os.path.join(self.params, "%s-%s.%s" % (kind, cid, ext))
+
+    def load_memory(self, state):
+        """The cross-batch memory a checkpoint saved (a dict of numpy arrays), or None."""
+        import numpy as np
+
+        path = self._param("memory", state["id"])
+        if os.path.basename(path) not in state["files"]:
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
 
     def export_file(self, epoch):
         return os.path.join(self.params, "%s-%04d.params" % (self.EXPORT_PREFIX, epoch))
 
     def save_checkpoint(self, net, trainer, epoch, classifier=None, state=None, batch=None,
-                        save_trainer=True, net_file=None):
-        """One checkpoint: ``net-<id>.params``, ``trainer-<id>.states`` and the classifier's
-        ``classifier-<id>.params``, each written under a temporary name and renamed, and
+                        save_trainer=True, net_file=None, memory=None):
+        """One checkpoint: ``net-<id>.params``, ``trainer-<id>.states``, the classifier's
+        ``classifier-<id>.params`` and a cross-batch ``memory`` (numpy arrays) as
+        ``memory-<id>.npz``, each written under a temporary name and renamed, and
         ``state-<id>.json`` (``state`` plus the files' sizes) last: a kill at any moment leaves the
         previous checkpoint intact and this one ignored. ``net_file``: a file that already holds
         exactly these weights (the final export), hard-linked instead of a second copy
@@ -430,6 +448,8 @@ class RunDir:
             saves.append(("trainer", trainer.save_states))
         if classifier is not None:
             saves.append(("classifier", classifier.save_parameters))
+        if memory is not None:
+            saves.append(("memory", lambda tmp: _save_npz(tmp, memory)))
         files = []
         for kind, save in saves:
             write_atomic(save, self._param(kind, cid))

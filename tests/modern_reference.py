@@ -4,12 +4,25 @@ dml.losses.proxies."""
 import math
 import numpy as np
 
-def cos(x):
+def cos(x, refs=None):
     u = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    if refs is not None:  # anchors x references (a cross-batch memory)
+        return u @ (refs / np.maximum(np.linalg.norm(refs, axis=1, keepdims=True), 1e-12)).T
     return u @ u.T
 
-def pairs(labels, indices=None):
+def pairs(labels, indices=None, ref_labels=None, own=None):
+    """Positive and negative (anchor, other) pairs; with ``ref_labels`` the others are
+    references (a memory), ``own[i]`` the reference that is anchor i itself (left out)."""
     B = len(labels)
+    if ref_labels is not None:
+        M = len(ref_labels)
+        if indices is not None:
+            a1, p, a2, n = indices
+            P = sorted((a, j) for a, j in set(zip(a1, p)) if j != own[a])
+            return P, sorted(set(zip(a2, n)))
+        P = [(i, j) for i in range(B) for j in range(M) if labels[i] == ref_labels[j] and j != own[i]]
+        N = [(i, j) for i in range(B) for j in range(M) if labels[i] != ref_labels[j]]
+        return P, N
     if indices is None:
         P = [(i, j) for i in range(B) for j in range(B) if i != j and labels[i] == labels[j]]
         N = [(i, j) for i in range(B) for j in range(B) if labels[i] != labels[j]]
@@ -25,8 +38,8 @@ def lse(values, add_one):
     m = max(vals)
     return m + math.log(sum(math.exp(v - m) for v in vals))
 
-def ms(x, labels, alpha=2, beta=50, base=0.5, indices=None):
-    s = cos(x); B = len(x); P, N = pairs(labels, indices)
+def ms(x, labels, alpha=2, beta=50, base=0.5, indices=None, refs=None, ref_labels=None, own=None):
+    s = cos(x, refs); B = len(x); P, N = pairs(labels, indices, ref_labels, own)
     if len(P) <= 1 and len(N) <= 1:
         return 0.0
     total = 0.0
@@ -35,11 +48,12 @@ def ms(x, labels, alpha=2, beta=50, base=0.5, indices=None):
         total += lse([beta * (s[i, j] - base) for a, j in N if a == i], True) / beta
     return total / B
 
-def circle(x, labels, m=0.4, gamma=80, indices=None, weights_at=None):
+def circle(x, labels, m=0.4, gamma=80, indices=None, weights_at=None, refs=None, ref_labels=None,
+           own=None):
     """``weights_at``: the embeddings the weights alpha_p, alpha_n are computed from (PML
     detaches them: its gradient treats them as constants; finite differences must too)."""
-    s = cos(x); B = len(x); P, N = pairs(labels, indices)
-    w = s if weights_at is None else cos(weights_at)
+    s = cos(x, refs); B = len(x); P, N = pairs(labels, indices, ref_labels, own)
+    w = s if weights_at is None else cos(weights_at, refs)
     if len(P) <= 1 and len(N) <= 1:
         return 0.0
     losses = []
@@ -51,8 +65,8 @@ def circle(x, labels, m=0.4, gamma=80, indices=None, weights_at=None):
             losses.append(max(z, 0) + math.log1p(math.exp(-abs(z))))
     return float(np.mean(losses)) if losses else 0.0
 
-def supcon(x, labels, temperature=0.1, indices=None):
-    s = cos(x) / temperature; B = len(x); P, N = pairs(labels, indices)
+def supcon(x, labels, temperature=0.1, indices=None, refs=None, ref_labels=None, own=None):
+    s = cos(x, refs) / temperature; B = len(x); P, N = pairs(labels, indices, ref_labels, own)
     if len(P) <= 1 and len(N) <= 1 or not P or not N:
         return 0.0
     losses = []
@@ -64,8 +78,8 @@ def supcon(x, labels, temperature=0.1, indices=None):
         losses.append(-np.mean([s[i, j] - denom for j in pi]))
     return float(np.mean(losses))
 
-def ntxent(x, labels, temperature=0.07, indices=None):
-    s = cos(x) / temperature; P, N = pairs(labels, indices)
+def ntxent(x, labels, temperature=0.07, indices=None, refs=None, ref_labels=None, own=None):
+    s = cos(x, refs) / temperature; P, N = pairs(labels, indices, ref_labels, own)
     if len(P) <= 1 and len(N) <= 1 or not P or not N:
         return 0.0
     losses = []
@@ -105,11 +119,13 @@ def soft_triple(x, labels, P, centers_per_class=10, la=20, gamma=0.1, margin=0.0
             logits[i, c] = la * (np.sum(w * sc) - (margin if c == labels[i] else 0))
     return _ce(logits, labels)
 
-def lifted(x, labels, neg_margin=1.0, pos_margin=0.0, indices=None):
-    u = _unit(x); B = len(x); P, N = pairs(labels, indices)
+def lifted(x, labels, neg_margin=1.0, pos_margin=0.0, indices=None, refs=None, ref_labels=None,
+           own=None):
+    u = _unit(x); B = len(x); P, N = pairs(labels, indices, ref_labels, own)
     if len(P) <= 1 and len(N) <= 1:
         return 0.0
-    d = np.sqrt(np.maximum(((u[:, None] - u[None]) ** 2).sum(-1), 0))
+    r = u if refs is None else _unit(refs)
+    d = np.sqrt(np.maximum(((u[:, None] - r[None]) ** 2).sum(-1), 0))
     total = 0.0
     for i in range(B):
         total += max(lse([d[i, j] - pos_margin for a, j in P if a == i], False)

@@ -128,11 +128,18 @@ class _SimilarityLoss(gluon.loss.Loss):
     def _forward(self, F, embeddings, labels, indices):
         sim = cosine_similarity(F, embeddings)
         pos, neg = _masks(F, sim, labels, indices)
-        loss = self._loss(F, sim, pos, neg) * _enough_pairs(F, pos, neg)
         # (labels too: with a miner's pairs they are otherwise unused, and they are finite)
-        loss = propagate_non_finite(F, loss.reshape((1,)), embeddings, labels)
+        return self.score(F, sim, pos, neg, embeddings, labels)
+
+    def score(self, F, sim, pos, neg, *inputs):
+        """The loss (and with ``return_stat`` the similarity gap) of the similarities ``sim``
+        (anchors x references) over the positive and negative pair masks: what
+        :class:`dml.losses.CrossBatchMemory` scores a batch against its memory with. NaN when
+        ``inputs`` hold a NaN or an infinity."""
+        loss = self._loss(F, sim, pos, neg) * _enough_pairs(F, pos, neg)
+        loss = propagate_non_finite(F, loss.reshape((1,)), *inputs)
         if self._return_stat:
-            return loss, propagate_non_finite(F, similarity_gap(F, sim, pos, neg), embeddings)
+            return loss, propagate_non_finite(F, similarity_gap(F, sim, pos, neg), inputs[0])
         return loss
 
     def __call__(self, embeddings, labels, indices=None):

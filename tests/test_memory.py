@@ -1,0 +1,244 @@
+"""Cross-batch memory (XBM): the ring buffer, every wrapped loss against the pair-by-pair loop of
+PML's definition over the batch x memory pairs (each anchor's own copy left out), gradients by
+finite differences, the multi-similarity miner over the memory, NaN input, two workers (their
+gathered batches) equal to one worker fed both shards, and --memory-size end to end with an
+exact resume of the memory in a new process."""
+import io
+import json
+import os
+import subprocess
+import sys
+from contextlib import redirect_stdout
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd
+
+import modern_reference as R
+from dml.cli import main
+from dml.losses import (CircleLoss, GeneralizedLiftedStructureLoss, MultiSimilarityLoss,
+                        NPairsLoss, NTXentLoss, SupConLoss)
+from dml.losses.memory import CrossBatchMemory
+from dml.miners import MultiSimilarityMiner
+from runhelpers import ROOT, only_run_dir
+
+LOSSES = {
+    "ms": (lambda: MultiSimilarityLoss(), R.ms),
+    "circle": (lambda: CircleLoss(), R.circle),
+    "supcon": (lambda: SupConLoss(), R.supcon),
+    "ntxent": (lambda: NTXentLoss(), R.ntxent),
+    "lifted": (lambda: GeneralizedLiftedStructureLoss(), R.lifted),
+}
+
+
+def call(xbm, x, labels):
+    """The loss of a float64 batch (with its gradient)."""
+    data = mx.nd.array(x, dtype="float64")
+    data.attach_grad()
+    with autograd.record():
+        loss = xbm(data, mx.nd.array(labels, dtype="float64"))
+    loss.backward()
+    return loss.asscalar(), data.grad.asnumpy()
+
+
+def test_the_ring_buffer_keeps_the_newest_rows_in_place():
+    xbm = CrossBatchMemory(MultiSimilarityLoss(), 5)
+    rows = xbm.enqueue(np.arange(6, dtype=np.float32).reshape(3, 2), np.array([0, 1, 2]))
+    assert list(rows) == [0, 1, 2] and xbm.filled == 3
+    rows = xbm.enqueue(np.full((3, 2), 9, dtype=np.float32), np.array([7, 7, 7]))
+    assert list(rows) == [3, 4, 0] and xbm.filled == 5  # the oldest row is overwritten
+    refs, labels = xbm.references()
+    assert list(labels) == [7, 1, 2, 7, 7] and refs[0].tolist() == [9, 9]
+    with pytest.raises(ValueError, match="does not fit a memory of 5"):
+        xbm.enqueue(np.zeros((6, 2), dtype=np.float32), np.zeros(6))
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="memory_size must be a whole number"):
+            CrossBatchMemory(MultiSimilarityLoss(), bad)
+    with pytest.raises(ValueError, match="not NPairsLoss"):
+        CrossBatchMemory(NPairsLoss(), 8)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_wrapped_loss_matches_the_loop_over_batch_and_memory(name):
+    make, reference = LOSSES[name]
+    rng = np.random.default_rng(3)
+    xbm = CrossBatchMemory(make(), 20)
+    for step in range(5):  # 40 embeddings through a memory of 20: it wraps
+        x, labels = rng.normal(size=(8, 6)), rng.integers(0, 3, size=8)
+        got, _ = call(xbm, x, labels)
+        refs, ref_labels = xbm.references()
+        own = [(step * 8 + i) % 20 for i in range(8)]
+        want = reference(x, labels, refs=refs.astype(np.float64), ref_labels=ref_labels, own=own)
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-9), (step, got, want)
+
+
+@pytest.mark.parametrize("name", ["ms", "supcon", "lifted"])
+def test_gradients_reach_the_batch_only_and_match_finite_differences(name):
+    make, reference = LOSSES[name]
+    rng = np.random.default_rng(5)
+    xbm = CrossBatchMemory(make(), 24)
+    call(xbm, rng.normal(size=(8, 4)), rng.integers(0, 3, size=8))  # memory of an earlier batch
+    x, labels = rng.normal(size=(8, 4)), rng.integers(0, 3, size=8)
+    state = xbm.state()
+    _, grad = call(xbm, x, labels)
+    refs, ref_labels = xbm.references()
+    refs = refs.astype(np.float64)
+    own = list(range(8, 16))
+
+    def f(z):  # the memory holds the batch as written (constants): only the anchors move
+        return reference(z, labels, refs=refs, ref_labels=ref_labels, own=own)
+
+    eps, numeric = 1e-6, np.zeros_like(x)
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            up, down = x.copy(), x.copy()
+            up[i, j] += eps
+            down[i, j] -= eps
+            numeric[i, j] = (f(up) - f(down)) / (2 * eps)
+    assert np.allclose(grad, numeric, atol=1e-5, rtol=1e-4)
+    xbm.load_state(state)  # (restores the memory before this batch: the state round-trips)
+    assert xbm.filled == 8
+
+
+def test_the_multi_similarity_miner_mines_the_batch_against_the_memory():
+    rng = np.random.default_rng(7)
+    xbm = CrossBatchMemory(MultiSimilarityLoss(), 30, miner=MultiSimilarityMiner(0.1))
+    for step in range(3):
+        x, labels = rng.normal(size=(10, 5)), rng.integers(0, 3, size=10)
+        got, _ = call(xbm, x, labels)
+        refs, ref_labels = xbm.references()
+        refs = refs.astype(np.float64)
+        # brute force: PML's miner over the batch x memory pairs, self pairs included, then
+        # every anchor's own copy dropped
+        s = R.cos(x, refs)
+        a1, p, a2, n = [], [], [], []
+        for i in range(10):
+            pos = [j for j in range(len(refs)) if ref_labels[j] == labels[i]]
+            neg = [j for j in range(len(refs)) if ref_labels[j] != labels[i]]
+            if not pos or not neg:
+                continue
+            hardest_pos, hardest_neg = min(s[i, j] for j in pos), max(s[i, j] for j in neg)
+            a2 += [i for j in neg if s[i, j] + 0.1 > hardest_pos]
+            n += [j for j in neg if s[i, j] + 0.1 > hardest_pos]
+            a1 += [i for j in pos if s[i, j] - 0.1 < hardest_neg]
+            p += [j for j in pos if s[i, j] - 0.1 < hardest_neg]
+        own = [(step * 10 + i) % 30 for i in range(10)]
+        want = R.ms(x, labels, indices=(a1, p, a2, n), refs=refs, ref_labels=ref_labels, own=own)
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
+
+
+def test_a_nan_embedding_gives_a_nan_loss():
+    xbm = CrossBatchMemory(SupConLoss(), 16)
+    x = np.random.default_rng(0).normal(size=(8, 4))
+    x[3, 1] = np.nan
+    loss, grad = call(xbm, x, np.arange(8) % 3)
+    assert np.isnan(loss) and np.isnan(grad).all()
+
+
+def test_two_workers_hold_the_memory_and_loss_of_one_worker_fed_both_shards():
+    """Each worker's memory receives every worker's batch (the gather), in worker order; the
+    mean of the workers' losses is the loss of one worker whose batch is both shards (the
+    multi-similarity loss is a mean over anchors, and each anchor's pairs are the same)."""
+    rng = np.random.default_rng(11)
+    shards = [[(rng.normal(size=(6, 5)), rng.integers(0, 4, size=6)) for _ in range(2)]
+              for _ in range(5)]  # 5 steps x 2 workers
+
+    def gather_for(rank, step):
+        def gather(x, labels):
+            return (np.concatenate([s[0] for s in shards[step]]).astype(np.float32),
+                    np.concatenate([s[1] for s in shards[step]]).astype(np.float64), rank * 6)
+        return gather
+
+    single = CrossBatchMemory(MultiSimilarityLoss(), 30, miner=MultiSimilarityMiner())
+    workers = [CrossBatchMemory(MultiSimilarityLoss(), 30, miner=MultiSimilarityMiner())
+               for _ in range(2)]
+    for step in range(5):
+        both = np.concatenate([s[0] for s in shards[step]])
+        both_labels = np.concatenate([s[1] for s in shards[step]])
+        want, want_grad = call(single, both, both_labels)
+        losses, grads = [], []
+        for rank, xbm in enumerate(workers):
+            xbm.gather = gather_for(rank, step)
+            loss, grad = call(xbm, *shards[step][rank])
+            losses.append(loss)
+            grads.append(grad)
+        for xbm in workers:
+            assert np.array_equal(xbm.references()[0], single.references()[0])
+            assert np.array_equal(xbm.references()[1], single.references()[1])
+        assert np.mean(losses) == pytest.approx(want, rel=1e-6)
+        # each worker's gradient is its share: averaged over the workers (the kvstore sums,
+        # trainer.step divides by the 2 workers) it is the one worker's gradient
+        assert np.allclose(np.concatenate(grads) / 2, want_grad, atol=1e-9)
+
+
+TINY = ["--dataset", "digits", "--n-classes", "4", "--n-samples", "4", "--embedding-dim", "8",
+        "--num-workers", "1"]
+
+
+def test_memory_size_trains_and_resumes_the_memory_exactly(tmp_path):
+    """1 epoch, then --resume to 2 in a new process, equal the uninterrupted 2 epochs (the
+    memory is part of the checkpoint)."""
+    args = ["train", "--method", "multi_similarity", "--memory-size", "64"] + TINY
+    straight = str(tmp_path / "straight")
+    with redirect_stdout(io.StringIO()):
+        assert main(args + ["--epochs", "2", "--output-root", straight]) == 0
+    want = json.load(open(os.path.join(only_run_dir(straight, "digits", "multi_similarity"),
+                                       "metrics.json")))
+    stopped = str(tmp_path / "stopped")
+    with redirect_stdout(io.StringIO()):
+        assert main(args + ["--epochs", "1", "--output-root", stopped]) == 0
+    run_dir = only_run_dir(stopped, "digits", "multi_similarity")
+    assert os.path.isfile(os.path.join(run_dir, "params", "memory-0001.npz"))
+    assert json.load(open(os.path.join(run_dir, "config.json")))["memory_size"] == 64
+    proc = subprocess.run([sys.executable, "-m", "dml", "train", "--resume", run_dir, "--epochs",
+                           "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.load(open(os.path.join(run_dir, "metrics.json")))
+    for key in ("map_at_r", "precision_at_1", "nmi"):
+        assert got[key] == want[key], key
+    history = json.load(open(os.path.join(run_dir, "logs", "history.json")))
+    straight_history = json.load(open(os.path.join(
+        only_run_dir(straight, "digits", "multi_similarity"), "logs", "history.json")))
+    assert [h["train_loss"] for h in history] == [h["train_loss"] for h in straight_history]
+
+
+def test_a_checkpoint_without_memory_refills_it(tmp_path):
+    out = str(tmp_path / "out")
+    args = ["train", "--method", "supcon", "--memory-size", "32"] + TINY
+    with redirect_stdout(io.StringIO()):
+        assert main(args + ["--epochs", "1", "--output-root", out]) == 0
+    run_dir = only_run_dir(out, "digits", "supcon")
+    params = os.path.join(run_dir, "params")
+    state_file = os.path.join(params, "state-0001.json")
+    state = json.load(open(state_file))
+    del state["files"]["memory-0001.npz"]
+    os.remove(os.path.join(params, "memory-0001.npz"))
+    json.dump(state, open(state_file, "w"))
+    proc = subprocess.run([sys.executable, "-m", "dml", "train", "--resume", run_dir, "--epochs",
+                           "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "holds no cross-batch memory: it refills from the next 32 embeddings" in proc.stderr
+
+
+MEMORY_ERRORS = [
+    (["--method", "triplet_semihard", "--memory-size", "64"],
+     "--memory-size 64: a cross-batch memory wraps the pair losses multi_similarity, circle, "
+     "supcon, lifted, not triplet_semihard"),
+    (["--method", "supcon", "--memory-size", "8"], "--memory-size 8 is smaller than a batch (16"),
+    (["--method", "supcon", "--memory-size", "64", "--kvstore", "dist_async"],
+     "needs the synchronous kvstore"),
+    (["--method", "supcon", "--memory-size", "-3"], "'-3' must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("extra,message", MEMORY_ERRORS, ids=[" ".join(e) for e, _ in MEMORY_ERRORS])
+def test_memory_bad_input(tmp_path, capsys, extra, message):
+    out = str(tmp_path / "out")
+    try:
+        code = main(["train", "--epochs", "1", "--output-root", out] + TINY + extra)
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not os.path.exists(out)
