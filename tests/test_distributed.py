@@ -40,6 +40,35 @@ with open("%s/rank%d.json" % (sys.argv[1], kv.rank), "w") as f:
 """
 
 
+# Two workers' cross-batch memories through the kvstore's all-gather: each feeds its own shard of
+# each step's batch; each writes its memory and losses.
+XBM_SCRIPT = """
+import json, sys
+import numpy as np
+import mxnet as mx
+from mxnet import autograd
+from dml.engine import Workers
+from dml.losses import MultiSimilarityLoss
+from dml.losses.memory import CrossBatchMemory
+from dml.miners import MultiSimilarityMiner
+kv = mx.kv.create("dist_sync")
+workers = Workers(kv)
+xbm = CrossBatchMemory(MultiSimilarityLoss(), 40, miner=MultiSimilarityMiner(),
+                       gather=workers.all_gather)
+losses = []
+for step in range(5):
+    rng = np.random.default_rng([step, workers.rank])
+    x = mx.nd.array(rng.normal(size=(6, 5)))
+    labels = mx.nd.array(rng.integers(0, 4, size=6))
+    with autograd.record():
+        loss = xbm(x, labels)
+    losses.append(float(loss.asscalar()))
+refs, ref_labels = xbm.references()
+with open("%s/rank%d.json" % (sys.argv[1], workers.rank), "w") as f:
+    json.dump({"losses": losses, "memory": refs.tolist(), "labels": ref_labels.tolist()}, f)
+"""
+
+
 def launch(args, timeout=600, **kwargs):
     return subprocess.run([sys.executable, LAUNCH] + args, capture_output=True, text=True,
                           timeout=timeout, **kwargs)
@@ -49,15 +78,17 @@ def no_dist_env():
     return {k: v for k, v in os.environ.items() if not k.startswith("DMLC_")}
 
 
-@pytest.mark.parametrize("kvstore", ["dist_sync", "dist_async"])
-def test_local_two_worker_job_on_digits(tmp_path, kvstore):
+@pytest.mark.parametrize("kvstore,method,extra", [
+    ("dist_sync", "triplet_semihard", []), ("dist_async", "triplet_semihard", []),
+    ("dist_sync", "multi_similarity", ["--memory-size", "64"])])
+def test_local_two_worker_job_on_digits(tmp_path, kvstore, method, extra):
     out = str(tmp_path / "out")
     proc = launch(["--launcher", "local", "-n", "2", "-s", "1", "--",
-                   sys.executable, "-m", "dml", "train", "--method", "triplet_semihard",
-                   "--kvstore", kvstore, "--output-root", out] + TINY_DIGITS,
+                   sys.executable, "-m", "dml", "train", "--method", method,
+                   "--kvstore", kvstore, "--output-root", out] + TINY_DIGITS + extra,
                   env=dict(no_dist_env(), PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = only_run_dir(out, "digits", "triplet_semihard")  # one folder, agreed by both
+    run_dir = only_run_dir(out, "digits", method)  # one folder, agreed by both
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert metrics["epochs"] == 1 and 0 < metrics["map_at_r"] <= 1
     config = json.load(open(os.path.join(run_dir, "config.json")))
@@ -71,6 +102,36 @@ def test_local_two_worker_job_on_digits(tmp_path, kvstore):
     # dist_async updates on the servers: its checkpoints hold no optimizer state
     states = glob.glob(os.path.join(run_dir, "params", "trainer-*.states"))
     assert bool(states) == (kvstore == "dist_sync")
+
+
+def test_two_workers_memories_hold_every_workers_batch_in_order(tmp_path):
+    """A real dist_sync job: after the kvstore's all-gather both workers' memories are the one
+    of a single worker fed both shards, and the workers' mean loss is its loss."""
+    import mxnet as mx
+
+    from dml.losses import MultiSimilarityLoss
+    from dml.losses.memory import CrossBatchMemory
+    from dml.miners import MultiSimilarityMiner
+
+    script = tmp_path / "xbm.py"
+    script.write_text(XBM_SCRIPT)
+    proc = launch(["--launcher", "local", "-n", "2", "-s", "1", "--", sys.executable,
+                   str(script), str(tmp_path)], env=dict(no_dist_env(), PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.load(open(str(tmp_path / ("rank%d.json" % r)))) for r in (0, 1)]
+    single = CrossBatchMemory(MultiSimilarityLoss(), 40, miner=MultiSimilarityMiner())
+    import numpy as np
+
+    for step in range(5):
+        shards = [np.random.default_rng([step, r]) for r in (0, 1)]
+        shards = [(g.normal(size=(6, 5)), g.integers(0, 4, size=6)) for g in shards]
+        loss = single(mx.nd.array(np.concatenate([s[0] for s in shards])),
+                      mx.nd.array(np.concatenate([s[1] for s in shards]))).asscalar()
+        assert np.mean([r["losses"][step] for r in ranks]) == pytest.approx(loss, rel=1e-5)
+    refs, labels = single.references()
+    for r in ranks:
+        assert np.array_equal(np.array(r["memory"], dtype=np.float32), refs)
+        assert r["labels"] == labels.tolist()
 
 
 def test_ssh_launcher_runs_a_job_through_ssh(tmp_path):
