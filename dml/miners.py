@@ -140,3 +140,148 @@ class DistanceWeightedMiner:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty.copy(), empty.copy()
         return tuple(np.concatenate(v).astype(np.int64) for v in (a_all, p_all, n_all))
+
+
+# ------------------------------------------------------------------------------------------------
+# The selections of the fused online losses, as miners: the same kernels, index tuples out.
+
+
+def _distances(x, y, distance):
+    from .losses import kernels, mining
+
+    x = np.ascontiguousarray(x)
+    dist, _ = kernels.distances(x, distance)
+    return dist, mining.label_codes(y)
+
+
+def _empty_triplets():
+    empty = np.zeros(0, dtype=np.int64)
+    return empty, empty.copy(), empty.copy()
+
+
+class TripletSemiHardMiner:
+    """FaceNet's / TensorFlow's semi-hard triplets (the selection of
+    :class:`dml.losses.TripletSemiHardLoss`): for every ordered positive pair (a, p) whose anchor
+    has a negative, the closest negative n with d(a, n) > d(a, p), else a's farthest negative.
+    Returns ``(a, p, n)``."""
+
+    def __init__(self, distance="euclidean"):
+        from .losses.distance import check_distance
+
+        self.distance = check_distance(distance)
+
+    def __call__(self, embeddings, labels):
+        from .losses import kernels
+
+        x, y = _host(embeddings, labels)
+        dist, codes = _distances(x, y, self.distance)
+        offsets = kernels.pair_offsets(codes)
+        if offsets[-1] == 0:
+            return _empty_triplets()
+        anchors, positives = kernels.positive_pairs(codes, offsets, False)
+        negatives = kernels.semihard_tf(dist, codes, offsets)
+        keep = negatives >= 0
+        return anchors[keep], positives[keep], negatives[keep]
+
+
+class BatchHardMiner:
+    """Batch-hard triplets (Hermans et al. 2017; the selection of
+    :class:`dml.losses.TripletBatchHardLoss`): per anchor with a positive and a negative, its
+    farthest positive and its closest negative. Returns ``(a, p, n)``."""
+
+    def __init__(self, distance="euclidean"):
+        from .losses.distance import check_distance
+
+        self.distance = check_distance(distance)
+
+    def __call__(self, embeddings, labels):
+        from .losses import kernels
+
+        x, y = _host(embeddings, labels)
+        dist, codes = _distances(x, y, self.distance)
+        hardest_positive, hardest_negative = kernels.batch_hard(dist, codes)
+        anchors = np.flatnonzero((hardest_positive >= 0) & (hardest_negative >= 0))
+        return anchors.astype(np.int64), hardest_positive[anchors], hardest_negative[anchors]
+
+
+class OnlineTripletMiner:
+    """The triplets of :class:`dml.losses.OnlineTripletLoss`'s selectors, for every unordered
+    positive pair a < p: ``hardest`` (a's closest negative, when its triplet loss
+    d(a,p) - d(a,n) + margin is > 0), ``random_hard`` (a random negative with positive loss),
+    ``semihard`` (a random negative with 0 < loss < margin), ``all`` (every negative).
+    Returns ``(a, p, n)``. ``rng``: a numpy RandomState (default numpy's global one)."""
+
+    def __init__(self, selector="random_hard", margin=0.2, distance="euclidean", rng=None):
+        from .losses.base import check_margin
+        from .losses.distance import check_distance
+        from .registry import ONLINE_TRIPLET_SELECTORS
+
+        if selector not in ONLINE_TRIPLET_SELECTORS:
+            raise ValueError("selector must be one of %s, not %r"
+                             % ("|".join(ONLINE_TRIPLET_SELECTORS), selector))
+        self.selector, self.margin = selector, check_margin(margin)
+        self.distance, self.rng = check_distance(distance), rng
+
+    def __call__(self, embeddings, labels):
+        from .losses import kernels, mining
+
+        x, y = _host(embeddings, labels)
+        dist, codes = _distances(x, y, self.distance)
+        offsets = kernels.pair_offsets(codes, unordered=True)
+        if offsets[-1] == 0:
+            return _empty_triplets()
+        anchors, positives = kernels.positive_pairs(codes, offsets, True)
+        if self.selector == "all":
+            negative = codes[None, :] != codes[anchors][:, None]
+            pair, n = np.nonzero(negative)
+            return anchors[pair], positives[pair], n.astype(np.int64)
+        negatives = mining.choose_negatives(dist, codes, offsets, anchors, positives,
+                                            self.selector, self.margin, self.rng)
+        keep = negatives >= 0
+        return anchors[keep], positives[keep], negatives[keep]
+
+
+class HardNegativePairMiner:
+    """The pairs of :class:`dml.losses.OnlineContrastiveLoss`'s ``hard_negative`` selector: every
+    positive pair a < b and as many of the closest negative pairs a < b (all of them when there
+    are fewer). Returns ``(a1, p, a2, n)``."""
+
+    def __init__(self, distance="euclidean"):
+        from .losses.distance import check_distance
+
+        self.distance = check_distance(distance)
+
+    def __call__(self, embeddings, labels):
+        from .losses import mining
+
+        x, y = _host(embeddings, labels)
+        dist, codes = _distances(x, y, self.distance)
+        positive, negative = mining.select_pairs(dist, codes, "hard_negative")
+        return masks_to_pairs(positive, negative)
+
+
+def triplets_to_pairs(indices):
+    """A triplet miner's ``(a, p, n)`` as the pairs ``(a, p, a, n)`` (PML's
+    ``convert_to_pairs``); pairs pass unchanged."""
+    if len(indices) == 4:
+        return tuple(indices)
+    a, p, n = indices
+    return a, p, a, n
+
+
+def pairs_to_triplets(indices):
+    """A pair miner's ``(a1, p, a2, n)`` as triplets: every positive pair with every negative
+    pair of the same anchor (PML's ``convert_to_triplets``); triplets pass unchanged."""
+    if len(indices) == 3:
+        return tuple(indices)
+    a1, p, a2, n = (np.asarray(i, dtype=np.int64).reshape(-1) for i in indices)
+    out_a, out_p, out_n = [], [], []
+    for anchor in np.unique(a1):
+        positives, negatives = p[a1 == anchor], n[a2 == anchor]
+        if len(positives) and len(negatives):
+            out_a.append(np.full(len(positives) * len(negatives), anchor))
+            out_p.append(np.repeat(positives, len(negatives)))
+            out_n.append(np.tile(negatives, len(positives)))
+    if not out_a:
+        return _empty_triplets()
+    return tuple(np.concatenate(v).astype(np.int64) for v in (out_a, out_p, out_n))

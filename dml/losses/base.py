@@ -81,3 +81,76 @@ class BaseLoss(gluon.loss.Loss):
             loss = propagate_non_finite(F, loss, *inputs)
             fraction = propagate_non_finite(F, fraction, *inputs)
         return (loss, fraction) if self._return_active_fraction else loss
+
+
+def take_pairs(F, matrix, rows, cols):
+    """``matrix[rows[k], cols[k]]`` of a square matrix for 1-D index arrays (K,), through
+    ``take`` on the flattened matrix: O(K) memory, and the picks carry the gradient (an index
+    of -1, an empty tuple's placeholder, picks an arbitrary entry: mask it)."""
+    side = F.sum(F.ones_like(F.slice_axis(matrix, axis=1, begin=0, end=1)))  # B, as an array
+    index = F.broadcast_add(F.broadcast_mul(rows.reshape((-1,)), side), cols.reshape((-1,)))
+    return F.take(F.reshape(matrix, (-1,)), index, mode="clip")
+
+
+class MinedTuples:
+    """Mixin of the fused batch losses: ``loss(embeddings, labels, indices=miner(embeddings,
+    labels))`` scores a miner's tuples (:mod:`dml.miners`) instead of the loss's own selection.
+    Triplet losses take ``(a, p, n)`` (a pair miner's pairs become every positive pair with
+    every negative pair of its anchor, PML's ``convert_to_triplets``) and score
+    :meth:`_triplet_loss`; the contrastive loss takes ``(a1, p, a2, n)`` (a triplet miner's
+    triplets become their pairs) and scores :meth:`_pair_loss`. Without ``indices`` the fused
+    host operator runs, as fast as before."""
+
+    takes = "triplets"
+
+    def _init_mined(self):
+        from .similarity import GraphOf
+
+        with self.name_scope():
+            if self.takes == "triplets":
+                self.mined = GraphOf(lambda F, x, y, a, p, n: self._triplet_loss(F, x, y, a, p, n))
+            else:
+                self.mined = GraphOf(lambda F, x, y, a1, p, a2, n: self._pair_loss(F, x, y, a1, p,
+                                                                                   a2, n))
+
+    def __call__(self, embeddings, labels, indices=None):
+        if indices is None:
+            return super().__call__(embeddings, labels)
+        from ..miners import pairs_to_triplets, triplets_to_pairs
+        from .similarity import _as_arrays
+
+        if len(indices) not in (3, 4):
+            raise ValueError("indices must be a miner's triplets (a, p, n) or pairs (a1, p, a2, "
+                             "n), not %d arrays" % len(indices))
+        if self.takes == "triplets":
+            tuples = _as_arrays(pairs_to_triplets(indices), embeddings, count=3)
+        else:
+            tuples = _as_arrays(triplets_to_pairs(indices), embeddings)
+        return self.mined(embeddings, labels, *tuples)
+
+    def _triplet_loss(self, F, x, y, a, p, n):
+        r"""The mean over the given triplets of :math:`\max(d(a,p) - d(a,n) + m, 0)`; the
+        fraction is the share of them with positive loss."""
+        from .distance import pairwise_distance
+
+        d = pairwise_distance(F, x, self._distance)
+        valid = a >= 0
+        per = F.relu(take_pairs(F, d, a, p) - take_pairs(F, d, a, n) + self._margin) * valid
+        count = F.maximum(F.sum(valid), 1)
+        return self._result((F.sum(per) / count).reshape((1,)),
+                            F.BlockGrad(F.sum(per > 0) / count).reshape((1,)), F, (x, y))
+
+    def _pair_loss(self, F, x, y, a1, p, a2, n):
+        r"""Hadsell's halved terms over the given pairs, :math:`\frac{1}{2(|P| + |N|)}
+        [\sum_P d^2 + \sum_N \max(m - d, 0)^2]`; the fraction is the share of non-zero
+        terms."""
+        from .distance import pairwise_distance
+
+        d = pairwise_distance(F, x, self._distance)
+        pos_valid, neg_valid = a1 >= 0, a2 >= 0
+        pos = 0.5 * F.square(take_pairs(F, d, a1, p)) * pos_valid
+        neg = 0.5 * F.square(F.relu(self._margin - take_pairs(F, d, a2, n))) * neg_valid
+        count = F.maximum(F.sum(pos_valid) + F.sum(neg_valid), 1)
+        active = F.sum((pos > 0) * pos_valid) + F.sum((neg > 0) * neg_valid)
+        return self._result(((F.sum(pos) + F.sum(neg)) / count).reshape((1,)),
+                            F.BlockGrad(active / count).reshape((1,)), F, (x, y))

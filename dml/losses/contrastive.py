@@ -1,6 +1,6 @@
 """Contrastive losses: on given pairs (siamese) and on every pair of a batch (online)."""
 from . import mining
-from .base import BaseLoss, batch_loss_io
+from .base import BaseLoss, MinedTuples, batch_loss_io
 from .distance import pair_distance
 
 PAIR_SELECTORS = mining.PAIR_SELECTORS
@@ -34,7 +34,7 @@ class ContrastiveLoss(BaseLoss):
 
 
 @batch_loss_io
-class OnlineContrastiveLoss(BaseLoss):
+class OnlineContrastiveLoss(MinedTuples, BaseLoss):
     r"""Contrastive loss over pairs selected within a batch (adambielski/siamese-triplet), with
     the same halved Hadsell terms as :class:`ContrastiveLoss`:
 
@@ -45,13 +45,17 @@ class OnlineContrastiveLoss(BaseLoss):
     the batch (a < b); ``hard_negative`` takes every positive pair and the |P| closest negative
     pairs. A batch without both a positive and a negative pair gives zero loss (and a logged
     warning). Called as ``loss(embeddings, labels)``; the active fraction is the fraction of the
-    selected pairs with non-zero loss.
+    selected pairs with non-zero loss. ``loss(embeddings, labels, indices=(a1, p, a2, n))``
+    scores a miner's pairs with the same terms and reduction (:class:`dml.losses.base.MinedTuples`).
 
     """
+
+    takes = "pairs"  # a miner's pairs (indices=), or a triplet miner's as pairs
 
     def __init__(self, margin=1.0, pair_selector="all_positive", distance="euclidean",
                  return_active_fraction=False, **kwargs):
         super().__init__(margin, distance, return_active_fraction, **kwargs)
+        self._init_mined()
         if pair_selector not in PAIR_SELECTORS:
             raise ValueError("pair_selector must be one of %s, not %r"
                              % ("|".join(PAIR_SELECTORS), pair_selector))

@@ -35,7 +35,7 @@ def gather_pairs(F, matrix, rows, cols):
 @batch_loss_io
 class MarginLoss(gluon.HybridBlock):
     """See the module docstring; ``loss(embeddings, labels, indices=(a, p, n))`` scores a miner's
-    triplets, ``return_stat`` adds the fraction of the pair terms that are > 0 ("active")."""
+    triplets (a pair miner's pairs become triplets: PML's ``convert_to_triplets``), ``return_stat`` adds the fraction of the pair terms that are > 0 ("active")."""
 
     def __init__(self, margin=0.2, beta=1.2, learn_beta=False, nu=0.0, return_stat=False,
                  **kwargs):
@@ -111,9 +111,11 @@ class MarginLoss(gluon.HybridBlock):
             return super().__call__(embeddings, labels)
         from .similarity import _as_arrays
 
-        if len(indices) != 3:
-            raise ValueError("indices must be the triplets (a, p, n) of a triplet miner, not %d "
-                             "arrays" % len(indices))
+        from ..miners import pairs_to_triplets
+
+        if len(indices) not in (3, 4):
+            raise ValueError("indices must be the triplets (a, p, n) of a triplet miner or the "
+                             "pairs (a1, p, a2, n) of a pair miner, not %d arrays" % len(indices))
         return self.mined(embeddings, labels, self._beta_input(embeddings),
-                          *_as_arrays(indices, embeddings, count=3))
+                          *_as_arrays(pairs_to_triplets(indices), embeddings, count=3))
 

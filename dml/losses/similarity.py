@@ -143,9 +143,16 @@ class _SimilarityLoss(gluon.loss.Loss):
         return loss
 
     def __call__(self, embeddings, labels, indices=None):
+        """``indices``: a pair miner's ``(a1, p, a2, n)``, or a triplet miner's ``(a, p, n)``
+        scored as its pairs (a, p) and (a, n) (PML's ``convert_to_pairs``)."""
         if indices is None:
             return super().__call__(embeddings, labels)
-        return self.mined(embeddings, labels, *_as_arrays(indices, embeddings))
+        from ..miners import triplets_to_pairs
+
+        if len(indices) not in (3, 4):
+            raise ValueError("indices must be the pairs (a1, p, a2, n) of a pair miner or the "
+                             "triplets (a, p, n) of a triplet miner, not %d arrays" % len(indices))
+        return self.mined(embeddings, labels, *_as_arrays(triplets_to_pairs(indices), embeddings))
 
     def _loss(self, F, sim, pos, neg):
         raise NotImplementedError

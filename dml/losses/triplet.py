@@ -1,10 +1,18 @@
 """Triplet losses over a batch of embeddings and their labels (online mining)."""
-from .base import BaseLoss, batch_loss_io
+from .base import BaseLoss, MinedTuples, batch_loss_io
 from .distance import pair_distance
 
 
+class _MinedTripletLoss(MinedTuples, BaseLoss):
+    """A fused triplet loss that also scores a miner's triplets (``indices=``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_mined()
+
+
 @batch_loss_io
-class TripletSemiHardLoss(BaseLoss):
+class TripletSemiHardLoss(_MinedTripletLoss):
     r"""Semi-hard triplet loss (FaceNet; TensorFlow's ``triplet_semihard_loss``).
 
     For every ordered positive pair (a, p) of the batch, the negative is the closest n with
@@ -57,7 +65,7 @@ class TripletMarginLoss(BaseLoss):
 
 
 @batch_loss_io
-class TripletBatchHardLoss(BaseLoss):
+class TripletBatchHardLoss(_MinedTripletLoss):
     r"""Batch-hard triplet loss (Hermans et al. 2017): per anchor the farthest positive and the
     closest negative of the batch,
 
@@ -74,7 +82,7 @@ class TripletBatchHardLoss(BaseLoss):
 
 
 @batch_loss_io
-class TripletBatchAllLoss(BaseLoss):
+class TripletBatchAllLoss(_MinedTripletLoss):
     r"""Batch-all triplet loss (Hermans et al. 2017): every valid triplet (a, p, n) of the batch
     (a != p of one class, n of another), averaged over the triplets with positive loss:
 
@@ -97,7 +105,7 @@ from ..registry import ONLINE_TRIPLET_SELECTORS  # noqa: E402
 
 
 @batch_loss_io
-class OnlineTripletLoss(BaseLoss):
+class OnlineTripletLoss(_MinedTripletLoss):
     r"""Online triplet loss with a triplet selector, as adambielski/siamese-triplet: for each
     positive pair a < p of the batch,
 
