@@ -223,6 +223,9 @@ class MinedLoss(gluon.Block):
             self.loss = loss
 
     def forward(self, embeddings, labels):
+        if isinstance(self.miner, MultiSimilarityMiner) and hasattr(
+                self.loss, "mined_by_multi_similarity"):  # the paper's pairing, mined in one pass
+            return self.loss.mined_by_multi_similarity(embeddings, labels, self.miner.epsilon)
         return self.loss(embeddings, labels, indices=self.miner(embeddings, labels))
 
 

@@ -123,16 +123,15 @@ def _post(port, path, body):
         return json.loads(response.read())
 
 
-def test_tensorboard_hparams_lists_every_run_with_options_and_metrics(tmp_path):
+def test_tensorboard_hparams_lists_every_run_with_options_and_metrics(tiny_cifar, tmp_path):
     out = str(tmp_path / "runs")
     for seed in (0, 1):
         with redirect_stdout(io.StringIO()):
-            assert main(["train", "--dataset", "digits", "--epochs", "1", "--seed", str(seed),
-                         "--n-classes", "4", "--n-samples", "4", "--embedding-dim", "8",
-                         "--num-workers", "1", "--output-root", out]) == 0
-        time.sleep(0.01)
-    runs = sorted(os.path.join(out, "digits", "triplet_semihard", d) for d in os.listdir(
-        os.path.join(out, "digits", "triplet_semihard")))
+            assert main(["train", "--dataset", "cifar10", "--data-root", tiny_cifar, "--epochs",
+                         "1", "--seed", str(seed), "--n-classes", "4", "--n-samples", "4",
+                         "--embedding-dim", "8", "--num-workers", "1", "--output-root", out]) == 0
+    runs = sorted(os.path.join(out, "cifar10", "triplet_semihard", d) for d in os.listdir(
+        os.path.join(out, "cifar10", "triplet_semihard")))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -176,19 +176,24 @@ TINY = ["--dataset", "digits", "--n-classes", "4", "--n-samples", "4", "--embedd
         "--num-workers", "1"]
 
 
-def test_memory_size_trains_and_resumes_the_memory_exactly(tmp_path):
+def tiny(root):
+    return ["--dataset", "cifar10", "--data-root", root, "--n-classes", "4", "--n-samples", "4",
+            "--embedding-dim", "8", "--num-workers", "1"]
+
+
+def test_memory_size_trains_and_resumes_the_memory_exactly(tiny_cifar, tmp_path):
     """1 epoch, then --resume to 2 in a new process, equal the uninterrupted 2 epochs (the
     memory is part of the checkpoint)."""
-    args = ["train", "--method", "multi_similarity", "--memory-size", "64"] + TINY
+    args = ["train", "--method", "multi_similarity", "--memory-size", "64"] + tiny(tiny_cifar)
     straight = str(tmp_path / "straight")
     with redirect_stdout(io.StringIO()):
         assert main(args + ["--epochs", "2", "--output-root", straight]) == 0
-    want = json.load(open(os.path.join(only_run_dir(straight, "digits", "multi_similarity"),
+    want = json.load(open(os.path.join(only_run_dir(straight, "cifar10", "multi_similarity"),
                                        "metrics.json")))
     stopped = str(tmp_path / "stopped")
     with redirect_stdout(io.StringIO()):
         assert main(args + ["--epochs", "1", "--output-root", stopped]) == 0
-    run_dir = only_run_dir(stopped, "digits", "multi_similarity")
+    run_dir = only_run_dir(stopped, "cifar10", "multi_similarity")
     assert os.path.isfile(os.path.join(run_dir, "params", "memory-0001.npz"))
     assert json.load(open(os.path.join(run_dir, "config.json")))["memory_size"] == 64
     proc = subprocess.run([sys.executable, "-m", "dml", "train", "--resume", run_dir, "--epochs",
@@ -199,16 +204,16 @@ def test_memory_size_trains_and_resumes_the_memory_exactly(tmp_path):
         assert got[key] == want[key], key
     history = json.load(open(os.path.join(run_dir, "logs", "history.json")))
     straight_history = json.load(open(os.path.join(
-        only_run_dir(straight, "digits", "multi_similarity"), "logs", "history.json")))
+        only_run_dir(straight, "cifar10", "multi_similarity"), "logs", "history.json")))
     assert [h["train_loss"] for h in history] == [h["train_loss"] for h in straight_history]
 
 
-def test_a_checkpoint_without_memory_refills_it(tmp_path):
+def test_a_checkpoint_without_memory_refills_it(tiny_cifar, tmp_path):
     out = str(tmp_path / "out")
-    args = ["train", "--method", "supcon", "--memory-size", "32"] + TINY
+    args = ["train", "--method", "supcon", "--memory-size", "32"] + tiny(tiny_cifar)
     with redirect_stdout(io.StringIO()):
         assert main(args + ["--epochs", "1", "--output-root", out]) == 0
-    run_dir = only_run_dir(out, "digits", "supcon")
+    run_dir = only_run_dir(out, "cifar10", "supcon")
     params = os.path.join(run_dir, "params")
     state_file = os.path.join(params, "state-0001.json")
     state = json.load(open(state_file))

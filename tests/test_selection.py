@@ -23,6 +23,11 @@ TINY_DIGITS = ["--dataset", "digits", "--n-samples", "4", "--embedding-dim", "8"
                "--num-workers", "1"]
 
 
+def tiny_cifar_args(root):
+    return ["--dataset", "cifar10", "--data-root", root, "--n-samples", "4", "--embedding-dim",
+            "8", "--num-workers", "1"]
+
+
 def run(argv):
     printed = io.StringIO()
     with redirect_stdout(printed):
@@ -55,7 +60,7 @@ def test_hold_out_classes_takes_training_classes_only():
 
 
 @pytest.fixture(scope="module")
-def selected_run(tmp_path_factory):
+def selected_run(tiny_cifar, tmp_path_factory):
     """A 3-epoch digits run whose validation scores are scripted (0.5, 0.9, 0.3): epoch 2 must
     be selected, and the test split scored with epoch 2's weights."""
     import dml.engine
@@ -75,11 +80,11 @@ def selected_run(tmp_path_factory):
     dml.engine.run_evaluation = scripted_evaluation
     try:
         code, printed = run(["train", "--epochs", "3", "--val-classes", "2", "--keep-checkpoints",
-                             "0", "--output-root", out] + TINY_DIGITS)
+                             "0", "--output-root", out] + tiny_cifar_args(tiny_cifar))
     finally:
         dml.engine.run_evaluation = real
     assert code == 0
-    return only_run_dir(out, "digits", "triplet_semihard"), seen, printed
+    return only_run_dir(out, "cifar10", "triplet_semihard"), seen, printed
 
 
 def test_selection_on_validation_classes_reports_the_selected_epoch(selected_run):
@@ -149,7 +154,7 @@ def test_selection_bad_input(tmp_path, capsys, extra, message):
     assert not os.path.exists(out)
 
 
-def test_augment_defaults_per_dataset_and_the_choice_is_recorded(tmp_path):
+def test_augment_defaults_per_dataset_and_the_choice_is_recorded(tiny_cifar, tmp_path):
     from dml.config import defaults_for
 
     assert [defaults_for("triplet_semihard", d)["augment"] for d in (
@@ -158,8 +163,8 @@ def test_augment_defaults_per_dataset_and_the_choice_is_recorded(tmp_path):
         "resized-crop-flip"]
     out = str(tmp_path / "out")
     assert run(["train", "--epochs", "1", "--augment", "resized-crop-flip", "--output-root", out]
-               + TINY_DIGITS)[0] == 0
-    assert load(only_run_dir(out, "digits", "triplet_semihard"), "config.json")[
+               + tiny_cifar_args(tiny_cifar))[0] == 0
+    assert load(only_run_dir(out, "cifar10", "triplet_semihard"), "config.json")[
         "augment"] == "resized-crop-flip"
 
 

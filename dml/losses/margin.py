@@ -55,6 +55,19 @@ class MarginLoss(gluon.HybridBlock):
                                                                              (a, p, n)))
 
     def hybrid_forward(self, F, embeddings, labels, beta=None):
+        """Every triplet of the batch, through the fused host operator
+        (:mod:`dml.losses.simop`, kind ``margin``; a learnable beta is its third input and gets
+        its gradient); a miner's triplets score with :meth:`_forward`, the same formula in MXNet
+        operators."""
+        from .simop import host_similarity
+
+        loss, stat = host_similarity(F, embeddings, labels, "margin", dict(
+            margin=self._margin, beta=self._beta_value, nu=self._nu), beta=beta)
+        return (loss, stat) if self._return_stat else loss
+
+    def all_triplets_in_operators(self, F, embeddings, labels, beta=None):
+        """The same loss over every triplet in MXNet operators (B x B passes): the reference the
+        tests hold the fused operator to."""
         if beta is None:  # fixed: a constant of the graph
             beta = F.ones_like(F.sum(embeddings, axis=(0, 1), keepdims=True).reshape((1,)))
             beta = F.BlockGrad(beta) * self._beta_value

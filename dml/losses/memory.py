@@ -15,6 +15,7 @@ memory holds the whole batch. Several workers (``dist_sync``): ``gather`` (the e
 :meth:`dml.engine.Workers.all_gather`) makes every worker write every worker's embeddings, in
 worker order, so all memories are equal; each worker's anchors are its own share of the batch.
 """
+import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
@@ -23,6 +24,32 @@ from .similarity import _SimilarityLoss, NPairsLoss
 
 def _unit(x):
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+class _MemoryScore(mx.autograd.Function):
+    """The loss of a batch against fixed references as one recorded function: forward on the
+    host (:func:`dml.losses.simop.memory_loss`), backward the gradient it computed, times the
+    incoming one."""
+
+    def __init__(self, loss, refs, ref_labels, own, labels, mine_epsilon):
+        super().__init__()
+        self._args = (loss, refs, ref_labels, own, labels, mine_epsilon)
+        self._grad = None
+
+    def forward(self, embeddings):
+        from .simop import memory_loss
+
+        loss, refs, ref_labels, own, labels, epsilon = self._args
+        value, stat, self._grad = memory_loss(embeddings.asnumpy(), labels, refs, ref_labels, own,
+                                              loss.kind, loss.host_params(), epsilon,
+                                              need_grad=True)
+        ctx = embeddings.context
+        return (mx.nd.array([value], ctx=ctx, dtype="float64"),
+                mx.nd.array([stat], ctx=ctx, dtype="float64"))
+
+    def backward(self, loss_grad, stat_grad):
+        scale = loss_grad.asnumpy().reshape(-1)[0]
+        return mx.nd.array(self._grad * scale, ctx=loss_grad.context, dtype=self._grad.dtype)
 
 
 class CrossBatchMemory(gluon.Block):
@@ -98,19 +125,37 @@ class CrossBatchMemory(gluon.Block):
         return positive.astype(np.float32), negative.astype(np.float32)
 
     def forward(self, embeddings, labels):
-        import mxnet as mx
+        """Enqueue the batch, then its loss against the memory: through the fused host operator
+        (:func:`dml.losses.simop.memory_loss`: one A x M product and one pass) for every pair
+        or the multi-similarity miner's; another miner's pairs through :meth:`score_in_operators`."""
         from mxnet import nd
 
-        ctx = embeddings.context
-        x = embeddings.asnumpy().astype(np.float32)
+        x = embeddings.asnumpy()
         y = labels.asnumpy().reshape(-1).astype(np.float64)
         every_x, every_y, offset = (x, y, 0) if self.gather is None else self.gather(x, y)
         rows = self.enqueue(every_x, every_y)
         refs, ref_labels = self.references()
-        pos, neg = self.masks(x, y, refs, ref_labels, rows[offset:offset + len(x)])
-        # the references are constants: the gradient reaches the batch through its anchors only
+        own = rows[offset:offset + len(x)]
+        from ..miners import MultiSimilarityMiner
+
+        if self.miner is not None and not isinstance(self.miner, MultiSimilarityMiner):
+            return self.score_in_operators(embeddings, labels, x, y, refs, ref_labels, own)
+        epsilon = self.miner.epsilon if self.miner is not None else None
+        loss, stat = _MemoryScore(self.loss, refs, ref_labels, own, y, epsilon)(embeddings)
+        loss = loss.astype(embeddings.dtype)
+        stat = nd.BlockGrad(stat.astype(embeddings.dtype))
+        return (loss, stat) if self.loss._return_stat else loss  # pylint: disable=protected-access
+
+    def score_in_operators(self, embeddings, labels, x, y, refs, ref_labels, own):
+        """The same loss from MXNet operators on the mask of the pairs (any miner's): the
+        reference the fused path is tested against."""
+        import mxnet as mx
+        from mxnet import nd
+
+        ctx = embeddings.context
+        pos, neg = self.masks(x, y, refs, ref_labels, own)
         ref_unit = nd.array(_unit(refs.astype(np.float64)), ctx=ctx, dtype=embeddings.dtype)
-        unit = nd.L2Normalization(embeddings, mode="instance", eps=1e-10)
+        unit = nd.L2Normalization(embeddings, mode="instance", eps=1e-12)
         sim = nd.dot(unit, ref_unit, transpose_b=True)
         return self.loss.score(nd, sim, mx.nd.array(pos, ctx=ctx, dtype=embeddings.dtype),
                                mx.nd.array(neg, ctx=ctx, dtype=embeddings.dtype), embeddings,

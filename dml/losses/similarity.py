@@ -122,8 +122,31 @@ class _SimilarityLoss(gluon.loss.Loss):
             self.mined = GraphOf(lambda F, x, y, a1, p, a2, n: self._forward(F, x, y,
                                                                             (a1, p, a2, n)))
 
+    kind = None  # the fused host operator's name of the loss (dml.losses.simop)
+
+    def host_params(self):
+        """The loss's parameters, as the fused host operator takes them."""
+        raise NotImplementedError
+
     def hybrid_forward(self, F, embeddings, labels):
-        return self._forward(F, embeddings, labels, None)
+        """Every pair of the batch, through the fused host operator (one B x B pass on the host,
+        :mod:`dml.losses.simop`); ``indices`` and the cross-batch memory score with
+        :meth:`_forward` and :meth:`score`, the same formulas in MXNet operators."""
+        return self._host(F, embeddings, labels)
+
+    def _host(self, F, embeddings, labels, mine_epsilon=None):
+        from .simop import host_similarity
+
+        loss, stat = host_similarity(F, embeddings, labels, self.kind, self.host_params(),
+                                     mine_epsilon=mine_epsilon)
+        return (loss, stat) if self._return_stat else loss
+
+    def mined_by_multi_similarity(self, embeddings, labels, epsilon):
+        """The loss on the pairs :class:`dml.miners.MultiSimilarityMiner` (``epsilon``) keeps,
+        mined inside the fused operator (the same rule, without the B x B masks)."""
+        import mxnet as mx
+
+        return self._host(mx.nd, embeddings, labels, mine_epsilon=epsilon)
 
     def _forward(self, F, embeddings, labels, indices):
         sim = cosine_similarity(F, embeddings)
@@ -196,6 +219,11 @@ class MultiSimilarityLoss(_SimilarityLoss):
             raise ValueError("base must be finite, not %r" % (base,))
         self._base = float(base)
 
+    kind = "multi_similarity"
+
+    def host_params(self):
+        return dict(alpha=self._alpha, beta=self._beta, base=self._base)
+
     def _loss(self, F, sim, pos, neg):
         pos_term = masked_logsumexp(F, -self._alpha * (sim - self._base), pos, add_one=True)
         neg_term = masked_logsumexp(F, self._beta * (sim - self._base), neg, add_one=True)
@@ -222,6 +250,11 @@ class CircleLoss(_SimilarityLoss):
         if not (gamma > 0 and math.isfinite(gamma)):
             raise ValueError("gamma must be a finite number > 0, not %r" % (gamma,))
         self._m, self._gamma = float(m), float(gamma)
+
+    kind = "circle"
+
+    def host_params(self):
+        return dict(m=self._m, gamma=self._gamma)
 
     def _loss(self, F, sim, pos, neg):
         m, gamma = self._m, self._gamma
@@ -250,6 +283,11 @@ class SupConLoss(_SimilarityLoss):
         super().__init__(**kwargs)
         self._temperature = check_positive("temperature", temperature)
 
+    kind = "supcon"
+
+    def host_params(self):
+        return dict(temperature=self._temperature)
+
     def _loss(self, F, sim, pos, neg):
         logits = sim / self._temperature
         log_prob = F.broadcast_sub(logits, masked_logsumexp(F, logits, F.clip(pos + neg, 0, 1)))
@@ -275,6 +313,11 @@ class NTXentLoss(_SimilarityLoss):
     def __init__(self, temperature=0.07, **kwargs):
         super().__init__(**kwargs)
         self._temperature = check_positive("temperature", temperature)
+
+    kind = "ntxent"
+
+    def host_params(self):
+        return dict(temperature=self._temperature)
 
     def _loss(self, F, sim, pos, neg):
         logits = sim / self._temperature
@@ -307,6 +350,11 @@ class GeneralizedLiftedStructureLoss(_SimilarityLoss):
             raise ValueError("neg_margin and pos_margin must be finite")
         self._neg_margin, self._pos_margin = float(neg_margin), float(pos_margin)
 
+    kind = "lifted"
+
+    def host_params(self):
+        return dict(neg_margin=self._neg_margin, pos_margin=self._pos_margin)
+
     def _loss(self, F, sim, pos, neg):
         from .distance import safe_sqrt
 
@@ -337,6 +385,11 @@ class NPairsLoss(_SimilarityLoss):
 
     over the N classes with at least two images (0 when there are none).
     """
+
+    kind = "npairs"
+
+    def host_params(self):
+        return {}
 
     def _loss(self, F, sim, pos, neg):
         raise NotImplementedError  # (hybrid_forward below picks the pairs itself)
