@@ -7,6 +7,9 @@ memory of a fresh process that runs only that measurement. Beside it: the same l
 naive way (every (a, p, n) triplet in a B x B x B tensor, as the classic repositories do) where that
 fits in memory, and the floor, numpy's x @ x.T alone.
 
+``memory``: the cost of a cross-batch memory: the loss of a B x D batch against a full memory
+of M embeddings (forward + backward) beside one ResNet-18 training step of the same batch.
+
 ``train``: images per second of full training steps (data loading, forward, backward, update) of
 each method on the same backbone and batch, and the share of the step its loss takes (the loss's
 forward + backward alone on embeddings of the step's shape, over the step time).
@@ -23,7 +26,9 @@ import time
 
 from .registry import PK_METHODS
 
-LOSSES = PK_METHODS  # the batch losses timed (one fused host operator each)
+# the batch losses timed (one fused host operator each): every P x K method's loss, NT-Xent,
+# and multi-similarity with its miner (the multi_similarity method's default)
+LOSSES = PK_METHODS + ("ntxent", "multi_similarity+miner")
 TRAIN_METHODS = ("softmax",) + PK_METHODS  # softmax: the step without a metric loss
 NAIVE_MAX_CUBE = 1 << 28  # B^3 entries: B <= 645, about 1 GB per float32 tensor
 
@@ -44,8 +49,18 @@ def _loss(name, margin=0.2):
         "lifted": losses.GeneralizedLiftedStructureLoss,
         "npairs": losses.NPairsLoss,
         "margin": losses.MarginLoss,
+        "ntxent": losses.NTXentLoss,
+        "multi_similarity+miner": _mined_multi_similarity,
     }
     return make[name]()
+
+
+def _mined_multi_similarity():
+    from .losses import MultiSimilarityLoss
+    from .methods import MinedLoss
+    from .miners import MultiSimilarityMiner
+
+    return MinedLoss(MultiSimilarityLoss(), MultiSimilarityMiner())
 
 
 def _pair_masks(F, labels):
@@ -183,7 +198,7 @@ def cmd_losses(args):
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     base = _in_subprocess(["_baseline"])
     print("peak RSS of a process that only imports mxnet and dml: %.0f MB" % base["peak_mb"])
-    header = "%-20s %6s %10s %9s %10s %9s %9s" % ("loss", "B", "ms", "peak MB", "naive ms",
+    header = "%-24s %6s %10s %9s %10s %9s %9s" % ("loss", "B", "ms", "peak MB", "naive ms",
                                                  "naive MB", "x floor")
     print(header)
     print("-" * len(header))
@@ -199,9 +214,9 @@ def cmd_losses(args):
                                         args.repeats, 1])
             floor = floor_ms(batch, args.dim, args.repeats)
             if "error" in got:
-                print("%-20s %6d  failed: %s" % (name, batch, got["error"]))
+                print("%-24s %6d  failed: %s" % (name, batch, got["error"]))
                 continue
-            print("%-20s %6d %10.1f %9.0f %10s %9s %9.0f" % (
+            print("%-24s %6d %10.1f %9.0f %10s %9s %9.1f" % (
                 name, batch, got["ms"], got["peak_mb"],
                 "%.1f" % naive["ms"] if "ms" in naive else "-",
                 "%.0f" % naive["peak_mb"] if "peak_mb" in naive else "-",
@@ -283,6 +298,62 @@ def cmd_train(args):
     return 0
 
 
+def cmd_memory(args):
+    """A cross-batch memory's loss (forward + backward, memory full) against a ResNet-18 step."""
+    import mxnet as mx
+    import numpy as np
+    from mxnet import autograd, gluon
+
+    from .losses import MultiSimilarityLoss, SupConLoss
+    from .losses.memory import CrossBatchMemory
+    from .miners import MultiSimilarityMiner
+    from .nets import EmbeddingNet
+
+    b, d, side = args.batch, args.dim, args.image_size
+    rng = np.random.default_rng(0)
+    net = EmbeddingNet(d, args.backbone, l2_normalize=True)
+    net.initialize(mx.init.Xavier())
+    net.hybridize(static_alloc=True, static_shape=True)
+    loss_fn = MultiSimilarityLoss()
+    trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": 1e-4})
+    images = mx.nd.array(rng.normal(size=(b, 3, side, side)).astype(np.float32))
+    labels = mx.nd.array((np.arange(b) // 4).astype(np.float32))
+
+    def step():
+        with autograd.record():
+            loss = loss_fn(net(images), labels)
+        loss.backward()
+        trainer.step(1)
+        loss.wait_to_read()
+
+    step_ms = _median_ms(step, args.repeats)
+    print("one %s step, batch %d of %d x %d images, %d-D: %.1f ms" % (args.backbone, b, side,
+                                                                     side, d, step_ms))
+    header = "%-26s %8s %10s %12s" % ("memory loss", "M", "loss ms", "of a step")
+    print(header)
+    print("-" * len(header))
+    for label, make in (("multi_similarity+miner", lambda m: CrossBatchMemory(
+            MultiSimilarityLoss(), m, miner=MultiSimilarityMiner())),
+                        ("supcon", lambda m: CrossBatchMemory(SupConLoss(), m))):
+        for memory in [int(m) for m in args.memory_sizes.split(",")]:
+            xbm = make(memory)
+            xbm.enqueue(rng.normal(size=(memory, d)).astype(np.float32),
+                        (np.arange(memory) // 4) % 512)
+            x = mx.nd.array(rng.normal(size=(b, d)).astype(np.float32))
+            x.attach_grad()
+
+            def memory_step():
+                with autograd.record():
+                    loss = xbm(x, labels)
+                loss.backward()
+                x.grad.wait_to_read()
+
+            ms = _median_ms(memory_step, args.repeats)
+            print("%-26s %8d %10.1f %11.1f%%" % (label, memory, ms, 100.0 * ms / step_ms))
+            sys.stdout.flush()
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m dml.bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -295,6 +366,14 @@ def build_parser():
     losses.add_argument("--losses", default="", help="comma-separated subset of " + ", ".join(LOSSES))
     losses.add_argument("--repeats", type=int, default=5)
     losses.set_defaults(func=cmd_losses)
+    memory = sub.add_parser("memory", help="a cross-batch memory's cost beside a training step")
+    memory.add_argument("--batch", type=int, default=128)
+    memory.add_argument("--dim", type=int, default=128)
+    memory.add_argument("--memory-sizes", default="1024,8192")
+    memory.add_argument("--image-size", type=int, default=32)
+    memory.add_argument("--backbone", default="resnet18_v1")
+    memory.add_argument("--repeats", type=int, default=5)
+    memory.set_defaults(func=cmd_memory)
     train = sub.add_parser("train", help="images/s and the loss's share of a training step")
     train.add_argument("--methods", default="", help="comma-separated subset of " +
                        ", ".join(TRAIN_METHODS))

@@ -63,3 +63,25 @@ def test_train_table():
     assert [r.split()[:2] for r in rows] == [["softmax", "16"], ["triplet_batch_hard", "16"]]
     for r in rows:
         assert float(r.split()[2]) > 0 and r.split()[-1].endswith("%")
+
+
+def test_losses_table_times_the_fused_similarity_losses():
+    proc = bench(["losses", "--batch-sizes", "64", "--repeats", "1", "--samples-per-class", "8",
+                  "--losses", "ntxent,multi_similarity+miner"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.strip().splitlines()[3:]]
+    assert [r[:2] for r in rows] == [["ntxent", "64"], ["multi_similarity+miner", "64"]]
+    assert all(float(r[2]) > 0 and float(r[-1]) > 0 for r in rows)
+
+
+def test_memory_table():
+    proc = bench(["memory", "--batch", "16", "--memory-sizes", "32,64", "--repeats", "1",
+                  "--backbone", "cifar_resnet20_v1", "--dim", "8"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("one cifar_resnet20_v1 step, batch 16 of 32 x 32 images, 8-D: ")
+    rows = [line.split() for line in lines[3:]]
+    assert [r[:2] for r in rows] == [["multi_similarity+miner", "32"],
+                                     ["multi_similarity+miner", "64"], ["supcon", "32"],
+                                     ["supcon", "64"]]
+    assert all(float(r[2]) > 0 and r[3].endswith("%") for r in rows)
