@@ -354,3 +354,20 @@ def test_split_unseen_is_refused_on_a_class_disjoint_benchmark(benchmarks, capsy
                  "unseen"] + TINY_PHOTO)
     err = capsys.readouterr().err.strip()
     assert code == 2 and "cub200 is class-disjoint already" in err and "--split test" in err
+
+
+def test_the_serving_page_centre_crop_lines_match_the_evaluation_geometry():
+    """doc/serving.md's lines for a center_crop model's ONNX input, run as written."""
+    import re
+
+    from PIL import Image
+
+    text = open(os.path.join(ROOT, "doc", "serving.md"), encoding="utf-8").read()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "side = height" in b)
+    for size in ((300, 200), (120, 500), (224, 224)):
+        original = Image.fromarray(np.random.default_rng(size[0]).integers(
+            0, 255, size=(size[1], size[0], 3)).astype(np.uint8))
+        namespace = {"image": original, "height": 96, "Image": Image}
+        exec(block, namespace)  # noqa: S102  (our own documentation)
+        assert np.array_equal(np.asarray(namespace["image"]),
+                              np.asarray(fit_image(original, 96, "center_crop")))

@@ -10,7 +10,7 @@ from runhelpers import ROOT
 # the names of what lies inside a run folder, as string literals
 RUN_FILE_NAMES = re.compile(r"""["'](config\.json|metrics\.json|params|logs|plots|history\.json|"""
                             r"""train\.log|best\.json|projector_config\.pbtxt|embedding-symbol\.json|"""
-                            r"""(net|trainer|classifier|state|embedding)-%[^"']*)["']""")
+                            r"""(net|trainer|classifier|state|embedding|memory)-%[^"']*)["']""")
 
 
 def test_only_runs_py_names_the_files_of_a_run_folder():

@@ -23,7 +23,7 @@ import numba
 import numpy as np
 from numba import prange
 
-_pjit = numba.njit(cache=True, parallel=True, fastmath=False)
+_pjit = numba.njit(cache=True, parallel=True)
 _jit = numba.njit(cache=True)
 
 

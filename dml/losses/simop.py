@@ -198,7 +198,8 @@ def host_similarity(F, embeddings, labels, kind, params=None, mine_epsilon=None,
     """``(loss, stat)``, each of shape (1,), through the ``dml_similarity_loss`` operator; only
     the loss carries a gradient (to the embeddings, and to ``beta`` when given: the margin
     loss's learnable beta)."""
-    config = json.dumps({"kind": kind, "params": params or {}, "mine_epsilon": mine_epsilon})
+    config = json.dumps({"kind": kind, "parameters": params or {},
+                         "mine_epsilon": mine_epsilon})
     inputs = [embeddings, F.BlockGrad(labels)]
     if beta is not None:
         inputs.append(beta)
@@ -209,7 +210,7 @@ def host_similarity(F, embeddings, labels, kind, params=None, mine_epsilon=None,
 
 class _SimilarityOp(mx.operator.CustomOp):
     def __init__(self, config, learn_beta):
-        self.kind, self.params = config["kind"], config["params"]
+        self.kind, self.params = config["kind"], config["parameters"]
         self.mine_epsilon, self.learn_beta = config["mine_epsilon"], learn_beta
         self._saved = None
 
@@ -248,7 +249,7 @@ class _SimilarityOp(mx.operator.CustomOp):
 @mx.operator.register("dml_similarity_loss")
 class _SimilarityProp(mx.operator.CustomOpProp):
     """Inputs: embeddings (B x D), labels (B) and, with ``learn_beta``, the margin loss's beta
-    (1,). Outputs: loss and statistic, each (1,). ``config``: JSON of ``kind``, ``params`` and
+    (1,). Outputs: loss and statistic, each (1,). ``config``: JSON of ``kind``, ``parameters`` and
     ``mine_epsilon``."""
 
     def __init__(self, config="{}", learn_beta="False"):
