@@ -367,9 +367,10 @@ def _collection_arguments(parser, positional, metavar, verb, out_metavar, out_he
     """RUN_DIR, the images (or ``--dataset``) and ``-o`` of ``dml embed`` and ``dml index``."""
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by dml train")
     parser.add_argument(positional, metavar=metavar, nargs="*", help=INPUT_HELP)
-    parser.add_argument("--dataset", choices=("train", "test"), default=None,
+    parser.add_argument("--dataset", choices=("train", "test", "gallery"), default=None,
                         dest="dataset_split",
-                        help="%s this split of the run's own dataset instead of %s"
+                        help="%s this split of the run's own dataset instead of %s (test: "
+                        "In-Shop's queries; gallery: its gallery)"
                         % (verb, metavar))
     parser.add_argument("-o", "--out", required=True, metavar=out_metavar, help=out_help)
 

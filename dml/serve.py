@@ -172,9 +172,9 @@ def _read_list_file(path):
 def collect(inputs, run=None, dataset_split=None):
     """The images to embed, as :class:`Item` s: ``inputs`` are folders (recursive; the label is
     the first folder level below the folder, when there is one), image files, or list files
-    (``.txt``/``.lst``/``.csv``: see :func:`_read_list_file`); or ``dataset_split`` ("train" or
-    "test") of ``run``'s own dataset. A folder without images, or nothing at all, is a
-    :class:`DmlError`."""
+    (``.txt``/``.lst``/``.csv``: see :func:`_read_list_file`); or ``dataset_split`` ("train",
+    "test", or In-Shop's "gallery") of ``run``'s own dataset. A folder without images, or nothing
+    at all, is a :class:`DmlError`."""
     import logging
     import os
 
@@ -212,7 +212,9 @@ def _dataset_items(run, split):
 
     cfg = run.config
     splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
-    dataset = splits.train if split == "train" else splits.test
+    if split == "gallery" and splits.gallery is None:
+        raise DmlError("%s has no gallery (In-Shop has one): choose train or test" % cfg.dataset)
+    dataset = {"train": splits.train, "test": splits.test, "gallery": splits.gallery}[split]
     names = splits.class_names
     paths = getattr(dataset, "paths", None)
     items = []

@@ -174,6 +174,10 @@ def test_inshop_trains_and_scores_queries_against_the_gallery(benchmarks, tmp_pa
     assert config["augment"] == "resized-crop-flip" and config["image_size"] == 32
     assert config["normalization"]["resize"] == "center_crop"
     assert config["train_classes"] == ["id_%08d" % i for i in range(1, 5)]
+    # In-Shop's gallery is reachable by dml index --dataset gallery (and only In-Shop has one)
+    index_dir = str(tmp_path / "gallery.index")
+    assert main(["index", run_dir, "--dataset", "gallery", "-o", index_dir]) == 0
+    assert json.load(open(os.path.join(index_dir, "index.json")))["count"] == 12
     # a new process reproduces the query/gallery metrics
     before = dict(metrics)
     proc = subprocess.run([sys.executable, "-m", "dml", "evaluate", run_dir], cwd=ROOT,
@@ -192,6 +196,13 @@ def cub_run(benchmarks, tmp_path_factory):
                          "--output-root", out] + TINY_PHOTO)
     assert code == 0, printed
     return only_run_dir(out, "cub200", "triplet_semihard")
+
+
+def test_a_gallery_of_a_dataset_without_one_is_refused(cub_run, tmp_path, capsys):
+    code = main(["embed", cub_run, "--dataset", "gallery", "-o", str(tmp_path / "e.npy")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cub200 has no gallery (In-Shop has one)" in err
+    assert not os.path.exists(str(tmp_path / "e.npy"))
 
 
 def test_load_run_embeds_a_photo_with_the_evaluation_geometry(cub_run, benchmarks):

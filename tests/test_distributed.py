@@ -1,5 +1,5 @@
 """Distributed jobs on MXNet's parameter-server kvstore, started by scripts/launch.py: a real local
-2-worker dist_sync job on digits, the ssh launcher through a stand-in ssh, and bad input."""
+2-worker dist_sync job on tiny CIFAR files, the ssh launcher through a stand-in ssh, and bad input."""
 import glob
 import json
 import os
@@ -81,22 +81,23 @@ def no_dist_env():
 @pytest.mark.parametrize("kvstore,method,extra", [
     ("dist_sync", "triplet_semihard", []), ("dist_async", "triplet_semihard", []),
     ("dist_sync", "multi_similarity", ["--memory-size", "64"])])
-def test_local_two_worker_job_on_digits(tmp_path, kvstore, method, extra):
+def test_local_two_worker_job(tiny_cifar, tmp_path, kvstore, method, extra):
     out = str(tmp_path / "out")
     proc = launch(["--launcher", "local", "-n", "2", "-s", "1", "--",
                    sys.executable, "-m", "dml", "train", "--method", method,
-                   "--kvstore", kvstore, "--output-root", out] + TINY_DIGITS + extra,
+                   "--kvstore", kvstore, "--output-root", out, "--dataset", "cifar10",
+                   "--data-root", tiny_cifar] + TINY_DIGITS[2:] + extra,
                   env=dict(no_dist_env(), PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = only_run_dir(out, "digits", method)  # one folder, agreed by both
+    run_dir = only_run_dir(out, "cifar10", method)  # one folder, agreed by both
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     assert metrics["epochs"] == 1 and 0 < metrics["map_at_r"] <= 1
     config = json.load(open(os.path.join(run_dir, "config.json")))
     assert config["kvstore"] == kvstore
     log = open(os.path.join(run_dir, "logs", "train.log")).read()
-    # rank 0 alone writes; each worker trains on its half: 1347 // (2 x 16) batches
+    # rank 0 alone writes; each worker trains on its half: 150 // (2 x 16) batches
     assert "(worker 0 of 2)" in log and "(worker 1 of 2)" not in log
-    assert "42 batches of 4 x 4 images" in log
+    assert "4 batches of 4 x 4 images" in log
     assert "worker 1 of 2 done" in proc.stderr
     assert glob.glob(os.path.join(run_dir, "params", "state-*.json"))
     # dist_async updates on the servers: its checkpoints hold no optimizer state
