@@ -58,3 +58,45 @@ def read_with_tensorboard(logs_dir):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout)
+
+
+def run_main(argv):
+    """``dml.cli.main(argv)`` in this process: ``(exit code, what it printed)``."""
+    import io
+    from contextlib import redirect_stdout
+
+    from dml.cli import main
+
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        code = main(argv)
+    return code, printed.getvalue()
+
+
+def load_json(run_dir, name="metrics.json"):
+    with open(os.path.join(run_dir, name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def refused(argv, capsys):
+    """Run ``argv`` expecting a refusal: ``(exit code, stderr)``, argparse's exit included."""
+    from dml.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err.strip()
+
+
+def numeric_gradient(f, x, eps=1e-6):
+    """Central finite differences of the scalar function ``f`` at ``x`` (float64)."""
+    import numpy as np
+
+    grad = np.zeros_like(x)
+    for index in np.ndindex(*x.shape):
+        up, down = x.copy(), x.copy()
+        up[index] += eps
+        down[index] -= eps
+        grad[index] = (f(up) - f(down)) / (2 * eps)
+    return grad

@@ -2,13 +2,11 @@
 their official layouts, the photo pipeline (random resized crop for training, resize + centre crop
 for evaluation and serving), query-against-gallery retrieval, ``dml evaluate --query/--gallery``,
 and every malformed benchmark file refused with one line, exit 2 and nothing written."""
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-from contextlib import redirect_stdout
 
 import numpy as np
 import pytest
@@ -20,18 +18,14 @@ from dml.data import (Augment, BatchLoader, SequentialBatches, augment_batch, fi
 from dml.data.transforms import RESIZED_CROP_RATIO, RESIZED_CROP_SCALE, resized_crop_box
 from dml.evaluation import retrieval_metrics
 from fakedata import write_cars196, write_cub200, write_image_folder, write_inshop, write_sop
-from runhelpers import ROOT, only_run_dir
+from runhelpers import ROOT, only_run_dir, run_main
 
 TINY_PHOTO = ["--no-pretrained", "--backbone", "resnet18_v1", "--image-size", "32",
               "--embedding-dim", "8", "--n-classes", "4", "--n-samples", "2", "--num-workers", "1",
               "--epochs", "1"]
 
 
-def run(argv):
-    printed = io.StringIO()
-    with redirect_stdout(printed):
-        code = main(argv)
-    return code, printed.getvalue()
+run = run_main
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from dml.losses import (CircleLoss, GeneralizedLiftedStructureLoss, MultiSimilar
                         NPairsLoss, NTXentLoss, SupConLoss)
 from dml.losses.memory import CrossBatchMemory
 from dml.miners import MultiSimilarityMiner
-from runhelpers import ROOT, only_run_dir
+from runhelpers import ROOT, numeric_gradient, only_run_dir, refused
 
 LOSSES = {
     "ms": (lambda: MultiSimilarityLoss(), R.ms),
@@ -89,14 +89,7 @@ def test_gradients_reach_the_batch_only_and_match_finite_differences(name):
     def f(z):  # the memory holds the batch as written (constants): only the anchors move
         return reference(z, labels, refs=refs, ref_labels=ref_labels, own=own)
 
-    eps, numeric = 1e-6, np.zeros_like(x)
-    for i in range(x.shape[0]):
-        for j in range(x.shape[1]):
-            up, down = x.copy(), x.copy()
-            up[i, j] += eps
-            down[i, j] -= eps
-            numeric[i, j] = (f(up) - f(down)) / (2 * eps)
-    assert np.allclose(grad, numeric, atol=1e-5, rtol=1e-4)
+    assert np.allclose(grad, numeric_gradient(f, x), atol=1e-5, rtol=1e-4)
     xbm.load_state(state)  # (restores the memory before this batch: the state round-trips)
     assert xbm.filled == 8
 
@@ -240,10 +233,6 @@ MEMORY_ERRORS = [
 @pytest.mark.parametrize("extra,message", MEMORY_ERRORS, ids=[" ".join(e) for e, _ in MEMORY_ERRORS])
 def test_memory_bad_input(tmp_path, capsys, extra, message):
     out = str(tmp_path / "out")
-    try:
-        code = main(["train", "--epochs", "1", "--output-root", out] + TINY + extra)
-    except SystemExit as exit_:
-        code = exit_.code
-    err = capsys.readouterr().err.strip()
+    code, err = refused(["train", "--epochs", "1", "--output-root", out] + TINY + extra, capsys)
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
     assert not os.path.exists(out)

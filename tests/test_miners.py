@@ -12,6 +12,7 @@ import pytest
 from mxnet import autograd
 
 import modern_reference as R
+from runhelpers import numeric_gradient
 from dml.losses import (CircleLoss, GeneralizedLiftedStructureLoss, MarginLoss,
                         MultiSimilarityLoss, NTXentLoss, OnlineContrastiveLoss, OnlineTripletLoss,
                         SupConLoss, TripletBatchHardLoss, TripletSemiHardLoss)
@@ -103,14 +104,7 @@ def test_the_mined_triplet_loss_gradient_matches_finite_differences():
         loss = OnlineTripletLoss(margin=0.5)(data, mx.nd.array(labels, dtype="float64"),
                                              indices=indices)
     loss.backward()
-    eps, numeric = 1e-6, np.zeros_like(x)
-    for i in range(x.shape[0]):
-        for j in range(x.shape[1]):
-            up, down = x.copy(), x.copy()
-            up[i, j] += eps
-            down[i, j] -= eps
-            numeric[i, j] = (triplet_ref(up, labels, indices, 0.5)
-                             - triplet_ref(down, labels, indices, 0.5)) / (2 * eps)
+    numeric = numeric_gradient(lambda z: triplet_ref(z, labels, indices, 0.5), x)
     assert np.allclose(data.grad.asnumpy(), numeric, atol=1e-6)
 
 

@@ -3,21 +3,18 @@
 end, with the selected weights (what ``dml evaluate`` reproduces in a new process). Selecting on
 the test split needs ``--select-on-test``. Also: the named ``--augment`` and configs written
 before these options."""
-import io
-import json
 import os
 import subprocess
 import sys
-from contextlib import redirect_stdout
 
 import numpy as np
 import pytest
 
 from dml import DmlError
-from dml.cli import main
 from dml.config import RunConfig
 from dml.data import hold_out_classes, load_digits
-from runhelpers import ROOT, only_run_dir, read_with_tensorboard
+from runhelpers import (ROOT, load_json, only_run_dir, read_with_tensorboard, refused,
+                        run_main)
 
 TINY_DIGITS = ["--dataset", "digits", "--n-samples", "4", "--embedding-dim", "8",
                "--num-workers", "1"]
@@ -28,15 +25,7 @@ def tiny_cifar_args(root):
             "8", "--num-workers", "1"]
 
 
-def run(argv):
-    printed = io.StringIO()
-    with redirect_stdout(printed):
-        code = main(argv)
-    return code, printed.getvalue()
-
-
-def load(run_dir, name="metrics.json"):
-    return json.load(open(os.path.join(run_dir, name)))
+run, load = run_main, load_json
 
 
 def test_hold_out_classes_takes_training_classes_only():
@@ -145,11 +134,8 @@ SELECTION_ERRORS = [
                          ids=[" ".join(e) for e, _ in SELECTION_ERRORS])
 def test_selection_bad_input(tmp_path, capsys, extra, message):
     out = str(tmp_path / "out")
-    try:
-        code = main(["train", "--epochs", "1", "--output-root", out] + TINY_DIGITS + extra)
-    except SystemExit as exit_:
-        code = exit_.code
-    err = capsys.readouterr().err.strip()
+    code, err = refused(["train", "--epochs", "1", "--output-root", out] + TINY_DIGITS + extra,
+                        capsys)
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
     assert not os.path.exists(out)
 

@@ -22,7 +22,7 @@ import numpy as np
 from mxnet import base, gluon
 
 from .. import DmlError
-from .transforms import AUGMENTS, Augment, fit_image, load_side
+from .transforms import Augment, fit_image, load_side
 
 log = logging.getLogger(__name__)
 

@@ -240,22 +240,21 @@ class _BatchLossOp(mx.operator.CustomOp):
         self.assign(in_grad[1], req[1], mx.nd.zeros_like(in_grad[1]))
 
 
-@mx.operator.register("dml_batch_loss")
-class _BatchLossProp(mx.operator.CustomOpProp):
-    """Inputs: embeddings (B x D), labels (B). Outputs: loss and fraction, each (1,).
-    Parameters: kind (one of ``KINDS``), margin, distance, warn_key (whose warnings count)."""
+class HostLossProp(mx.operator.CustomOpProp):
+    """What the fused host operators share: inputs ``embeddings`` (B x D) and ``labels`` (B),
+    two outputs of shape (1,) in the embeddings' dtype (the loss, then a statistic without
+    gradient), and a backward pass that reads the inputs and the loss's incoming gradient."""
 
-    def __init__(self, kind="semihard_tf", margin=1.0, distance="euclidean", warn_key="numpy"):
+    outputs = ("loss", "fraction")
+
+    def __init__(self):
         super().__init__(need_top_grad=True)
-        _check_kind(kind)
-        self.kind, self.margin, self.distance = kind, float(margin), distance
-        self.warn_key = warn_key
 
     def list_arguments(self):
         return ["embeddings", "labels"]
 
     def list_outputs(self):
-        return ["loss", "fraction"]
+        return list(self.outputs)
 
     def infer_shape(self, in_shape):
         return in_shape, [(1,), (1,)], []
@@ -265,6 +264,18 @@ class _BatchLossProp(mx.operator.CustomOpProp):
 
     def declare_backward_dependency(self, out_grad, in_data, out_data):
         return list(in_data) + [out_grad[0]]
+
+
+@mx.operator.register("dml_batch_loss")
+class _BatchLossProp(HostLossProp):
+    """Inputs: embeddings (B x D), labels (B). Outputs: loss and fraction, each (1,).
+    Parameters: kind (one of ``KINDS``), margin, distance, warn_key (whose warnings count)."""
+
+    def __init__(self, kind="semihard_tf", margin=1.0, distance="euclidean", warn_key="numpy"):
+        super().__init__()
+        _check_kind(kind)
+        self.kind, self.margin, self.distance = kind, float(margin), distance
+        self.warn_key = warn_key
 
     def create_operator(self, ctx, shapes, dtypes):
         return _BatchLossOp(self.kind, self.margin, self.distance, self.warn_key)

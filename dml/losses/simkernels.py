@@ -73,6 +73,13 @@ def ms_cuts(S, codes, ref_codes, own, epsilon, self_counts, pos_cut, neg_cut):
 
 
 @_jit
+def _zero_row(G, terms, i):
+    terms[i] = 0.0
+    for j in range(G.shape[1]):
+        G[i, j] = 0.0
+
+
+@_jit
 def _kept(mined, pos_cut, neg_cut, codes, ref_codes, own, i, j, v):
     """0: not a pair, 1: a positive, 2: a negative. ``mined``: only the multi-similarity
     miner's pairs (a positive below ``pos_cut[i]``, a negative above ``neg_cut[i]``)."""
@@ -144,10 +151,8 @@ def circle(S, codes, ref_codes, own, pos_cut, neg_cut, m, gamma, scale, G, terms
             elif kind == 2:
                 top_n = max(top_n, gamma * max(v + m, 0.0) * (v - m))
         if top_p == -np.inf or top_n == -np.inf:
-            terms[i] = 0.0
             valid[i] = 0.0
-            for j in range(S.shape[1]):
-                G[i, j] = 0.0
+            _zero_row(G, terms, i)
             continue
         sum_p = 0.0
         sum_n = 0.0
@@ -195,10 +200,8 @@ def supcon(S, codes, ref_codes, own, pos_cut, neg_cut, temperature, scale, G, te
                 if kind == 1:
                     n_pos += 1
         if n_pos == 0:
-            terms[i] = 0.0
             valid[i] = 0.0
-            for j in range(S.shape[1]):
-                G[i, j] = 0.0
+            _zero_row(G, terms, i)
             continue
         total = 0.0
         sum_pos = 0.0
@@ -240,9 +243,7 @@ def ntxent(S, codes, ref_codes, own, pos_cut, neg_cut, temperature, scale, G, te
             elif kind == 1:
                 n_pos += 1
         if top == -np.inf or n_pos == 0:
-            terms[i] = 0.0
-            for j in range(S.shape[1]):
-                G[i, j] = 0.0
+            _zero_row(G, terms, i)
             continue
         total = 0.0
         for j in range(S.shape[1]):
@@ -329,10 +330,8 @@ def npairs(S, codes, anchor, positive, scale, G, terms):
     second image of each class; ``positive[j]``), its own class's positive the target; G of
     their sum."""
     for i in prange(S.shape[0]):
-        for j in range(S.shape[1]):
-            G[i, j] = 0.0
+        _zero_row(G, terms, i)
         if not anchor[i]:
-            terms[i] = 0.0
             continue
         top = -np.inf
         target = -1

@@ -17,6 +17,7 @@ import mxnet as mx
 import numpy as np
 
 from . import simkernels as K
+from .batch import HostLossProp
 
 KINDS = ("multi_similarity", "circle", "supcon", "ntxent", "lifted", "npairs", "margin")
 DEFAULTS = {
@@ -247,32 +248,22 @@ class _SimilarityOp(mx.operator.CustomOp):
 
 
 @mx.operator.register("dml_similarity_loss")
-class _SimilarityProp(mx.operator.CustomOpProp):
+class _SimilarityProp(HostLossProp):
     """Inputs: embeddings (B x D), labels (B) and, with ``learn_beta``, the margin loss's beta
     (1,). Outputs: loss and statistic, each (1,). ``config``: JSON of ``kind``, ``parameters`` and
     ``mine_epsilon``."""
 
+    outputs = ("loss", "stat")
+
     def __init__(self, config="{}", learn_beta="False"):
-        super().__init__(need_top_grad=True)
+        super().__init__()
         self.config = json.loads(config)
         if self.config.get("kind") not in KINDS:
             raise ValueError("kind must be one of %s" % "|".join(KINDS))
         self.learn_beta = str(learn_beta) == "True"
 
     def list_arguments(self):
-        return ["embeddings", "labels"] + (["beta"] if self.learn_beta else [])
-
-    def list_outputs(self):
-        return ["loss", "stat"]
-
-    def infer_shape(self, in_shape):
-        return in_shape, [(1,), (1,)], []
-
-    def infer_type(self, in_type):
-        return in_type, [in_type[0], in_type[0]], []
-
-    def declare_backward_dependency(self, out_grad, in_data, out_data):
-        return list(in_data) + [out_grad[0]]
+        return super().list_arguments() + (["beta"] if self.learn_beta else [])
 
     def create_operator(self, ctx, shapes, dtypes):
         return _SimilarityOp(self.config, self.learn_beta)
