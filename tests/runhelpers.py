@@ -88,15 +88,3 @@ def refused(argv, capsys):
         code = exit_.code
     return code, capsys.readouterr().err.strip()
 
-
-def numeric_gradient(f, x, eps=1e-6):
-    """Central finite differences of the scalar function ``f`` at ``x`` (float64)."""
-    import numpy as np
-
-    grad = np.zeros_like(x)
-    for index in np.ndindex(*x.shape):
-        up, down = x.copy(), x.copy()
-        up[index] += eps
-        down[index] -= eps
-        grad[index] = (f(up) - f(down)) / (2 * eps)
-    return grad

@@ -21,7 +21,8 @@ from dml.losses import (CircleLoss, GeneralizedLiftedStructureLoss, MultiSimilar
                         NPairsLoss, NTXentLoss, SupConLoss)
 from dml.losses.memory import CrossBatchMemory
 from dml.miners import MultiSimilarityMiner
-from runhelpers import ROOT, numeric_gradient, only_run_dir, refused
+from reference import numeric_gradient
+from runhelpers import ROOT, only_run_dir, refused
 
 LOSSES = {
     "ms": (lambda: MultiSimilarityLoss(), R.ms),

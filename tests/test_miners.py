@@ -12,7 +12,7 @@ import pytest
 from mxnet import autograd
 
 import modern_reference as R
-from runhelpers import numeric_gradient
+from reference import numeric_gradient
 from dml.losses import (CircleLoss, GeneralizedLiftedStructureLoss, MarginLoss,
                         MultiSimilarityLoss, NTXentLoss, OnlineContrastiveLoss, OnlineTripletLoss,
                         SupConLoss, TripletBatchHardLoss, TripletSemiHardLoss)
