@@ -65,6 +65,33 @@ def test_two_devices_mine_the_whole_batch(method, selector):
         np.testing.assert_allclose(weights2[name], weights1[name], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("method,miner", [("multi_similarity", "multi_similarity"),
+                                          ("supcon", "none"), ("circle", "none")])
+def test_cross_batch_memory_on_two_devices_equals_one(method, miner):
+    """Over three steps, 2 contexts give 1's losses, updates and memory: the memory receives the
+    gathered batch, in batch order."""
+    results = []
+    for ctx in (CTX1, CTX2):
+        cfg = RunConfig(method=method, margin=None, miner=miner, memory_size=60)
+        meth = get_method(method)
+        net = _net(ctx)
+        model = meth.build_model(net, 4, ctx)
+        loss_fn = build_loss(cfg)
+        # (a step of 0.5 on circle's gamma-80 logits magnifies float32 rounding: 0.05)
+        trainer = gluon.Trainer(model.collect_params(), "sgd", {"learning_rate": 0.05},
+                                kvstore="device")
+        losses = [train_step(meth, model, loss_fn, trainer, _pk_batch(seed=step), ctx)[0]
+                  .asscalar() for step in range(3)]
+        results.append((losses, net[0].weight.data(ctx[-1]).asnumpy(), loss_fn.references()))
+    (losses1, weight1, memory1), (losses2, weight2, memory2) = results
+    assert losses1[2] > 0 and memory1[0].shape == (60, 6)  # 72 embeddings through 60 rows
+    np.testing.assert_allclose(losses2, losses1, rtol=1e-5)
+    # float32: the devices sum their gradients in another order, three steps running
+    np.testing.assert_allclose(weight2, weight1, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(memory2[0], memory1[0], rtol=1e-4, atol=1e-5)
+    assert np.array_equal(memory2[1], memory1[1])
+
+
 @pytest.mark.parametrize("method", ["proxy_anchor", "proxy_nca", "normalized_softmax",
                                     "soft_triple"])
 def test_proxy_losses_on_two_devices_equal_one(method):
