@@ -640,6 +640,8 @@ def prepare(cfg, resume_dir=None, fit_classes=True):
     splits = hold_out_classes(apply_split(load_dataset(cfg.dataset, cfg.data_root,
                                                        cfg.image_size), cfg.split),
                               cfg.val_classes)
+    log.info("training augmentation: %s%s", cfg.augment, " (the default of %s)" % cfg.dataset
+             if cfg.augment == splits.augment_name else "")
     if splits.val is not None:
         log.info("model selection on %d validation classes held out of training (%s), every "
                  "%d epochs; the test split is evaluated once, at the end", len(splits.val_classes),

@@ -599,6 +599,7 @@ def test_class_disjoint_folder_trains_with_defaults_and_reports_meaningful_metri
                        "--n-samples", "4", "--embedding-dim", "16", "--output-root", out)
     assert code == 0, err[-3000:]
     assert "the training split holds 5 classes, so batches take 5 classes" in err
+    assert "training augmentation: crop-flip (the default of folder)" in err
     assert "votes among the evaluated split itself (leave-one-out)" in err
     run = only_run_dir(out, "folder", "triplet_semihard")
     config = load(os.path.join(run, "config.json"))

@@ -140,7 +140,7 @@ def test_selection_bad_input(tmp_path, capsys, extra, message):
     assert not os.path.exists(out)
 
 
-def test_augment_defaults_per_dataset_and_the_choice_is_recorded(tiny_cifar, tmp_path):
+def test_augment_defaults_per_dataset_and_the_choice_is_recorded(tiny_cifar, tmp_path, capsys):
     from dml.config import defaults_for
 
     assert [defaults_for("triplet_semihard", d)["augment"] for d in (
@@ -150,8 +150,10 @@ def test_augment_defaults_per_dataset_and_the_choice_is_recorded(tiny_cifar, tmp
     out = str(tmp_path / "out")
     assert run(["train", "--epochs", "1", "--augment", "resized-crop-flip", "--output-root", out]
                + tiny_cifar_args(tiny_cifar))[0] == 0
-    assert load(only_run_dir(out, "cifar10", "triplet_semihard"), "config.json")[
-        "augment"] == "resized-crop-flip"
+    run_dir = only_run_dir(out, "cifar10", "triplet_semihard")
+    assert load(run_dir, "config.json")["augment"] == "resized-crop-flip"
+    printed = capsys.readouterr().err
+    assert "training augmentation: resized-crop-flip\n" in printed  # (not cifar10's default)
 
 
 def test_configs_from_before_named_augmentation_and_selection_still_load():
