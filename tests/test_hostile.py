@@ -414,13 +414,13 @@ def small_disk(tmp_path):
 
 
 def test_disk_full_is_one_line_leaves_no_temporary_file_and_keeps_a_resumable_checkpoint(
-        small_disk, tmp_path):
-    code, _, err = dml("train", "--dataset", "digits", "--epochs", "3", "--output-root",
-                       small_disk, *TINY)
+        small_disk, tiny_cifar, tmp_path):
+    code, _, err = dml("train", "--dataset", "cifar10", "--data-root", tiny_cifar, "--epochs",
+                       "3", "--output-root", small_disk, *TINY)
     assert code == 1, err[-3000:]
     line = error_line(err)
     assert line.startswith("dml train: error: no space left on the device of "), line
-    run = only_run_dir(small_disk, "digits", "triplet_semihard")
+    run = only_run_dir(small_disk, "cifar10", "triplet_semihard")
     assert os.path.join(run, "params") in line
     assert "checkpoint 0001 is complete: python -m dml train --resume %s" % run in line
     assert no_partial_files(small_disk) == []
