@@ -307,7 +307,7 @@ def build_parser():
         "compare", help="tabulate every run under a folder, seeds grouped",
         description="One row per experiment found under ROOT, best map_at_r first: runs that "
         "differ only in --seed (and in where or on what devices they ran) are grouped, and each "
-        "metric is their mean with a 95%% confidence interval (Student's t) and the count. "
+        "metric is their mean with a 95% confidence interval (Student's t) and the count. "
         "Columns: the first run, method, dataset, split, epochs, the seeds, the options that "
         "tell two experiments of one method apart, every metric, training time.",
         formatter_class=_Formatter)
