@@ -640,8 +640,6 @@ def prepare(cfg, resume_dir=None, fit_classes=True):
     splits = hold_out_classes(apply_split(load_dataset(cfg.dataset, cfg.data_root,
                                                        cfg.image_size), cfg.split),
                               cfg.val_classes)
-    log.info("training augmentation: %s%s", cfg.augment, " (the default of %s)" % cfg.dataset
-             if cfg.augment == splits.augment_name else "")
     if splits.val is not None:
         log.info("model selection on %d validation classes held out of training (%s), every "
                  "%d epochs; the test split is evaluated once, at the end", len(splits.val_classes),
@@ -701,6 +699,8 @@ def run(cfg, job, argv=()):
         if workers.writes:
             run_dir.write_config(cfg, job.splits, resumed=job.resume is not None, argv=argv)
         log.info("run folder %s%s", run_dir, " (written by worker 0)" if not workers.writes else "")
+        log.info("training augmentation: %s%s", cfg.augment, " (the default of %s)" % cfg.dataset
+                 if cfg.augment == job.splits.augment_name else "")
         return fit(cfg, job.splits, run_dir, net=job.net, ctx=job.ctx, resume=job.resume,
                    workers=workers)
     finally:

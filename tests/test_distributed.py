@@ -79,7 +79,8 @@ def no_dist_env():
 
 
 @pytest.mark.parametrize("kvstore,method,extra", [
-    ("dist_sync", "triplet_semihard", []), ("dist_async", "triplet_semihard", []),
+    ("dist_sync", "triplet_semihard", []),
+    ("dist_async", "triplet_semihard", ["--lr-steps", ""]),  # (CIFAR's recipe steps the rate)
     ("dist_sync", "multi_similarity", ["--memory-size", "64"])])
 def test_local_two_worker_job(tiny_cifar, tmp_path, kvstore, method, extra):
     out = str(tmp_path / "out")
