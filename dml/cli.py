@@ -884,14 +884,18 @@ def cmd_compare(args):
     if not rows:
         raise DmlError("no finished runs under %s (a run folder holds metrics.json and "
                        "config.json)" % args.root)
-    table, metric_keys = format_table(rows, args.format, differing_options(args.root))
+    differing = differing_options(args.root)
+    table, metric_keys = format_table(rows, args.format, differing)
     print(table)
     if args.plot:
         from .plots import metrics_bars
 
         try:
-            labels = ["%s %s" % (r["method"], os.path.basename(r["run"])) + (
-                " (n=%d)" % r["n"] if r["n"] > 1 else "") for r in rows]
+            if args.runs:
+                labels = ["%s %s" % (r["method"], os.path.basename(r["run"])) for r in rows]
+            else:  # an experiment: its method, what sets it apart, its runs
+                labels = [" ".join(part for part in (r["method"], differing.get(r["run"], ""),
+                                                    "(n=%d)" % r["n"]) if part) for r in rows]
             if len(set(labels)) < len(labels):  # the same method and time stamp twice: full paths
                 labels = [r["run"] for r in rows]
             metrics_bars([dict(r, label=l) for r, l in zip(rows, labels)], metric_keys, args.plot,

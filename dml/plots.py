@@ -114,7 +114,8 @@ def metrics_bars(rows, keys, path, label_key="run", title=""):
         values = [row.get(k) if isinstance(row.get(k), (int, float)) else np.nan for k in keys]
         errors = [row.get(k + "_ci95") or 0.0 for k in keys]
         ax.bar(x + (i - (n - 1) / 2) * width, values, width, label=str(row[label_key]),
-               color=cmap(i % cmap.N), yerr=errors if any(errors) else None, capsize=2)
+               color=cmap(i % cmap.N), yerr=errors if any(errors) else None, capsize=1,
+               error_kw=dict(elinewidth=0.6, ecolor="dimgrey", alpha=0.7))
     ax.set_xticks(x)
     ax.set_xticklabels(keys, rotation=30, ha="right")
     ax.set_ylim(0, 1)
