@@ -165,3 +165,19 @@ def test_all_metrics_has_every_contract_key():
     assert all(0.0 <= m[k] <= 1.0 for k in METRIC_KEYS)
     pairs = np.array([[0, 1, 1], [0, 15, 0], [3, 4, 1], [3, 25, 0]])
     assert "verification_auc" in all_metrics(x, labels, x, labels, pairs=pairs)
+
+
+def test_many_classes_cluster_with_faiss_and_score_like_scikit_learn(monkeypatch):
+    """Above 1,000 classes k-means runs in faiss (SOP's 11,316 would take scikit-learn hours);
+    on well-separated clusters both give the same NMI."""
+    import dml.evaluation as ev
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, 8)) * 20
+    labels = np.repeat(np.arange(40), 6)
+    x = centres[labels] + rng.normal(size=(240, 8))
+    sklearn_nmi = ev.clustering_metrics(x, labels)["nmi"]
+    monkeypatch.setattr(ev, "FAISS_KMEANS_ABOVE", 10)
+    faiss_nmi = ev.clustering_metrics(x, labels)["nmi"]
+    assert sklearn_nmi > 0.95 and abs(faiss_nmi - sklearn_nmi) < 0.05
+    assert len(np.unique(ev.kmeans_clusters(x, 40))) > 30
