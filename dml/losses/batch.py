@@ -15,6 +15,8 @@ on any context (it copies the embeddings to the host and the gradient back to th
 The forward pass computes the gradient too when training (it shares all the work) and keeps it for
 the backward pass, which only scales it by the incoming gradient.
 """
+import atexit
+
 import mxnet as mx
 import numpy as np
 
@@ -238,6 +240,21 @@ class _BatchLossOp(mx.operator.CustomOp):
         self.assign(in_grad[0], req[0], mx.nd.array(grad, ctx=in_data[0].context,
                                                     dtype=in_grad[0].dtype))
         self.assign(in_grad[1], req[1], mx.nd.zeros_like(in_grad[1]))
+
+
+def _drain_engine():
+    """Wait for MXNet's queued operations at interpreter exit, before MXNet's own exit hook. A
+    loop that ends without a sync leaves its last backward pass queued; it calls back into these
+    Python operators, and MXNet's hook (``MXNotifyShutdown``) waiting for it while Python is torn
+    down never returns (seen: a script training N-pairs hung at exit). atexit runs hooks last
+    registered first, and this module imports after mxnet."""
+    try:
+        mx.nd.waitall()
+    except Exception:  # pylint: disable=broad-except  (exit must go on)
+        pass
+
+
+atexit.register(_drain_engine)
 
 
 class HostLossProp(mx.operator.CustomOpProp):
