@@ -126,7 +126,7 @@ def test_the_engine_is_drained_at_exit_before_mxnet_shuts_down():
     from runhelpers import ROOT
 
     script = ("import mxnet as mx\n"
-              "import dml.losses\n"
+              "import dml.losses.simop  # (what a fused loss imports on first use)\n"
               "drain = mx.nd.waitall\n"
               "def marked():\n"
               "    print('drained at exit', flush=True)\n"
