@@ -352,20 +352,13 @@ def npairs(S, codes, anchor, positive, scale, G, terms):
 
 
 @_pjit
-def margin_all(S, codes, beta, margin, G, sums):
+def margin_all(S, codes, n_pos, n_neg, beta, margin, G, sums):
     r"""Margin loss (Wu et al. 2017) over every triplet of the batch, on d = sqrt([2 - 2s]_+):
-    per anchor the sums of its positive terms [d_ap - beta + m]_+ times its negative count and
-    of its negative terms [beta - d_an + m]_+ times its positive count, the active counts
-    likewise, the triplet count and d(sum)/d(beta); G (with respect to s) of the sum."""
+    per anchor the sums of its positive terms [d_ap - beta + m]_+ times its negative count
+    (``n_neg``) and of its negative terms [beta - d_an + m]_+ times its positive count
+    (``n_pos``), the active counts likewise, the triplet count and d(sum)/d(beta); G (with
+    respect to s) of the sum, unscaled (the caller scales the gradient of the embeddings)."""
     for i in prange(S.shape[0]):
-        n_pos = 0
-        n_neg = 0
-        for j in range(S.shape[1]):
-            if codes[j] == codes[i]:
-                if j != i:
-                    n_pos += 1
-            else:
-                n_neg += 1
         total = 0.0
         active = 0.0
         dbeta = 0.0
@@ -378,22 +371,22 @@ def margin_all(S, codes, beta, margin, G, sums):
             if codes[j] == codes[i]:
                 term = d - beta + margin
                 if term > 0:
-                    total += term * n_neg
-                    active += n_neg
-                    dbeta -= n_neg
+                    total += term * n_neg[i]
+                    active += n_neg[i]
+                    dbeta -= n_neg[i]
                     if d2 > 0:
-                        G[i, j] = n_neg * (-1.0 / d)
+                        G[i, j] = n_neg[i] * (-1.0 / d)
             else:
                 term = beta - d + margin
                 if term > 0:
-                    total += term * n_pos
-                    active += n_pos
-                    dbeta += n_pos
+                    total += term * n_pos[i]
+                    active += n_pos[i]
+                    dbeta += n_pos[i]
                     if d2 > 0:
-                        G[i, j] = -n_pos * (-1.0 / d)
+                        G[i, j] = n_pos[i] * (1.0 / d)
         sums[i, 0] = total
         sums[i, 1] = active
-        sums[i, 2] = n_pos * n_neg
+        sums[i, 2] = n_pos[i] * n_neg[i]
         sums[i, 3] = dbeta
 
 

@@ -65,28 +65,29 @@ def _npairs_roles(codes):
 
 
 def _score(S, codes, ref_codes, own, kind, p, pos_cut, neg_cut, need_grad):
-    """``(loss, stat, G, beta_grad)`` of the similarities ``S`` (G = dL/dS, or None).
-    ``pos_cut``/``neg_cut``: the multi-similarity miner's thresholds (empty: every pair). One
-    pass counts each anchor's pairs and sums their similarities (the statistic); each
-    reduction's divisor is then known before the loss kernel runs, which writes G scaled."""
+    """``(loss, stat, G, beta_grad, grad_scale)`` of the similarities ``S``: dL/dS is
+    ``grad_scale * G`` (G None without ``need_grad``). ``pos_cut``/``neg_cut``: the
+    multi-similarity miner's thresholds (empty: every pair). One pass counts each anchor's pairs
+    and sums their similarities (the statistic); each reduction's divisor is then known before
+    the loss kernel runs, which writes G scaled (grad_scale 1). The margin loss's divisor, its
+    active terms, is known only after its pass: it scales the B x D gradient instead."""
     a = S.shape[0]
     G = np.empty_like(S)
     terms = np.zeros(a, dtype=np.float64)
     beta_grad = 0.0
     if kind == "margin":
         sums = np.zeros((a, 4), dtype=np.float64)
-        K.margin_all(S, codes, p["beta"], p["margin"], G, sums)
+        sizes = np.bincount(codes)[codes].astype(np.float64)
+        K.margin_all(S, codes, sizes - 1, len(codes) - sizes, p["beta"], p["margin"], G, sums)
         total, active, triplets = sums[:, 0].sum(), sums[:, 1].sum(), sums[:, 2].sum()
-        scale = 1.0 / max(active, 1.0)
+        scale = 1.0 / max(active, 1.0)  # known after the pass: applied to dL/dU, not to G
         loss = total * scale
         beta_grad = sums[:, 3].sum() * scale
         if p["nu"]:
             loss += p["nu"] * p["beta"] * (triplets > 0) * scale
             beta_grad += p["nu"] * (triplets > 0) * scale
-        if need_grad:
-            G *= np.asarray(scale, dtype=G.dtype)
         return float(loss), float(active / max(2 * triplets, 1.0)), (
-            G if need_grad else None), float(beta_grad)
+            G if need_grad else None), float(beta_grad), scale
     sums = np.zeros((a, 4), dtype=np.float64)
     K.gap_sums(S, codes, ref_codes, own, _NO_MINING if kind == "npairs" else pos_cut,
                _NO_MINING if kind == "npairs" else neg_cut, sums)
@@ -121,7 +122,7 @@ def _score(S, codes, ref_codes, own, kind, p, pos_cut, neg_cut, need_grad):
         K.npairs(S, codes, anchor, positive, scale, G, terms)
     else:
         raise ValueError("kind must be one of %s, not %r" % ("|".join(KINDS), kind))
-    return float(terms.sum() * scale), float(stat), (G if need_grad else None), float(beta_grad)
+    return float(terms.sum() * scale), float(stat), (G if need_grad else None), float(beta_grad), 1.0
 
 
 def _cuts(S, codes, ref_codes, own, mine_epsilon, self_counts):
@@ -162,11 +163,14 @@ def similarity_loss(x, labels, kind, params=None, mine_epsilon=None, need_grad=F
     codes, _ = _codes(labels)
     own = np.arange(len(x), dtype=np.int64)
     pos_cut, neg_cut = _cuts(S, codes, codes, own, mine_epsilon, False)
-    loss, stat, G, beta_grad = _score(S, codes, codes, own, kind, p, pos_cut, neg_cut, need_grad)
+    loss, stat, G, beta_grad, grad_scale = _score(S, codes, codes, own, kind, p, pos_cut,
+                                                  neg_cut, need_grad)
     grad = None
     if need_grad:
         K.symmetrize(G)  # S = U U^T: dL/dU = (G + G^T) U
         dU = G @ U
+        if grad_scale != 1.0:
+            dU *= np.asarray(grad_scale, dtype=dU.dtype)
         grad = (dU - U * np.einsum("ij,ij->i", U, dU)[:, None]) / norms[:, None]
     return loss, stat, grad, beta_grad
 
@@ -187,10 +191,13 @@ def memory_loss(x, labels, refs, ref_labels, own, kind, params=None, mine_epsilo
     codes, ref_codes = _codes(labels, ref_labels)
     own = np.asarray(own, dtype=np.int64)
     pos_cut, neg_cut = _cuts(S, codes, ref_codes, own, mine_epsilon, True)
-    loss, stat, G, _ = _score(S, codes, ref_codes, own, kind, p, pos_cut, neg_cut, need_grad)
+    loss, stat, G, _, grad_scale = _score(S, codes, ref_codes, own, kind, p, pos_cut, neg_cut,
+                                          need_grad)
     grad = None
     if need_grad:
         dU = G @ R
+        if grad_scale != 1.0:
+            dU *= np.asarray(grad_scale, dtype=dU.dtype)
         grad = (dU - U * np.einsum("ij,ij->i", U, dU)[:, None]) / norms[:, None]
     return loss, stat, grad
 
