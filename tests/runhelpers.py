@@ -88,3 +88,55 @@ def refused(argv, capsys):
         code = exit_.code
     return code, capsys.readouterr().err.strip()
 
+
+
+class TensorBoard:
+    """A TensorBoard server on ``logdir`` at a free local port (``with TensorBoard(d) as tb``);
+    :meth:`until` retries a request until the server answers it."""
+
+    def __init__(self, logdir):
+        self.logdir = logdir
+
+    def __enter__(self):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+        self.server = subprocess.Popen([tensorboard, "--logdir", self.logdir, "--host",
+                                        "127.0.0.1", "--port", str(self.port)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.terminate()
+        self.server.wait(timeout=30)
+        return False
+
+    def request(self, path, body=None):
+        """GET ``path`` (or POST ``body`` as JSON) and parse the JSON answer."""
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), data=data,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return json.loads(response.read())
+
+    def until(self, path, body=None, ready=lambda answer: True, seconds=90):
+        """The first answer to ``path`` that is ``ready``, retrying while the server starts."""
+        import time
+
+        deadline = time.time() + seconds
+        while True:
+            try:
+                answer = self.request(path, body)
+                if ready(answer):
+                    return answer
+            except OSError:
+                if self.server.poll() is not None:
+                    raise
+            if time.time() > deadline:
+                raise AssertionError("TensorBoard did not answer %s in %d s" % (path, seconds))
+            time.sleep(0.5)

@@ -13,7 +13,8 @@ import pytest
 from dml.cli import main
 from dml.runs import create_run_dir
 from fakedata import write_cifar, write_image_folder
-from runhelpers import METRIC_KEYS, ROOT, TINY, assert_png, only_run_dir, read_with_tensorboard
+from runhelpers import (METRIC_KEYS, ROOT, TINY, TensorBoard, assert_png, only_run_dir,
+                        read_with_tensorboard)
 
 
 @pytest.mark.filterwarnings("ignore:Cannot decide type:UserWarning")  # SymbolBlock.imports' own notice
@@ -91,39 +92,12 @@ def test_train_end_to_end_run_folder(tiny_cifar, tiny_run):
 
 
 def test_tensorboard_serves_scalars_and_projector(tiny_run):
-    import socket
-    import time
-    import urllib.request
-
-    logs = os.path.join(tiny_run[1], "logs")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
-    server = subprocess.Popen([tensorboard, "--logdir", logs, "--host", "127.0.0.1", "--port",
-                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def get(path):
-        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=10) as resp:
-            return json.loads(resp.read())
-
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                tags = get("/data/plugin/scalars/tags")
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.5)
+    with TensorBoard(os.path.join(tiny_run[1], "logs")) as tb:
+        tags = tb.until("/data/plugin/scalars/tags")
         assert "train/epoch_loss" in tags["."]
-        info = get("/data/plugin/projector/info?run=.")
+        info = tb.request("/data/plugin/projector/info?run=.")
         shapes = {e["tensorName"]: e["tensorShape"] for e in info["embeddings"]}
         assert shapes["test_embedding_000002"] == [50, 16]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_train_digits_one_epoch(tmp_path):

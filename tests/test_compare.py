@@ -5,11 +5,8 @@ import csv
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from contextlib import redirect_stdout
 
 import numpy as np
@@ -18,7 +15,7 @@ from scipy import stats
 
 from dml.cli import main
 from dml.compare import compare_rows, confidence_interval
-from runhelpers import ROOT
+from runhelpers import ROOT, TensorBoard
 
 CONFIG = dict(method="triplet_semihard", dataset="digits", split="test", epochs=10, lr=0.001,
               margin=0.2, seed=0, run_dir="x", started="2026", gpus=[], cpus=0, data_root=None,
@@ -115,14 +112,6 @@ def test_method_table_groups_seeds(tmp_path):
     assert "%.4f +- %.4f" % (mean, half) in grouped[1]
 
 
-def _post(port, path, body):
-    request = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path),
-                                     data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=20) as response:
-        return json.loads(response.read())
-
-
 def test_tensorboard_hparams_lists_every_run_with_options_and_metrics(tiny_cifar, tmp_path):
     out = str(tmp_path / "runs")
     for seed in (0, 1):
@@ -132,31 +121,15 @@ def test_tensorboard_hparams_lists_every_run_with_options_and_metrics(tiny_cifar
                          "--embedding-dim", "8", "--num-workers", "1", "--output-root", out]) == 0
     runs = sorted(os.path.join(out, "cifar10", "triplet_semihard", d) for d in os.listdir(
         os.path.join(out, "cifar10", "triplet_semihard")))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
-    server = subprocess.Popen([tensorboard, "--logdir", out, "--host", "127.0.0.1", "--port",
-                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                experiment = _post(port, "/data/plugin/hparams/experiment", {"experimentName": ""})
-                if experiment.get("hparamInfos"):
-                    break
-            except OSError:
-                if server.poll() is not None:
-                    raise
-            if time.time() > deadline:
-                raise AssertionError("TensorBoard's HParams plugin found no runs")
-            time.sleep(0.5)
+    with TensorBoard(out) as tb:
+        experiment = tb.until("/data/plugin/hparams/experiment", {"experimentName": ""},
+                              ready=lambda answer: answer.get("hparamInfos"))
         names = {h["name"] for h in experiment["hparamInfos"]}
         assert {"method", "dataset", "seed", "lr", "margin", "augment", "embedding_dim"} <= names
         assert "data_root" not in names and "gpus" not in names
         metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
         assert {"eval/map_at_r", "eval/precision_at_1", "eval/nmi"} <= metrics
-        groups = _post(port, "/data/plugin/hparams/session_groups", {
+        groups = tb.request("/data/plugin/hparams/session_groups", {
             "experimentName": "", "allowedStatuses": ["STATUS_SUCCESS"], "colParams": [],
             "startIndex": 0, "sliceSize": 100})["sessionGroups"]
         assert len(groups) == 2
@@ -169,6 +142,3 @@ def test_tensorboard_hparams_lists_every_run_with_options_and_metrics(tiny_cifar
             value = next(m["value"] for m in group["metricValues"]
                          if m["name"]["tag"] == "eval/map_at_r")
             assert value == pytest.approx(final["map_at_r"], abs=1e-6)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
