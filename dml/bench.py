@@ -306,7 +306,7 @@ def cmd_memory(args):
     import numpy as np
     from mxnet import autograd, gluon
 
-    from .losses import MultiSimilarityLoss, SupConLoss
+    from .losses import MultiSimilarityLoss, OnlineContrastiveLoss, SupConLoss
     from .losses.memory import CrossBatchMemory
     from .miners import MultiSimilarityMiner
     from .nets import EmbeddingNet
@@ -336,7 +336,11 @@ def cmd_memory(args):
     print("-" * len(header))
     for label, make in (("multi_similarity+miner", lambda m: CrossBatchMemory(
             MultiSimilarityLoss(), m, miner=MultiSimilarityMiner())),
-                        ("supcon", lambda m: CrossBatchMemory(SupConLoss(), m))):
+                        ("supcon", lambda m: CrossBatchMemory(SupConLoss(), m)),
+                        ("contrastive/hard_negative", lambda m: CrossBatchMemory(
+                            OnlineContrastiveLoss(pair_selector="hard_negative"), m)),
+                        ("contrastive/all_positive", lambda m: CrossBatchMemory(
+                            OnlineContrastiveLoss(pair_selector="all_positive"), m))):
         for memory in [int(m) for m in args.memory_sizes.split(",")]:
             xbm = make(memory)
             xbm.enqueue(rng.normal(size=(memory, d)).astype(np.float32),

@@ -49,9 +49,10 @@ class Method:
     scaled = False  # takes --scale (the margin-softmax heads)
 
     def __init__(self, name, summary, loss_cls, stat="active_fraction", selectors=(),
-                 selector_arg=None):
+                 selector_arg=None, memory=False):
         self.name, self.summary, self._loss_cls = name, summary, loss_cls
         self.stat, self.selectors, self._selector_arg = stat, selectors, selector_arg
+        self.takes_memory = memory  # --memory-size wraps the loss in a CrossBatchMemory
 
     def build_model(self, net, num_classes, ctx, margin=None, scale=None, **_):
         """What the batches run through: the embedding net itself, or a wrapper around it."""
@@ -66,7 +67,8 @@ class Method:
         kwargs = dict(margin=margin, distance=distance, return_active_fraction=True)
         if self._selector_arg:
             kwargs[self._selector_arg] = selector or self.selectors[0]
-        return self._loss_cls(**kwargs)
+        loss = self._loss_cls(**kwargs)
+        return CrossBatchMemory(loss, memory_size) if memory_size else loss
 
     def train_dataset(self, dataset, seed=0):
         return dataset
@@ -323,7 +325,7 @@ METHODS = {m.name: m for m in [
            TripletBatchAllLoss, stat="positive_triplet_fraction"),
     Method("online_contrastive", "contrastive loss on pairs mined in the batch",
            OnlineContrastiveLoss, selectors=registry.METHOD_SELECTORS["online_contrastive"],
-           selector_arg="pair_selector"),
+           selector_arg="pair_selector", memory=True),
     Method("online_triplet", "triplet loss on triplets mined in the batch",
            OnlineTripletLoss, selectors=registry.METHOD_SELECTORS["online_triplet"],
            selector_arg="selector"),

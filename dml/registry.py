@@ -59,8 +59,8 @@ METHOD_MINERS = {
     "margin": ("distance_weighted", "none"),
 }
 MINER_METHODS = tuple(METHOD_MINERS)
-# --memory-size: the pair losses on similarities, which a cross-batch memory can wrap
-MEMORY_METHODS = ("multi_similarity", "circle", "supcon", "lifted")
+# --memory-size: the pair losses a cross-batch memory can wrap (on similarities, and contrastive)
+MEMORY_METHODS = ("online_contrastive", "multi_similarity", "circle", "supcon", "lifted")
 # learnable proxies (shuffled batches; --loss-lr-mult scales the proxies' learning rate)
 PROXY_METHODS = ("proxy_anchor", "proxy_nca", "normalized_softmax", "soft_triple")
 

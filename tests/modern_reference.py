@@ -207,3 +207,29 @@ def dw_weights(x, labels, cutoff=0.5, nonzero_loss_cutoff=1.4):
         if raw[i].sum() > 0:
             raw[i] /= raw[i].sum()
     return raw
+
+def pair_dist(a, b, distance):
+    """d(a, b) of two vectors: euclidean, squared, or cosine (1 - cos, at least 0)."""
+    if distance == "cosine":
+        return max(1 - float(a @ b) / max(np.linalg.norm(a), 1e-12)
+                   / max(np.linalg.norm(b), 1e-12), 0.0)
+    d2 = float(sum((ai - bi) ** 2 for ai, bi in zip(a, b)))
+    return d2 if distance == "squared" else math.sqrt(d2)
+
+
+def contrastive(x, labels, refs, ref_labels, own, margin=1.0, distance="euclidean",
+                selector="all_positive", indices=None):
+    """The online contrastive loss of anchors against a memory, pair by pair: Hadsell's halved
+    terms over (anchor, reference) pairs, ``hard_negative`` keeping the |P| closest negatives;
+    returns ``(loss, active fraction)``."""
+    def dist(a, b):
+        return pair_dist(a, b, distance)
+
+    P, N = pairs(labels, indices, ref_labels, own)
+    if selector == "hard_negative" and indices is None and len(N) > len(P):
+        N = sorted(N, key=lambda ij: dist(x[ij[0]], refs[ij[1]]))[:len(P)]
+    if not P or not N:
+        return 0.0, 0.0
+    terms = [0.5 * dist(x[i], refs[j]) ** 2 for i, j in P]
+    terms += [0.5 * max(margin - dist(x[i], refs[j]), 0.0) ** 2 for i, j in N]
+    return sum(terms) / len(terms), sum(t > 0 for t in terms) / len(terms)

@@ -83,5 +83,8 @@ def test_memory_table():
     rows = [line.split() for line in lines[3:]]
     assert [r[:2] for r in rows] == [["multi_similarity+miner", "32"],
                                      ["multi_similarity+miner", "64"], ["supcon", "32"],
-                                     ["supcon", "64"]]
+                                     ["supcon", "64"], ["contrastive/hard_negative", "32"],
+                                     ["contrastive/hard_negative", "64"],
+                                     ["contrastive/all_positive", "32"],
+                                     ["contrastive/all_positive", "64"]]
     assert all(float(r[2]) > 0 and r[3].endswith("%") for r in rows)

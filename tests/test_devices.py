@@ -66,13 +66,15 @@ def test_two_devices_mine_the_whole_batch(method, selector):
 
 
 @pytest.mark.parametrize("method,miner", [("multi_similarity", "multi_similarity"),
-                                          ("supcon", "none"), ("circle", "none")])
+                                          ("supcon", "none"), ("circle", "none"),
+                                          ("online_contrastive", None)])
 def test_cross_batch_memory_on_two_devices_equals_one(method, miner):
     """Over three steps, 2 contexts give 1's losses, updates and memory: the memory receives the
     gathered batch, in batch order."""
     results = []
     for ctx in (CTX1, CTX2):
-        cfg = RunConfig(method=method, margin=None, miner=miner, memory_size=60)
+        cfg = RunConfig(method=method, margin=1.0 if miner is None else None, miner=miner,
+                        memory_size=60)
         meth = get_method(method)
         net = _net(ctx)
         model = meth.build_model(net, 4, ctx)

@@ -1,6 +1,7 @@
 """Cross-batch memory (XBM): the ring buffer, every wrapped loss against the pair-by-pair loop of
-PML's definition over the batch x memory pairs (each anchor's own copy left out), gradients by
-finite differences, the multi-similarity miner over the memory, NaN input, two workers (their
+PML's definition over the batch x memory pairs (each anchor's own copy left out), the online
+contrastive loss on every distance and selector against its loop and the in-batch loss, gradients
+by finite differences, the multi-similarity miner over the memory, NaN input, two workers (their
 gathered batches) equal to one worker fed both shards, and --memory-size end to end with an
 exact resume of the memory in a new process."""
 import io
@@ -18,7 +19,7 @@ from mxnet import autograd
 import modern_reference as R
 from dml.cli import main
 from dml.losses import (CircleLoss, GeneralizedLiftedStructureLoss, MultiSimilarityLoss,
-                        NPairsLoss, NTXentLoss, SupConLoss)
+                        NPairsLoss, NTXentLoss, OnlineContrastiveLoss, SupConLoss)
 from dml.losses.memory import CrossBatchMemory
 from dml.miners import MultiSimilarityMiner
 from reference import numeric_gradient
@@ -95,6 +96,24 @@ def test_gradients_reach_the_batch_only_and_match_finite_differences(name):
     assert xbm.filled == 8
 
 
+def ms_mined_against(x, labels, refs, ref_labels, epsilon=0.1):
+    """Brute force: PML's multi-similarity miner over the batch x memory pairs, self pairs
+    included (the loss then drops every anchor's own copy)."""
+    s = R.cos(x, refs)
+    a1, p, a2, n = [], [], [], []
+    for i in range(len(x)):
+        pos = [j for j in range(len(refs)) if ref_labels[j] == labels[i]]
+        neg = [j for j in range(len(refs)) if ref_labels[j] != labels[i]]
+        if not pos or not neg:
+            continue
+        hardest_pos, hardest_neg = min(s[i, j] for j in pos), max(s[i, j] for j in neg)
+        a2 += [i for j in neg if s[i, j] + epsilon > hardest_pos]
+        n += [j for j in neg if s[i, j] + epsilon > hardest_pos]
+        a1 += [i for j in pos if s[i, j] - epsilon < hardest_neg]
+        p += [j for j in pos if s[i, j] - epsilon < hardest_neg]
+    return a1, p, a2, n
+
+
 def test_the_multi_similarity_miner_mines_the_batch_against_the_memory():
     rng = np.random.default_rng(7)
     xbm = CrossBatchMemory(MultiSimilarityLoss(), 30, miner=MultiSimilarityMiner(0.1))
@@ -103,23 +122,114 @@ def test_the_multi_similarity_miner_mines_the_batch_against_the_memory():
         got, _ = call(xbm, x, labels)
         refs, ref_labels = xbm.references()
         refs = refs.astype(np.float64)
-        # brute force: PML's miner over the batch x memory pairs, self pairs included, then
-        # every anchor's own copy dropped
-        s = R.cos(x, refs)
-        a1, p, a2, n = [], [], [], []
-        for i in range(10):
-            pos = [j for j in range(len(refs)) if ref_labels[j] == labels[i]]
-            neg = [j for j in range(len(refs)) if ref_labels[j] != labels[i]]
-            if not pos or not neg:
-                continue
-            hardest_pos, hardest_neg = min(s[i, j] for j in pos), max(s[i, j] for j in neg)
-            a2 += [i for j in neg if s[i, j] + 0.1 > hardest_pos]
-            n += [j for j in neg if s[i, j] + 0.1 > hardest_pos]
-            a1 += [i for j in pos if s[i, j] - 0.1 < hardest_neg]
-            p += [j for j in pos if s[i, j] - 0.1 < hardest_neg]
         own = [(step * 10 + i) % 30 for i in range(10)]
-        want = R.ms(x, labels, indices=(a1, p, a2, n), refs=refs, ref_labels=ref_labels, own=own)
+        want = R.ms(x, labels, indices=ms_mined_against(x, labels, refs, ref_labels), refs=refs,
+                    ref_labels=ref_labels, own=own)
         assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
+
+
+def contrastive(selector, distance, margin=1.0):
+    return OnlineContrastiveLoss(margin=margin, pair_selector=selector, distance=distance,
+                                 return_active_fraction=True)
+
+
+def call_pair(xbm, x, labels):
+    """(loss, fraction, gradient) of a float64 batch."""
+    data = mx.nd.array(x, dtype="float64")
+    data.attach_grad()
+    with autograd.record():
+        loss, fraction = xbm(data, mx.nd.array(labels, dtype="float64"))
+    loss.backward()
+    return loss.asscalar(), fraction.asscalar(), data.grad.asnumpy()
+
+
+CONTRASTIVE = [(s, d) for s in ("all_positive", "hard_negative")
+               for d in ("euclidean", "squared", "cosine")]
+
+
+@pytest.mark.parametrize("selector,distance", CONTRASTIVE)
+def test_the_contrastive_loss_over_the_memory_matches_its_loop(selector, distance):
+    rng = np.random.default_rng(13)
+    margin = {"euclidean": 3.0, "squared": 9.0, "cosine": 0.8}[distance]  # some active negatives
+    xbm = CrossBatchMemory(contrastive(selector, distance, margin), 20)
+    for step in range(5):  # 40 embeddings through a memory of 20: it wraps
+        x, labels = rng.normal(size=(8, 6)), rng.integers(0, 3, size=8)
+        got, fraction, _ = call_pair(xbm, x, labels)
+        refs, ref_labels = xbm.references()
+        own = [(step * 8 + i) % 20 for i in range(8)]
+        want, want_fraction = R.contrastive(x, labels, refs.astype(np.float64), ref_labels, own,
+                                            margin, distance, selector)
+        assert 0 < fraction < 1, fraction  # both kinds of term, active and not
+        assert got == pytest.approx(want, rel=1e-6), (step, got, want)
+        assert fraction == pytest.approx(want_fraction)
+
+
+@pytest.mark.parametrize("selector,distance", CONTRASTIVE)
+def test_contrastive_gradients_reach_the_batch_only_and_match_finite_differences(selector,
+                                                                                 distance):
+    margin = {"euclidean": 3.0, "squared": 9.0, "cosine": 0.8}[distance]
+    for seed in range(17, 40):
+        rng = np.random.default_rng(seed)
+        xbm = CrossBatchMemory(contrastive(selector, distance, margin), 24)
+        call_pair(xbm, rng.normal(size=(8, 4)), rng.integers(0, 3, size=8))
+        x, labels = rng.normal(size=(8, 4)), rng.integers(0, 3, size=8)
+        _, _, grad = call_pair(xbm, x, labels)
+        refs, ref_labels = xbm.references()
+        refs, own = refs.astype(np.float64), list(range(8, 16))
+        # hard_negative's cut must not fall between two equal distances (the batch's pair (i, j)
+        # is in the memory as (j, i) too), else a one-sided derivative meets a two-sided one
+        negatives = np.sort([R.pair_dist(x[i], refs[j], distance) for i in range(8)
+                             for j in range(16) if ref_labels[j] != labels[i]])
+        cut = sum(labels[i] == ref_labels[j] and j != own[i] for i in range(8) for j in range(16))
+        if selector == "all_positive" or negatives[cut] - negatives[cut - 1] > 1e-3:
+            break
+    else:
+        pytest.fail("no batch without a tie at the hard-negative cut")
+
+    def f(z):
+        return R.contrastive(z, labels, refs, ref_labels, own, margin, distance, selector)[0]
+
+    assert np.abs(grad).max() > 0
+    assert np.allclose(grad, numeric_gradient(f, x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("selector,distance", CONTRASTIVE)
+def test_a_memory_of_one_batch_gives_the_in_batch_contrastive_loss(selector, distance):
+    """Every unordered pair of the batch is two (anchor, reference) pairs: the same loss and
+    fraction, and half the gradient (it reaches the anchor only)."""
+    rng = np.random.default_rng(19)
+    x, labels = rng.normal(size=(12, 5)), rng.integers(0, 3, size=12)
+    margin = {"euclidean": 3.0, "squared": 9.0, "cosine": 0.8}[distance]
+    want = call_pair(contrastive(selector, distance, margin), x, labels)
+    got = call_pair(CrossBatchMemory(contrastive(selector, distance, margin), 12), x, labels)
+    assert got[0] == pytest.approx(want[0], rel=1e-6) and got[1] == pytest.approx(want[1])
+    assert np.allclose(2 * got[2], want[2], atol=1e-6)
+
+
+def test_the_contrastive_loss_scores_a_miners_pairs_against_the_memory():
+    rng = np.random.default_rng(23)
+    xbm = CrossBatchMemory(contrastive("all_positive", "euclidean", 3.0), 30,
+                           miner=MultiSimilarityMiner(0.1))
+    for step in range(3):
+        x, labels = rng.normal(size=(10, 5)), rng.integers(0, 3, size=10)
+        got, _, _ = call_pair(xbm, x, labels)
+        refs, ref_labels = xbm.references()
+        refs = refs.astype(np.float64)
+        own = [(step * 10 + i) % 30 for i in range(10)]
+        want, _ = R.contrastive(x, labels, refs, ref_labels, own, 3.0, "euclidean",
+                                indices=ms_mined_against(x, labels, refs, ref_labels))
+        assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_a_contrastive_batch_without_a_pair_trains_nothing_and_says_so(caplog):
+    xbm = CrossBatchMemory(contrastive("all_positive", "euclidean"), 16)
+    x = np.random.default_rng(0).normal(size=(4, 3))
+    loss, fraction, grad = call_pair(xbm, x, np.arange(4))  # 4 classes, an empty memory
+    assert loss == 0 and fraction == 0 and not grad.any()
+    assert "forms no positive and negative pair with the memory" in caplog.text
+    x[1, 2] = np.inf
+    loss, fraction, grad = call_pair(xbm, x, np.array([0, 0, 1, 1]))
+    assert np.isnan(loss) and np.isnan(fraction) and np.isnan(grad).all()
 
 
 def test_a_nan_embedding_gives_a_nan_loss():
@@ -202,6 +312,24 @@ def test_memory_size_trains_and_resumes_the_memory_exactly(tiny_cifar, tmp_path)
     assert [h["train_loss"] for h in history] == [h["train_loss"] for h in straight_history]
 
 
+def test_online_contrastive_trains_with_a_memory(tiny_cifar, tmp_path):
+    """The XBM paper's own loss from the command line: the memory is checkpointed and the
+    losses are the memory's (not the in-batch loss's)."""
+    out = str(tmp_path / "out")
+    args = ["train", "--method", "online_contrastive", "--selector", "all_positive",
+            "--memory-size", "48", "--epochs", "2", "--output-root", out] + tiny(tiny_cifar)
+    with redirect_stdout(io.StringIO()):
+        assert main(args) == 0
+    run_dir = only_run_dir(out, "cifar10", "online_contrastive")
+    memory = np.load(os.path.join(run_dir, "params", "memory-0002.npz"))
+    assert memory["embeddings"].shape == (48, 8) and np.isfinite(memory["embeddings"]).all()
+    history = json.load(open(os.path.join(run_dir, "logs", "history.json")))
+    assert all(np.isfinite(h["train_loss"]) and h["train_loss"] > 0 for h in history)
+    assert json.load(open(os.path.join(run_dir, "config.json")))["memory_size"] == 48
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert 0 < metrics["map_at_r"] <= 1
+
+
 def test_a_checkpoint_without_memory_refills_it(tiny_cifar, tmp_path):
     out = str(tmp_path / "out")
     args = ["train", "--method", "supcon", "--memory-size", "32"] + tiny(tiny_cifar)
@@ -222,8 +350,8 @@ def test_a_checkpoint_without_memory_refills_it(tiny_cifar, tmp_path):
 
 MEMORY_ERRORS = [
     (["--method", "triplet_semihard", "--memory-size", "64"],
-     "--memory-size 64: a cross-batch memory wraps the pair losses multi_similarity, circle, "
-     "supcon, lifted, not triplet_semihard"),
+     "--memory-size 64: a cross-batch memory wraps the pair losses online_contrastive, "
+     "multi_similarity, circle, supcon, lifted, not triplet_semihard"),
     (["--method", "supcon", "--memory-size", "8"], "--memory-size 8 is smaller than a batch (16"),
     (["--method", "supcon", "--memory-size", "64", "--kvstore", "dist_async"],
      "needs the synchronous kvstore"),
