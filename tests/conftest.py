@@ -9,6 +9,15 @@ sys.path.insert(0, os.path.dirname(__file__))
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def image_check_records(tmp_path_factory):
+    """The records of decoded images (dml.data.checks) go to this session's folder, not the
+    user's ~/.cache (the tests' subprocesses inherit it)."""
+    os.environ["DML_CACHE_DIR"] = str(tmp_path_factory.mktemp("dml-cache"))
+    yield
+    os.environ.pop("DML_CACHE_DIR", None)
+
+
 @pytest.fixture(scope="session")
 def tiny_cifar(tmp_path_factory):
     from fakedata import write_cifar

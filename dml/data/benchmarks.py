@@ -16,16 +16,17 @@ metric-learning paper uses (training and test classes are disjoint):
 
 ``--data-root`` is the folder holding those files, or its parent when it holds the official
 folder (``CUB_200_2011/``, ``Stanford_Online_Products/``, ``In-shop Clothes Retrieval
-Benchmark/`` with ``Eval/`` and ``Img/``). Every image is decoded in full once when the dataset
-loads. A missing or malformed file is a :class:`dml.DmlError` naming the file and what belongs
+Benchmark/`` with ``Eval/`` and ``Img/``). Every image is decoded in full when the dataset
+loads, and remembered: a later load decodes only the files that changed
+(:mod:`dml.data.checks`). A missing or malformed file is a :class:`dml.DmlError` naming the file and what belongs
 there. Nothing is downloaded: the benchmarks' licences ask users to fetch them themselves.
 """
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .. import DmlError
+from .checks import check_images
 from .datasets import IMAGENET_MEAN, IMAGENET_STD, ImageFileDataset, _splits, read_image
 
 BENCHMARKS = ("cub200", "cars196", "sop", "inshop")
@@ -103,23 +104,6 @@ def _marker(name, folder):
         if os.path.isfile(os.path.join(folder, rel)):
             return os.path.join(folder, rel)
     return None
-
-
-def _check_images(paths, size, resize):
-    """Decode every image in full (in parallel; Pillow releases the GIL), so a missing,
-    truncated or undecodable file fails with its path before training, never mid-run."""
-    from tqdm import tqdm
-
-    def check(path):
-        if not os.path.isfile(path):
-            raise DmlError("%s is missing: the benchmark's image belongs there" % path)
-        read_image(path, size, resize)
-
-    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool, tqdm(
-            total=len(paths), desc="checking images", unit="image", disable=None, leave=False,
-            mininterval=1.0) as bar:
-        for _ in pool.map(check, paths):
-            bar.update(1)
 
 
 def _cub200(root):
@@ -257,7 +241,8 @@ def load_benchmark(name, root=None, image_size=224):
                            "truncated: replace them with the official files" % (name, folder, what))
     index = {c: i for i, c in enumerate(class_ids)}
     every_path = [p for p, _ in train_items + test_items + (gallery or [])]
-    _check_images(every_path, image_size, "center_crop")
+    check_images(every_path, image_size, "center_crop",
+                 missing="%s is missing: the benchmark's image belongs there")
 
     def dataset(found):
         return ImageFileDataset([p for p, _ in found], [index[c] for _, c in found], image_size,

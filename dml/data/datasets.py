@@ -571,16 +571,6 @@ def _list_class_tree(split_dir):
     return classes, items, skipped
 
 
-def _check_images(items, size):
-    """Decode every image in full (at the reduced JPEG scale ``size`` allows), so a truncated or
-    undecodable file fails with its path before training, never trains as a grey image."""
-    from tqdm import tqdm
-
-    for path, _ in tqdm(items, desc="checking images", unit="image", disable=None, leave=False,
-                        mininterval=1.0):
-        read_image(path, size)
-
-
 def load_folder(root, image_size=32):
     if not root:
         raise DmlError("dataset=folder needs data_root=ROOT holding ROOT/train/<class>/<image> "
@@ -604,7 +594,9 @@ def load_folder(root, image_size=32):
     index = {name: i for i, name in enumerate(class_names)}
     datasets = {}
     for split, (_, items) in splits.items():
-        _check_images(items, image_size)
+        from .checks import check_images
+
+        check_images([p for p, _ in items], image_size)
         datasets[split] = ImageFileDataset([p for p, _ in items], [index[c] for _, c in items],
                                            image_size)
     train_classes = sorted({index[c] for _, c in splits["train"][1]})

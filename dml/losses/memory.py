@@ -235,10 +235,12 @@ class CrossBatchMemory(gluon.Block):
         if isinstance(loss_fn, OnlineContrastiveLoss):
             pairs = None if self.miner is None else self.masks(x, y, refs, ref_labels, own)
 
+            # pylint: disable=protected-access
+            margin, distance, selector = loss_fn._margin, loss_fn._distance, loss_fn._selector
+
             def score(z, need_grad):
                 return contrastive_memory_loss(
-                    z, y, refs, ref_labels, own, loss_fn._margin, loss_fn._distance,  # pylint: disable=protected-access
-                    loss_fn._selector, pairs, need_grad,  # pylint: disable=protected-access
+                    z, y, refs, ref_labels, own, margin, distance, selector, pairs, need_grad,
                     on_no_pairs=lambda: self._no_pairs.warn(y, "positive and negative "
                                                             "pair with the memory"))
             returns_stat = loss_fn._return_active_fraction  # pylint: disable=protected-access
