@@ -11,6 +11,9 @@ right after the loss).
 ``memory``: the cost of a cross-batch memory: the loss of a B x D batch against a full memory
 of M embeddings (forward + backward) beside one ResNet-18 training step of the same batch.
 
+``checks``: the full decode check of a folder's images (:mod:`dml.data.checks`) at its first
+load and at a second load, which decodes only the files that changed (none).
+
 ``train``: images per second of full training steps (data loading, forward, backward, update) of
 each method on the same backbone and batch, and the share of the step its loss takes (the loss's
 forward + backward alone on embeddings of the step's shape, over the step time).
@@ -360,6 +363,49 @@ def cmd_memory(args):
     return 0
 
 
+def cmd_checks(args):
+    """The decode check of ``--images`` random JPEGs, first and second load (a fresh record in a
+    temporary folder; the files dated an hour back, so that the first check records them)."""
+    import shutil
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    root = tempfile.mkdtemp(prefix="dml-bench-checks-")
+    previous = os.environ.get("DML_CACHE_DIR")
+    os.environ["DML_CACHE_DIR"] = os.path.join(root, "cache")
+    try:
+        from .data.checks import check_images
+
+        rng = np.random.default_rng(0)
+        paths, past = [], time.time() - 3600
+        for i in range(args.images):
+            path = os.path.join(root, "images", "c%d" % (i % 30), "%d.jpg" % i)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (args.side * 3 // 4, args.side, 3),
+                                         dtype=np.uint8)).save(path, quality=90)
+            os.utime(path, (past, past))
+            paths.append(path)
+        header = "%-12s %8s %10s %10s" % ("load", "images", "decoded", "seconds")
+        print("%d JPEGs of %d x %d, checked at %d px (centre crop)" % (
+            args.images, args.side, args.side * 3 // 4, args.image_size))
+        print(header)
+        print("-" * len(header))
+        for label in ("first", "second"):
+            start = time.perf_counter()
+            decoded = check_images(paths, args.image_size, "center_crop")
+            print("%-12s %8d %10d %10.2f" % (label, len(paths), decoded,
+                                             time.perf_counter() - start))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        if previous is None:
+            os.environ.pop("DML_CACHE_DIR", None)
+        else:
+            os.environ["DML_CACHE_DIR"] = previous
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m dml.bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -380,6 +426,11 @@ def build_parser():
     memory.add_argument("--backbone", default="resnet18_v1")
     memory.add_argument("--repeats", type=int, default=5)
     memory.set_defaults(func=cmd_memory)
+    checks = sub.add_parser("checks", help="the image decode check, first and second load")
+    checks.add_argument("--images", type=int, default=3000)
+    checks.add_argument("--side", type=int, default=256, help="the JPEGs' width")
+    checks.add_argument("--image-size", type=int, default=224)
+    checks.set_defaults(func=cmd_checks)
     train = sub.add_parser("train", help="images/s and the loss's share of a training step")
     train.add_argument("--methods", default="", help="comma-separated subset of " +
                        ", ".join(TRAIN_METHODS))

@@ -88,3 +88,14 @@ def test_memory_table():
                                      ["contrastive/all_positive", "32"],
                                      ["contrastive/all_positive", "64"]]
     assert all(float(r[2]) > 0 and r[3].endswith("%") for r in rows)
+
+
+def test_checks_table():
+    """The second load decodes nothing; the table's shape."""
+    proc = bench(["checks", "--images", "40", "--side", "64", "--image-size", "32"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == "40 JPEGs of 64 x 48, checked at 32 px (centre crop)"
+    rows = [line.split() for line in lines[3:]]
+    assert [r[:3] for r in rows] == [["first", "40", "40"], ["second", "40", "0"]]
+    assert all(float(r[3]) >= 0 for r in rows)
