@@ -25,10 +25,9 @@ import numpy as np
 from mxnet import gluon
 
 from .contrastive import OnlineContrastiveLoss
-from .mining import NoTupleWarnings
+from .distance import _NORM_EPS
+from .mining import NoTupleWarnings, closest_pairs
 from .similarity import _SimilarityLoss, NPairsLoss
-
-_NORM_EPS = 1e-12
 
 
 def _unit(x):
@@ -79,12 +78,7 @@ def contrastive_memory_loss(x, labels, refs, ref_labels, own, margin=1.0, distan
         positive, negative = same, ~same
         positive[rows, own] = False
         if selector == "hard_negative":
-            keep, flat = int(positive.sum()), np.flatnonzero(negative)
-            if keep < len(flat):
-                closest = flat[np.argpartition(d.reshape(-1)[flat], keep)[:keep]] if keep \
-                    else flat[:0]
-                negative = np.zeros_like(negative)
-                negative.reshape(-1)[closest] = True
+            negative = closest_pairs(negative, d, int(positive.sum()))
         elif selector != "all_positive":
             raise ValueError("selector must be all_positive or hard_negative, not %r"
                              % (selector,))

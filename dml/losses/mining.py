@@ -68,13 +68,21 @@ def select_pairs(dist, labels, selector):
         return positive, negative
     if selector != "hard_negative":
         raise ValueError("pair selector must be one of %s, not %r" % (", ".join(PAIR_SELECTORS), selector))
-    keep = int(positive.sum())
-    flat_neg = np.flatnonzero(negative)
-    if keep < len(flat_neg):
-        closest = flat_neg[np.argpartition(dist.reshape(-1)[flat_neg], keep)[:keep]] if keep else flat_neg[:0]
-        negative = np.zeros_like(negative)
-        negative.reshape(-1)[closest] = True
-    return positive, negative
+    return positive, closest_pairs(negative, dist, int(positive.sum()))
+
+
+def closest_pairs(mask, dist, keep):
+    """The ``keep`` entries of the boolean ``mask`` with the smallest ``dist`` (same shape), as a
+    mask; ``mask`` itself when it holds no more than ``keep``. The hard-negative selection of the
+    contrastive loss, in a batch (:func:`select_pairs`) and against a memory."""
+    flat = np.flatnonzero(mask)
+    if keep >= len(flat):
+        return mask
+    chosen = np.zeros_like(mask)
+    if keep:
+        nearest = np.argpartition(np.asarray(dist).reshape(-1)[flat], keep)[:keep]
+        chosen.reshape(-1)[flat[nearest]] = True
+    return chosen
 
 
 # ------------------------------------------------------------------------------------------------
