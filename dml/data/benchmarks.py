@@ -18,8 +18,9 @@ metric-learning paper uses (training and test classes are disjoint):
 folder (``CUB_200_2011/``, ``Stanford_Online_Products/``, ``In-shop Clothes Retrieval
 Benchmark/`` with ``Eval/`` and ``Img/``). Every image is decoded in full when the dataset
 loads, and remembered: a later load decodes only the files that changed
-(:mod:`dml.data.checks`). A missing or malformed file is a :class:`dml.DmlError` naming the file and what belongs
-there. Nothing is downloaded: the benchmarks' licences ask users to fetch them themselves.
+(:mod:`dml.data.checks`). A missing or malformed file is a :class:`dml.DmlError` naming the file
+and what belongs there. Nothing is downloaded: the benchmarks' licences ask users to fetch them
+themselves.
 """
 import os
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from .. import DmlError
 from .checks import check_images
-from .datasets import IMAGENET_MEAN, IMAGENET_STD, ImageFileDataset, _splits, read_image
+from .datasets import IMAGENET_MEAN, IMAGENET_STD, ImageFileDataset, _splits
 
 BENCHMARKS = ("cub200", "cars196", "sop", "inshop")
 MAX_LIST_BYTES = 64 << 20  # a list file larger than this is not one of the official ones

@@ -9,13 +9,15 @@ image folder, image size and resize rule; a file whose size or modification time
 decoded again. As git does with its index, a file modified less than two seconds before its check
 is not recorded ("racily clean": a same-size rewrite within the file system's timestamp
 granularity would keep its modification time), so it is decoded again next time. Delete the
-record (or set ``DML_RECHECK=1``) to decode everything again. A record that cannot be read (not JSON, too large, another layout) is ignored and rewritten; one that cannot
-be written (a read-only home) only costs the next start its minutes.
+record (or set ``DML_RECHECK=1``) to decode everything again. A record that cannot be read (not
+JSON, too large, another layout) is ignored and rewritten; one that cannot be written (a read-only
+home) only costs the next start its minutes.
 """
 import hashlib
 import json
 import logging
 import os
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -86,21 +88,20 @@ def check_images(paths, size, resize="square", missing="%s is missing"):
 
     from .datasets import read_image
 
-    paths = [os.path.abspath(p) for p in paths]
-    stamps = {}
-    for path in paths:
+    stamps = {}  # each file once, in order: [size, mtime_ns]
+    for path in map(os.path.abspath, paths):
         try:
             st = os.stat(path)
         except OSError:
-            raise DmlError(missing % path) from None
-        if not os.path.isfile(path):
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
             raise DmlError(missing % path)
         stamps[path] = [int(st.st_size), int(st.st_mtime_ns)]
-    record = record_path(paths, size, resize)
+    record = record_path(list(stamps), size, resize)
     recheck = os.environ.get("DML_RECHECK", "") not in ("", "0")
     known = {} if recheck else _read_record(record)
-    todo = [p for p in dict.fromkeys(paths) if known.get(p) != stamps[p]]
-    checked = {p: stamps[p] for p in stamps if known.get(p) == stamps[p]}
+    todo = [p for p, stamp in stamps.items() if known.get(p) != stamp]
+    checked = {}  # the files of todo that decoded
 
     def check(path):
         read_image(path, size, resize)
@@ -120,6 +121,6 @@ def check_images(paths, size, resize="square", missing="%s is missing"):
                                                if stamp[1] < settled}})
     if len(todo) < len(stamps):
         log.debug("decoded %d of %d images in full; %d are unchanged since an earlier check "
-                 "(%s; DML_RECHECK=1 decodes them all)", len(todo), len(stamps),
+                  "(%s; DML_RECHECK=1 decodes them all)", len(todo), len(stamps),
                  len(stamps) - len(todo), record)
     return len(todo)

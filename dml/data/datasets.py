@@ -22,6 +22,7 @@ import numpy as np
 from mxnet import base, gluon
 
 from .. import DmlError
+from .checks import check_images
 from .transforms import Augment, fit_image, load_side
 
 log = logging.getLogger(__name__)
@@ -594,11 +595,9 @@ def load_folder(root, image_size=32):
     index = {name: i for i, name in enumerate(class_names)}
     datasets = {}
     for split, (_, items) in splits.items():
-        from .checks import check_images
-
-        check_images([p for p, _ in items], image_size)
-        datasets[split] = ImageFileDataset([p for p, _ in items], [index[c] for _, c in items],
-                                           image_size)
+        paths = [p for p, _ in items]
+        check_images(paths, image_size)
+        datasets[split] = ImageFileDataset(paths, [index[c] for _, c in items], image_size)
     train_classes = sorted({index[c] for _, c in splits["train"][1]})
     eval_classes = sorted({index[c] for _, c in splits["test"][1]})
     every = list(range(len(class_names)))
