@@ -19,10 +19,9 @@ import zlib
 import numpy as np
 import pytest
 
-from dml.cli import main
 from dml.runs import complete_checkpoints
 from fakedata import write_cifar, write_image_folder
-from runhelpers import ROOT, TINY, only_run_dir
+from runhelpers import ROOT, TINY, only_run_dir, refused
 
 # Runs `dml train` and sends itself SIGTERM (what Slurm and Kubernetes send) in its N-th step.
 TERM_AT_STEP = """
@@ -254,14 +253,6 @@ def _bomb_png(path, side=30000):
                 chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
 
 
-def run_bad(capsys, argv):
-    try:
-        code = main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err.strip()
-
-
 @pytest.mark.parametrize("make,message", [
     (_truncated_png, "is not an image Pillow can decode"),
     (_bomb_png, "is too large to decode safely"),
@@ -275,8 +266,8 @@ def test_broken_image_is_refused_with_its_path(tmp_path, capsys, make, message):
     bad = os.path.join(root, "train", "cat", "bad.png")
     make(bad)
     out = tmp_path / "out"
-    code, err = run_bad(capsys, ["train", "--dataset", "folder", "--data-root", root,
-                                 "--output-root", str(out)] + TINY)
+    code, err = refused(["train", "--dataset", "folder", "--data-root", root,
+                         "--output-root", str(out)] + TINY, capsys)
     assert code == 2
     assert len(err.splitlines()) == 1, err
     assert bad in err and message in err, err
@@ -296,8 +287,8 @@ def test_cifar_pickle_payload_is_refused_and_never_runs(tmp_path, capsys):
     with open(path, "wb") as f:
         pickle.dump({b"data": Payload(), b"labels": [0]}, f)
     out = tmp_path / "out"
-    code, err = run_bad(capsys, ["train", "--dataset", "cifar10", "--data-root", root,
-                                 "--output-root", str(out)] + TINY)
+    code, err = refused(["train", "--dataset", "cifar10", "--data-root", root,
+                         "--output-root", str(out)] + TINY, capsys)
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "data_batch_3 is refused: it imports" in err and "system" in err
     assert not witness.exists()
@@ -368,7 +359,7 @@ BAD_ARGS = [
 @pytest.mark.parametrize("argv,message", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
 def test_bad_numbers_are_refused_before_anything_is_written(tmp_path, capsys, argv, message):
     out = tmp_path / "out"
-    code, err = run_bad(capsys, ["train", "--output-root", str(out)] + TINY[:4] + argv)
+    code, err = refused(["train", "--output-root", str(out)] + TINY[:4] + argv, capsys)
     assert code == 2
     assert len(err.splitlines()) == 1 and message in err, err
     assert not out.exists()
@@ -388,7 +379,7 @@ def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch, error):
                                  "allocate CPU Memory")
 
     monkeypatch.setattr(dml.engine, "fit", fit)
-    code, err = run_bad(capsys, ["train", "--epochs", "1", "--output-root", str(tmp_path)] + TINY)
+    code, err = refused(["train", "--epochs", "1", "--output-root", str(tmp_path)] + TINY, capsys)
     assert code == 1
     line = err.splitlines()[-1]
     assert line.startswith("dml train: error: out of memory"), err
@@ -480,13 +471,13 @@ def test_evaluate_refuses_a_changed_class_list_and_another_runs_checkpoint(folde
     before = load(os.path.join(run, "metrics.json"))
     other = str(tmp_path / "other")
     shutil.copytree(run, other)
-    code, err = run_bad(capsys, ["evaluate", run, "--checkpoint",
-                                 os.path.join(other, "params", "net-0001.params")])
+    code, err = refused(["evaluate", run, "--checkpoint",
+                         os.path.join(other, "params", "net-0001.params")], capsys)
     assert code == 2 and "is not in %s" % os.path.join(run, "params") in err, err
     extra = os.path.join(data, "test", "zebra")
     os.makedirs(extra)
     shutil.copy(os.path.join(data, "test", "cat", "cat_1.png"), os.path.join(extra, "z.png"))
-    code, err = run_bad(capsys, ["evaluate", run])
+    code, err = refused(["evaluate", run], capsys)
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "does not hold the 4 classes" in err and "1 new (zebra)" in err
     assert load(os.path.join(run, "metrics.json")) == before
@@ -500,13 +491,13 @@ def test_evaluate_checks_everything_before_writing(folder_run, capsys):
     metrics = os.path.join(run, "metrics.json")
     text = open(metrics).read()
     open(metrics, "w").write(text[:len(text) // 2])
-    code, err = run_bad(capsys, ["evaluate", run])
+    code, err = refused(["evaluate", run], capsys)
     assert code == 2 and "cannot read %s" % metrics in err, err
     assert sorted(os.listdir(os.path.join(run, "logs"))) == logs
     assert {p: os.path.getmtime(os.path.join(run, "plots", p)) for p in plots} == plots
     open(metrics, "w").write(text)
     not_params = os.path.join(run, "params", "state-0001.json")
-    code, err = run_bad(capsys, ["evaluate", run, "--checkpoint", not_params])
+    code, err = refused(["evaluate", run, "--checkpoint", not_params], capsys)
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "does not fit this run's network" in err
     assert "Traceback (most recent call last)" not in err
@@ -619,8 +610,8 @@ def test_unseen_split_names_the_classes(tmp_path, capsys):
     os.makedirs(os.path.join(root, "test", "dog"))
     shutil.copy(glob.glob(os.path.join(root, "train", "dog", "*"))[0],
                 os.path.join(root, "test", "dog", "x.png"))
-    code, err = run_bad(capsys, ["train", "--dataset", "folder", "--data-root", root, "--split",
-                                 "unseen", "--output-root", str(tmp_path / "out")])
+    code, err = refused(["train", "--dataset", "folder", "--data-root", root, "--split",
+                         "unseen", "--output-root", str(tmp_path / "out")], capsys)
     assert code == 2 and "fewer than 2 of the classes cat to dog" in err, err
 
 

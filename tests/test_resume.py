@@ -1,21 +1,18 @@
 """Crash-safe checkpoints and --resume: kills at several points, Ctrl-C, NaN, bad input."""
 import glob
-import io
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from contextlib import redirect_stdout
 
 import numpy as np
 import pytest
 
-from dml.cli import main
 from dml.runs import complete_checkpoints
-from runhelpers import ROOT, TINY, only_run_dir, read_with_tensorboard
+from runhelpers import (ROOT, TINY, load_json, only_run_dir, read_with_tensorboard,
+                        run_main)
 
 EPOCHS = 3
 SCORES = ["precision_at_1", "r_precision", "map_at_r", "recall_at_1", "recall_at_8", "nmi",
@@ -42,16 +39,7 @@ def train_args(tiny_cifar, out, *extra):
             "--output-root", out] + TINY + list(extra)
 
 
-def run(argv):
-    printed = io.StringIO()
-    with redirect_stdout(printed):
-        code = main(argv)
-    return code, printed.getvalue()
-
-
-def load(run_dir, name="metrics.json"):
-    with open(os.path.join(run_dir, name)) as f:
-        return json.load(f)
+run, load = run_main, load_json
 
 
 def subprocess_env():
