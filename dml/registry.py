@@ -27,8 +27,8 @@ METHODS = (
     "soft_triple",
     "subcenter_arcface",
 )
-DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder", "cub200",
-            "cars196", "sop", "inshop")
+DATASETS = ("digits", "glyphs", "cifar10", "cifar100", "mnist", "fashion-mnist", "folder",
+            "cub200", "cars196", "sop", "inshop")
 # the zero-shot retrieval benchmarks, read in their official layouts (dml.data.benchmarks)
 BENCHMARKS = ("cub200", "cars196", "sop", "inshop")
 # --augment: the training augmentation (dml.data.transforms)
@@ -130,6 +130,8 @@ _BENCHMARK = dict(epochs=40, n_classes=32, n_samples=4, image_size=224, augment=
 # photos may be
 DATASET_DEFAULTS = {
     "digits": dict(epochs=10, augment="crop"),
+    # characters: a mirrored glyph may be another character (b and d), so no flip
+    "glyphs": dict(epochs=10, n_classes=32, n_samples=4, augment="crop"),
     "cifar10": dict(epochs=60, n_classes=8, n_samples=16, lr_steps=[40, 50], augment="crop-flip"),
     "cifar100": dict(epochs=60, n_classes=16, n_samples=8, lr_steps=[40, 50], augment="crop-flip"),
     "mnist": dict(epochs=10, augment="crop"),

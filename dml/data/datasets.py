@@ -723,6 +723,10 @@ def load_dataset(name, data_root=None, image_size=32):
         return load_mnist(name, data_root)
     if name == "folder":
         return load_folder(data_root, image_size=image_size)
+    if name == "glyphs":
+        from .glyphs import load_glyphs
+
+        return load_glyphs(data_root, image_size=image_size)
     if name in BENCHMARKS:
         return load_benchmark(name, data_root, image_size=image_size)
     raise DmlError("unknown dataset %r: choose one of %s" % (name, ", ".join(DATASETS)))
