@@ -400,6 +400,11 @@ def _epoch_summary(state):
         text += ", map_at_r %.4f" % record["map_at_r"]
     if "val_map_at_r" in record:
         text += ", validation map_at_r %.4f" % record["val_map_at_r"]
+    if "health_map_at_r" in record:
+        if "val_map_at_r" not in record:
+            text += ", %s map_at_r %.4f" % ("validation" if state.splits.val is not None
+                                            else "training-sample", record["health_map_at_r"])
+        text += " (untrained %.4f)" % record["health_untrained_map_at_r"]
     return text + ", lr %g" % record["learning_rate"]
 
 
@@ -459,7 +464,32 @@ def default_hooks(cfg, splits, run_dir, state, extra=None):
                                                                 on=on),
         val_loss, select_on=selection_split(cfg, splits))
     logger = TensorBoardLogger(run_dir, cfg, writes=state.workers.writes)
-    return recorder, logger, Hooks([state.guard, recorder, logger] + list(extra or []))
+    health = [health_monitor(cfg, splits)] if state.workers.writes else []
+    return recorder, logger, Hooks([state.guard] + health + [recorder, logger] + list(extra or []))
+
+
+def health_monitor(cfg, splits):
+    """The :class:`dml.health.HealthMonitor` of a run: on its validation classes, else on a fixed
+    sample of whole training classes."""
+    from .health import HealthMonitor, heldout_sample
+
+    if splits.val is not None:
+        dataset, what = splits.val, "the %d validation classes" % len(splits.val_classes)
+    else:
+        dataset = splits.train.subset(heldout_sample(splits.train, seed=cfg.seed))
+        what = "a sample of %d training classes" % len(np.unique(dataset.labels))
+
+    def embed_set(net, data):
+        loader = BatchLoader(data, SequentialBatches(len(data), cfg.eval_batch_size), splits.mean,
+                             splits.std, augment=None, num_workers=cfg.num_workers)
+        return embed(net, loader, net_contexts(net))
+
+    return HealthMonitor(dataset, embed_set, cfg.distance, what)
+
+
+def net_contexts(net):
+    """The contexts ``net``'s parameters live on."""
+    return next(iter(net.collect_params().values())).list_ctx()
 
 
 def resume_state(run_dir, state, loader, resume):
@@ -479,6 +509,7 @@ def resume_state(run_dir, state, loader, resume):
             state.loss_fn.load_state(memory)
     state.history, state.best_map, state.step = resume["history"], resume["best_map"], resume["step"]
     state.done_seconds, state.last_good = resume["train_seconds"], resume["id"]
+    state.health_baseline = resume.get("health_baseline")
     set_rng_state(resume["rng"])
     state.epoch = resume["epoch"]
     if resume["batch"] is not None:  # stopped inside an epoch: continue it after its batches

@@ -67,6 +67,9 @@ class TrainState:
         self.guard = None  # the StopGuard (its ``requested`` is the signal that asked to stop)
         self.metrics = None  # the final metrics (train_end)
         self.reported_epoch = None  # the epoch whose weights metrics.json reports (train_end)
+        self.epoch_zero = None  # the count of zero-loss batches of the epoch (1-element array)
+        self.health = {}  # the epoch's training-health statistics (dml.health), history keys
+        self.health_baseline = None  # the untrained network's (kept in checkpoints)
 
     def elapsed(self):
         """Training seconds, the stopped processes' included."""
@@ -78,16 +81,19 @@ class TrainState:
         self.batch_loss = loss
         self.epoch_loss = loss if self.epoch_loss is None else self.epoch_loss + loss
         self.epoch_stat = stat if self.epoch_stat is None else self.epoch_stat + stat
+        zero = loss <= 0
+        self.epoch_zero = zero if self.epoch_zero is None else self.epoch_zero + zero
 
     def begin_epoch(self, epoch, batches):
         """Epoch ``epoch`` with ``batches`` batches, continuing the sums of a resumed partial
         epoch."""
         self.epoch, self.seen, self.epoch_loss = epoch, 0, None
-        self.epoch_stat, self.batches = None, batches
+        self.epoch_stat, self.batches, self.epoch_zero, self.health = None, batches, None, {}
         if self.partial is not None:
             ctx = self.ctx[0]
             self.epoch_loss = mx.nd.array([self.partial["loss_sum"]], ctx=ctx)
             self.epoch_stat = mx.nd.array([self.partial["stat_sum"]], ctx=ctx)
+            self.epoch_zero = mx.nd.array([self.partial.get("zero_sum", 0.0)], ctx=ctx)
             self.seen = self.partial["batches"]
         self.partial = None
 
@@ -248,7 +254,8 @@ class RunRecorder:
     def _state(self, state, epoch_sums=None):
         return {"step": state.step, "best_map": state.best_map, "history": state.history,
                 "rng": rng_state(), "train_seconds": round(state.elapsed(), 3),
-                "method": self.cfg.method, "partial": epoch_sums}
+                "method": self.cfg.method, "partial": epoch_sums,
+                "health_baseline": state.health_baseline}
 
     def checkpoint(self, state, batch=None, epoch_sums=None):
         if not state.workers.writes:
@@ -271,7 +278,8 @@ class RunRecorder:
             loss_sum = guard.check(state.epoch_loss, "in epoch %d" % state.epoch, state.last_good)
             raise TrainingInterrupted(self.checkpoint(state, state.seen, {
                 "loss_sum": loss_sum, "stat_sum": float(state.epoch_stat.asscalar()),
-                "batches": state.seen}), guard.requested)
+                "zero_sum": float(state.epoch_zero.asscalar()), "batches": state.seen}),
+                guard.requested)
 
     @property
     def _prefix(self):
@@ -297,6 +305,7 @@ class RunRecorder:
         state.record = record = {"epoch": state.epoch, "train_loss": state.mean_loss,
                                  stat: state.epoch_stat.asscalar() / max(state.seen, 1),
                                  "learning_rate": state.trainer.learning_rate}
+        record.update(state.health)
         if self.val_loss is not None:
             record["val_loss"] = self.val_loss(state)
         state.evaluation = None
@@ -376,6 +385,9 @@ class TensorBoardLogger:
                 self.log_epoch(state.history[-1], state.method.stat)
         else:
             self.hparams_start()
+            if state.health_baseline is not None:  # the untrained network, as epoch 0
+                for key, value in state.health_baseline.items():
+                    self.writer.add_scalar("health/" + key, value, global_step=0)
 
     def batch_end(self, state):
         if state.checked_loss is not None:
@@ -412,6 +424,10 @@ class TensorBoardLogger:
         self.writer.add_scalar("train/" + stat, record[stat], global_step=epoch)
         if "val_loss" in record:
             self.writer.add_scalar("val/loss", record["val_loss"], global_step=epoch)
+        for key, value in record.items():  # training health (dml.health)
+            if key.startswith("health_"):
+                self.writer.add_scalar("health/" + key[len("health_"):], value,
+                                       global_step=epoch)
         for key in RETRIEVAL_KEYS:  # model selection on the validation classes
             if "val_" + key in record:
                 self.writer.add_scalar("val/" + key, record["val_" + key], global_step=epoch)

@@ -62,12 +62,21 @@ def test_train_end_to_end_run_folder(tiny_cifar, tiny_run):
     assert tags["train/epoch_loss"] == [1, 2]
     assert tags["train/batch_loss"] == [10]  # 9 steps an epoch, logged every 10 steps
     assert tags["eval/map_at_r"] == tags["eval/knn_accuracy"] == [2]  # no --eval-period: the end
+    # training health: the untrained network at step 0, then every epoch (dml.health)
+    for key in ("map_at_r", "precision_at_1", "spread", "effective_rank", "spectral_decay"):
+        assert tags["health/" + key] == [0, 1, 2], key
+    assert tags["health/untrained_map_at_r"] == tags["health/zero_loss_batches"] == [1, 2]
     assert seen["images"] == {"plots/loss": [2], "plots/embedding_test": [2],
                               "plots/retrieval_test": [2]}
     for name in ("loss.png", "embedding_test.png", "retrieval_test.png"):
         assert_png(os.path.join(run, "plots", name))
     history = json.load(open(os.path.join(logs, "history.json")))
     assert [h["epoch"] for h in history] == [1, 2] and "map_at_r" in history[1]
+    assert 0 <= history[0]["health_map_at_r"] <= 1 and history[1]["health_effective_rank"] > 1
+    assert history[0]["health_untrained_map_at_r"] == history[1]["health_untrained_map_at_r"]
+    log_text = open(os.path.join(logs, "train.log")).read()
+    assert "before training, on a sample of 10 training classes: map_at_r" in log_text
+    assert "training-sample map_at_r" in log_text and "(untrained " in log_text
     assert history[1]["map_at_r"] == metrics["map_at_r"]
     assert seen["projector"][-1] == ["test_embedding_000002/tensors.tsv",
                                      "test_embedding_000002/metadata.tsv",
