@@ -874,17 +874,21 @@ def _verification_table(metrics):
 
 
 def cmd_compare(args):
-    from .compare import compare_rows, differing_options, format_table
+    from .compare import compare_rows, differing_options, find_results, format_table
+    from .serve import check_writable
 
     if not os.path.isdir(args.root):
         raise DmlError("no folder at %s" % args.root)
-    if args.plot and not args.plot.lower().endswith(".png"):
-        raise DmlError("--plot %s: name a .png file" % args.plot)
-    rows = compare_rows(args.root, group=not args.runs)
+    if args.plot is not None:
+        if not args.plot.lower().endswith(".png"):
+            raise DmlError("--plot %s: name a .png file" % args.plot)
+        check_writable(args.plot)
+    results = find_results(args.root)  # read once: one warning per unreadable run
+    rows = compare_rows(args.root, group=not args.runs, results=results)
     if not rows:
         raise DmlError("no finished runs under %s (a run folder holds metrics.json and "
                        "config.json)" % args.root)
-    differing = differing_options(args.root)
+    differing = differing_options(args.root, results=results)
     table, metric_keys = format_table(rows, args.format, differing)
     print(table)
     if args.plot:
@@ -952,6 +956,9 @@ def main(argv=None):
         sys.stderr.write("dml %s: error: %s\n" % (args.command, as_flags(str(err),
                                                                       _destinations(parser))))
         return 2
+    except WriteFailed as err:  # a full disk, a vanished folder: what was written before stays
+        sys.stderr.write("dml %s: error: %s\n" % (args.command, err))
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("dml %s: interrupted\n" % args.command)
         return 130

@@ -68,20 +68,46 @@ def _method_name(config):
     return "%s (%s)" % (method, config["selector"]) if config.get("selector") else method
 
 
-def compare_rows(root, group=True):
+def _one_run_per_seed(members):
+    """A group's runs, one per seed: a second run of an experiment with the same seed (a copied
+    run folder, or the same run repeated) is no new sample and is left out, with a warning."""
+    import logging
+
+    kept, seen = [], {}
+    for member in members:
+        seed = member[2].get("seed")
+        if seed in seen:
+            logging.getLogger("dml").warning(
+                "leaving out %s: the same experiment and seed (%s) as %s, so no new sample "
+                "(a copy of the run folder?)", member[0], seed, seen[seed])
+            continue
+        seen[seed] = member[0]
+        kept.append(member)
+    return kept
+
+
+def _best_first(row):
+    value = row.get("map_at_r")
+    finite = isinstance(value, (int, float)) and math.isfinite(value)
+    return (0 if finite else 1, -float(value) if finite else 0.0, row["run"])
+
+
+def compare_rows(root, group=True, results=None):
     """One dict per experiment under ``root`` (per run with ``group=False``), best mean
-    ``map_at_r`` first. Metric ``m`` holds the mean, ``m_ci95`` the half width of its 95%
-    interval (None for one run); ``n`` counts the runs, ``seeds`` lists their seeds and
-    ``runs`` their paths."""
+    ``map_at_r`` first (a run without a finite one last). Metric ``m`` holds the mean, ``m_ci95``
+    the half width of its 95% interval (None for one run); ``n`` counts the runs, one per seed
+    (:func:`_one_run_per_seed`), ``seeds`` lists their seeds and ``runs`` their paths.
+    ``results``: :func:`find_results` of ``root``, when read already."""
     from .evaluation import METRIC_KEYS
 
     groups = {}
-    for path, metrics, config in find_results(root):
+    for path, metrics, config in (find_results(root) if results is None else results):
         key = experiment_key(metrics, config) if group else path
         groups.setdefault(key, []).append((path, metrics, config))
     rows = []
     for members in groups.values():
         members.sort(key=lambda m: (m[2].get("seed", 0), m[0]))
+        members = _one_run_per_seed(members)
         path, metrics, config = members[0]
         row = dict(run=path, method=_method_name(config), dataset=config.get("dataset", "?"),
                    split=metrics.get("split", "test"), n=len(members),
@@ -95,15 +121,16 @@ def compare_rows(root, group=True):
             if len(values) == len(members):
                 row[key], row[key + "_ci95"] = confidence_interval(values)
         rows.append(row)
-    rows.sort(key=lambda r: (-float(r.get("map_at_r", -1.0)), r["run"]))
+    rows.sort(key=_best_first)
     return rows
 
 
-def differing_options(root):
+def differing_options(root, results=None):
     """For each run path, the options (``name=value``) in which its experiment differs from
     the other experiments of the same method on the same dataset, so that two rows of one
-    method can be told apart."""
-    results = find_results(root)
+    method can be told apart. ``results``: :func:`find_results` of ``root``, when read
+    already."""
+    results = find_results(root) if results is None else results
     by_method = {}
     for path, _, config in results:
         by_method.setdefault((_method_name(config), config.get("dataset")), []).append(

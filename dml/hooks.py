@@ -486,7 +486,8 @@ class TensorBoardLogger:
         self.run_dir.drop_projector_entry("%s_%s" % (tag, str(step).zfill(6)))
         images, _ = splits.test.batch(chosen)
         self.writer.add_embedding(tag, embeddings[chosen],
-                                  labels=[splits.class_names[int(c)] for c in labels[chosen]],
+                                  labels=[tsv_cell(splits.class_names[int(c)])
+                                          for c in labels[chosen]],
                                   images=images.transpose(0, 3, 1, 2), global_step=step)
 
     def figures(self, splits, embeddings, labels, history, step):
@@ -540,6 +541,13 @@ class TensorBoardLogger:
         return plots.neighbour_grid(rows, self.run_dir.plot("retrieval_" + splits.split),
                                     title="%s on %s: nearest %s images (epoch %d, %s distance)"
                                     % (cfg.method, cfg.dataset, splits.split, step, cfg.distance))
+
+
+def tsv_cell(text):
+    """``text`` as one cell of the projector's metadata.tsv (one line per point): a class
+    folder named with a tab or a line break would otherwise add columns or lines."""
+    return str(text).replace("\\", "\\\\").replace("\t", "\\t").replace(
+        "\n", "\\n").replace("\r", "\\r")
 
 
 def projector_sample(n, max_points, seed):

@@ -123,13 +123,30 @@ class SearchIndex:
         _faiss().write_index(self.index, path)
 
     @classmethod
-    def load(cls, path, distance, kind, nlist=None):
+    def load(cls, path, distance, kind, nlist=None, count=None, dim=None):
+        """The index saved at ``path``; it must be of ``kind`` (and hold ``count`` vectors of
+        ``dim`` dimensions when given), else a :class:`DmlError`. A file too small for the
+        vectors it is said to hold is refused before faiss allocates them."""
+        import os
+
         faiss = _faiss()
+        if count is not None and dim is not None and os.path.getsize(path) < 4 * count * dim:
+            raise DmlError("%s holds %d bytes, too few for %d vectors of %d dimensions: rebuild "
+                           "the index" % (path, os.path.getsize(path), count, dim))
         try:
-            index = faiss.read_index(path)
-        except RuntimeError as err:
+            index = faiss.read_index(path)  # (of its own class: IndexFlatL2, IndexHNSWFlat, ...)
+        except (RuntimeError, MemoryError) as err:
             raise DmlError("%s is not a faiss index this faiss can read (%s)"
-                           % (path, str(err).strip().splitlines()[-1][:200])) from None
+                           % (path, str(err).strip().splitlines()[-1][:200] if str(err).strip()
+                              else type(err).__name__)) from None
+        expected = {"exact": faiss.IndexFlat, "ivf": faiss.IndexIVFFlat,
+                    "hnsw": faiss.IndexHNSWFlat}.get(kind)
+        if expected is None or not isinstance(index, expected):
+            raise DmlError("%s is a %s, not the %s index its index.json says: rebuild the index"
+                           % (path, type(index).__name__, kind))
+        if (count is not None and index.ntotal != count) or (dim is not None and index.d != dim):
+            raise DmlError("%s holds %d vectors of %d dimensions, index.json says %d of %d: "
+                           "rebuild the index" % (path, index.ntotal, index.d, count, dim))
         return cls(index, distance, kind, nlist)
 
 

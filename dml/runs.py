@@ -14,10 +14,13 @@ _LOW_SPACE = 64 << 20  # bytes: below this, a write that failed without saying w
 
 def write_failure(path, err):
     """The :class:`WriteFailed` for a failed write of ``path``. MXNet's file writer reports a
-    full disk only as "Write incomplete", so a failure with little free space left counts as one."""
+    full disk only as "Write incomplete" (no errno), so such a failure with little free space
+    left counts as one; an error that names its cause (permission denied, a read-only or
+    pseudo file system such as /proc, which always shows no free space) is reported as it is."""
     folder = os.path.dirname(os.path.abspath(path))
-    full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
-    if not full:
+    code = getattr(err, "errno", None)
+    full = code in (errno.ENOSPC, errno.EDQUOT)
+    if not full and code is None:
         try:
             full = shutil.disk_usage(folder).free < _LOW_SPACE
         except OSError:
@@ -37,10 +40,41 @@ def _remove_quietly(path):
         pass
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file
+
+
+def temporary_file(path):
+    """A new, empty temporary file beside ``path`` (``.NAME.XXXXXXXX.tmp``), created with
+    ``O_EXCL`` under a random name: a link planted at a predictable name cannot redirect the
+    write. Its mode is what ``open`` would give ``path``."""
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".%s." % os.path.basename(path), suffix=".tmp")
+    try:
+        os.fchmod(fd, _FILE_MODE)
+    finally:
+        os.close(fd)
+    return tmp
+
+
 def write_atomic(save, path):
-    """``save(tmp)`` then rename ``tmp`` to ``path``: a reader (or a kill) never sees half a file.
-    A failed write leaves no temporary file and raises :class:`dml.WriteFailed`."""
-    tmp = path + ".tmp"
+    """``save(tmp)`` then rename ``tmp`` to ``path``: a reader (or a kill) never sees half a file,
+    and the temporary file is a new one (:func:`temporary_file`), never a link someone planted.
+    A failed write leaves no temporary file and raises :class:`dml.WriteFailed`; ``path`` naming
+    a folder is a :class:`dml.DmlError`."""
+    if os.path.isdir(path):
+        raise DmlError("cannot write %s: it is a folder (name a file)" % path)
+    try:
+        tmp = temporary_file(path)
+    except OSError as err:
+        raise write_failure(path, err) from None
     try:
         save(tmp)
         os.replace(tmp, path)
@@ -193,14 +227,29 @@ def complete_checkpoints(run_dir):
     return sorted(found, key=lambda s: (s["step"], s["id"]))
 
 
+def partial_files(root):
+    """The temporary files (``*.tmp``) and folders (``.tmp-*``) below ``root`` that a write
+    which never reached its rename left, hidden ones included."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            if name.startswith(".tmp-"):
+                found.append(os.path.join(folder, name))
+        dirs[:] = [d for d in dirs if not d.startswith(".tmp-")]
+        found.extend(os.path.join(folder, name) for name in files
+                     if name.endswith(".tmp") or name.startswith(".tmp-"))
+    return found
+
+
 def remove_partial_files(run_dir):
-    """Delete the ``*.tmp`` files a killed run left (a write that never reached its rename)."""
+    """Delete what :func:`partial_files` finds (a killed run's unfinished writes)."""
     removed = []
-    for folder, _, files in os.walk(run_dir):
-        for name in files:
-            if name.endswith(".tmp") or name.startswith(".tmp-"):
-                os.remove(os.path.join(folder, name))
-                removed.append(os.path.join(folder, name))
+    for path in partial_files(run_dir):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            _remove_quietly(path)
+        removed.append(path)
     return removed
 
 
@@ -257,8 +306,8 @@ def _link(source, path):
         if os.path.exists(path) and os.path.samefile(source, path):
             return True  # linked already (a resumed run); rename() of two links to one file
             # would do nothing and leave the temporary link behind
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if os.path.lexists(tmp):
+            os.remove(tmp)  # (a link planted there is removed, not followed)
         os.link(source, tmp)
     except OSError:
         return False
@@ -396,14 +445,14 @@ class RunDir:
         return resolve_checkpoint(self.path, checkpoint)
 
     def check_own(self, path):
-        """A checkpoint file must lie in this run's params/: evaluating another run's file would
-        overwrite this run's metrics.json with the numbers of another network."""
+        """A checkpoint file must lie in this run's params/: another run's file would be evaluated
+        into this run's metrics.json, or embed with this run's preprocessing (its input size,
+        normalization and distance), which is not the other network's."""
         params = os.path.realpath(self.params)
         if os.path.commonpath([params, os.path.realpath(path)]) != params:
-            raise DmlError("checkpoint=%s is not in %s: evaluate a run's own checkpoints "
-                           "(python -m dml evaluate THAT_RUN checkpoint=%s), or copy the file "
-                           "into %s/ to score it as this run" % (path, self.params, path,
-                                                                 self.params))
+            raise DmlError("checkpoint=%s is not in %s: use a run's own checkpoints (name THAT "
+                           "run's folder, with checkpoint=%s), or copy the file into %s/ to use "
+                           "it as this run" % (path, self.params, path, self.params))
 
     def _param(self, kind, cid):
         ext = {"trainer": "states", "memory": "npz"}.get(kind, "params")
@@ -474,20 +523,28 @@ class RunDir:
         return False
 
     def _export(self, net, directory, epoch):
-        """``net.export`` under a temporary prefix, then renamed: a kill never leaves half a
-        file."""
-        tmp_prefix = os.path.join(directory, ".tmp-" + self.EXPORT_PREFIX)
+        """``net.export`` into a new temporary folder (``.tmp-export-*``, made with a random
+        name: nothing planted there is written through), then renamed into ``directory``: a kill
+        never leaves half a file."""
+        import tempfile
+
+        try:
+            tmp_dir = tempfile.mkdtemp(dir=directory, prefix=".tmp-export-")
+        except OSError as err:
+            raise write_failure(os.path.join(directory, self.EXPORT_PREFIX), err) from None
+        tmp_prefix = os.path.join(tmp_dir, self.EXPORT_PREFIX)
         try:
             net.export(tmp_prefix, epoch=epoch)
-        except Exception as err:  # MXNetError "Write incomplete" on a full disk
             for suffix in ("-symbol.json", "-%04d.params" % epoch):
-                if os.path.exists(tmp_prefix + suffix):
-                    os.remove(tmp_prefix + suffix)
+                os.chmod(tmp_prefix + suffix, _FILE_MODE)
+            os.replace(tmp_prefix + "-symbol.json",
+                       os.path.join(directory, self.EXPORT_PREFIX + "-symbol.json"))
+            os.replace("%s-%04d.params" % (tmp_prefix, epoch),
+                       os.path.join(directory, "%s-%04d.params" % (self.EXPORT_PREFIX, epoch)))
+        except Exception as err:  # MXNetError "Write incomplete" on a full disk
             raise write_failure(tmp_prefix + "-%04d.params" % epoch, err) from None
-        os.replace(tmp_prefix + "-symbol.json",
-                   os.path.join(directory, self.EXPORT_PREFIX + "-symbol.json"))
-        os.replace("%s-%04d.params" % (tmp_prefix, epoch),
-                   os.path.join(directory, "%s-%04d.params" % (self.EXPORT_PREFIX, epoch)))
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
 
     def export(self, net, epoch, input_shape=None):
         """``net.export`` for deployment (``embedding-symbol.json``, ``embedding-<epoch>.params``),

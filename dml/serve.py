@@ -30,7 +30,7 @@ class LoadedRun:
         ``resize``)."""
         from PIL import Image
 
-        from .data.datasets import read_image
+        from .data.images import read_image
         from .data.transforms import fit_image
 
         height, width = self.input_size
@@ -39,10 +39,15 @@ class LoadedRun:
                 return read_image(image, height, self.resize)
             image = read_image(image)
         if isinstance(image, np.ndarray):
-            if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
+                    image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
                 raise DmlError("an image array must be uint8 H x W or H x W x 3, not %s %s"
                                % (image.dtype, image.shape))
-            image = Image.fromarray(image)
+            if image.shape[0] == 0 or image.shape[1] == 0:
+                raise DmlError("an image array of %d x %d pixels holds no image"
+                               % image.shape[:2])
+            image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1
+                                    else image)
         if not hasattr(image, "convert"):
             raise DmlError("cannot embed a %s: pass file paths, PIL images or uint8 arrays"
                            % type(image).__name__)
@@ -55,22 +60,23 @@ class LoadedRun:
 
     def preprocess(self, images):
         """``images`` (file paths, PIL images or uint8 H x W x 3 arrays; or one N x H x W x 3
-        uint8 array) -> the float32 N x 3 x H x W batch the network takes: resized to the run's
-        input size, ``(pixel / 255 - mean) / std`` per channel (for other runtimes too)."""
+        uint8 array; or one image) -> the float32 N x 3 x H x W batch the network takes: resized
+        to the run's input size, ``(pixel / 255 - mean) / std`` per channel (for other runtimes
+        too)."""
         from .data import normalize_batch
 
-        if isinstance(images, np.ndarray) and images.ndim == 4:
-            images = list(images)
+        images = _image_list(images)
+        if not images:
+            raise DmlError("no images to preprocess")
         batch = np.stack([self._image(image) for image in images])
         return normalize_batch(batch, self.mean, self.std)
 
     def embed(self, images, batch_size=256):
-        """The embeddings (float32 N x D numpy) of ``images`` (as :meth:`preprocess` takes),
-        in batches on the run's context."""
+        """The embeddings (float32 N x D numpy) of ``images`` (as :meth:`preprocess` takes; one
+        image gives 1 x D), in batches on the run's context."""
         import mxnet as mx
 
-        images = list(images) if not isinstance(images, np.ndarray) or images.ndim != 4 \
-            else images
+        images = _image_list(images)
         out = []
         for start in range(0, len(images), batch_size):
             x = mx.nd.array(self.preprocess(images[start:start + batch_size]), ctx=self.ctx)
@@ -78,6 +84,16 @@ class LoadedRun:
         if not out:
             return np.zeros((0, self.config.embedding_dim), dtype=np.float32)
         return np.concatenate(out)
+
+
+def _image_list(images):
+    """``images`` as a list of single images: one path, PIL image or H x W (x C) array is a list
+    of one (a path is not a sequence of characters), an N x H x W x 3 array a list of N."""
+    if isinstance(images, (str, os.PathLike)) or hasattr(images, "convert"):
+        return [os.fspath(images) if isinstance(images, os.PathLike) else images]
+    if isinstance(images, np.ndarray):
+        return list(images) if images.ndim == 4 else [images]
+    return list(images)
 
 
 def load_run(run_dir, checkpoint=None, ctx=None):
@@ -91,6 +107,8 @@ def load_run(run_dir, checkpoint=None, ctx=None):
 
     run, stored, cfg = open_run(run_dir)
     kind, path, _ = run.resolve(checkpoint or reported_checkpoint(run))
+    if checkpoint not in (None, "last", "best"):
+        run.check_own(path)  # another run's network with this run's preprocessing: refused
     ctx = ctx or mx.cpu()
     net = load_net(cfg, kind, path, [ctx])
     norm = stored.get("normalization")
@@ -149,7 +167,7 @@ def _read_list_file(path):
     base = os.path.dirname(os.path.abspath(path))
     items = []
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not a path
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise DmlError("cannot read the list file %s (%s)" % (path, getattr(err, "strerror", None)
@@ -200,6 +218,9 @@ def collect(inputs, run=None, dataset_split=None):
                 items.extend(_read_list_file(path))
             else:
                 items.append(Item(path))
+        elif os.path.exists(path):
+            raise DmlError("%s is not a regular file (a pipe or a device): give image files, "
+                           "folders or list files" % path)
         else:
             raise DmlError("no file or folder at %s" % path)
     if not items:
@@ -304,24 +325,33 @@ def file_sha256(path):
 # A gallery index (``dml index``) and searching it (``dml search``).
 
 INDEX_FILE, ITEMS_FILE, META_FILE = "index.faiss", "items.csv", "index.json"
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: index.json holds the SHA-256 of index.faiss and items.csv
+ITEMS_HEADER = ["index", "path", "label"]
 
 
 def check_new_folder(path, what="index folder"):
     """``path`` must not exist (or be an empty folder) and its parent must be writable."""
     import os
 
-    if os.path.exists(path) and not (os.path.isdir(path) and not os.listdir(path)):
+    if not path:
+        raise DmlError("an empty name is no %s: name a new folder" % what)
+    if os.path.lexists(path) and not (os.path.isdir(path) and not os.path.islink(path)
+                                      and not os.listdir(path)):
         raise DmlError("%s already exists: choose a new %s (nothing is overwritten)"
                        % (path, what))
-    check_writable(path)
+    check_writable(path, folder=True)
 
 
-def check_writable(path):
-    """The folder ``path`` is to be written in exists and is writable (checked before any work,
-    so a bad target costs nothing and leaves nothing)."""
+def check_writable(path, folder=False):
+    """``path`` can be written (checked before any work, so a bad target costs nothing and
+    leaves nothing): a name, not a folder (unless ``folder``), in a folder that exists and is
+    writable."""
     import os
 
+    if not path:
+        raise DmlError("an empty name is no file to write: name one")
+    if not folder and os.path.isdir(path):
+        raise DmlError("cannot write %s: it is a folder (name a file)" % path)
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise DmlError("cannot write %s: there is no folder %s" % (path, parent))
@@ -335,7 +365,7 @@ def _items_csv(items):
 
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["index", "path", "label"])
+    writer.writerow(ITEMS_HEADER)
     for i, item in enumerate(items):
         writer.writerow([i, item.source, item.label])
     return text.getvalue()
@@ -355,8 +385,10 @@ def build_index(run, items, index_dir, kind="exact", nlist=None, strict=False):
     ``items.csv`` and ``index.json`` with the run's identity. The folder is built under a
     temporary name and renamed: it exists complete or not at all. Returns ``(Gallery,
     problems)``."""
+    import errno
     import os
     import shutil
+    import tempfile
 
     from . import WriteFailed, __version__
     from .index import SearchIndex
@@ -365,22 +397,37 @@ def build_index(run, items, index_dir, kind="exact", nlist=None, strict=False):
     check_new_folder(index_dir)
     embeddings, kept, problems = embed_items(run, items, strict=strict)
     index = SearchIndex.build(embeddings, run.config.distance, kind, nlist, seed=run.config.seed)
+    kept = [Item(os.path.abspath(item.source) if os.path.isfile(item.source) else item.source,
+                 item.label, item.image) for item in kept]  # searchable from any folder
     meta = dict(format=INDEX_FORMAT, dml_version=__version__, kind=kind, nlist=index.nlist,
                 distance=run.config.distance, embedding_dim=int(embeddings.shape[1]),
                 count=index.count, run_dir=os.path.abspath(run.run_dir),
                 checkpoint=os.path.abspath(run.checkpoint),
                 checkpoint_sha256=file_sha256(run.checkpoint),
                 labelled=all(item.label for item in kept))
-    tmp = os.path.abspath(index_dir).rstrip(os.sep) + ".tmp-%d" % os.getpid()
+    parent = os.path.dirname(os.path.abspath(index_dir))
     try:
-        os.makedirs(tmp)
+        tmp = tempfile.mkdtemp(dir=parent, prefix=".%s.tmp-" % os.path.basename(
+            os.path.abspath(index_dir)))
+    except OSError as err:
+        raise write_failure(index_dir, err) from None
+    try:
         index.save(os.path.join(tmp, INDEX_FILE))
         save_text(os.path.join(tmp, ITEMS_FILE), _items_csv(kept))
+        meta["files"] = {name: file_sha256(os.path.join(tmp, name))
+                         for name in (INDEX_FILE, ITEMS_FILE)}
         write_json(os.path.join(tmp, META_FILE), meta)
-        if os.path.isdir(index_dir):
-            os.rmdir(index_dir)
+        os.chmod(tmp, 0o755)
+        # rename(2) replaces only a missing or empty folder: of two builds racing for one
+        # target, the second finds the first's index there and is refused
         os.rename(tmp, index_dir)
-    except (OSError, RuntimeError, WriteFailed) as err:
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+            raise DmlError("%s already exists: choose a new index folder (nothing is "
+                           "overwritten)" % index_dir) from None
+        raise write_failure(index_dir, err) from None
+    except (RuntimeError, WriteFailed) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, WriteFailed):
             raise
@@ -390,7 +437,9 @@ def build_index(run, items, index_dir, kind="exact", nlist=None, strict=False):
 
 def open_index(index_dir):
     """The :class:`Gallery` written by :func:`build_index`, or a :class:`DmlError` saying what
-    is missing."""
+    is wrong: a missing or unreadable file, an index.json this dml did not write, a file whose
+    SHA-256 is not the one index.json recorded (another index's index.faiss, an edited
+    items.csv), an index of another kind or size than index.json says."""
     import csv
     import os
 
@@ -401,20 +450,42 @@ def open_index(index_dir):
     if not os.path.isfile(meta_path):
         raise DmlError("%s is not an index folder (no %s): build one with dml index"
                        % (index_dir, META_FILE))
-    meta = read_json(meta_path)
-    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT or any(
-            key not in meta for key in ("kind", "distance", "checkpoint_sha256", "count")):
-        raise DmlError("%s is not an index.json this dml wrote (format %s)"
-                       % (meta_path, INDEX_FORMAT))
     try:
-        with open(os.path.join(index_dir, ITEMS_FILE), encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as err:
-        raise DmlError("cannot read %s (%s)" % (os.path.join(index_dir, ITEMS_FILE),
-                                                err.strerror or err)) from None
-    items = [Item(row["path"], row["label"]) for row in rows]
+        meta = read_json(meta_path)
+    except (OSError, ValueError) as err:
+        raise DmlError("cannot read %s (%s): rebuild the index with dml index"
+                       % (meta_path, getattr(err, "strerror", None) or err)) from None
+    if isinstance(meta, dict) and meta.get("format") == 1:
+        raise DmlError("%s was built by an older dml, whose index.json holds no checksums of "
+                       "its files: rebuild it with dml index" % index_dir)
+    required = {"kind": str, "distance": str, "checkpoint_sha256": str, "count": int,
+                "embedding_dim": int, "files": dict, "run_dir": str, "checkpoint": str}
+    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT or any(
+            not isinstance(meta.get(key), kind) for key, kind in required.items()):
+        raise DmlError("%s is not an index.json this dml wrote (format %s): rebuild the index "
+                       "with dml index" % (meta_path, INDEX_FORMAT))
+    for name in (INDEX_FILE, ITEMS_FILE):
+        path = os.path.join(index_dir, name)
+        if not os.path.isfile(path):
+            raise DmlError("%s is missing: rebuild the index with dml index" % path)
+        if file_sha256(path) != meta["files"].get(name):
+            raise DmlError("%s is not the file this index was built with (its SHA-256 differs "
+                           "from index.json's): rebuild the index with dml index" % path)
+    items_path = os.path.join(index_dir, ITEMS_FILE)
+    try:
+        with open(items_path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DmlError("cannot read %s (%s)" % (items_path, getattr(err, "strerror", None)
+                                               or err)) from None
+    if header != ITEMS_HEADER or any(len(row) != 3 for row in rows):
+        raise DmlError("%s is not an items.csv this dml wrote (header %s): rebuild the index"
+                       % (items_path, ",".join(ITEMS_HEADER)))
+    items = [Item(path, label) for _, path, label in rows]
     index = SearchIndex.load(os.path.join(index_dir, INDEX_FILE), meta["distance"], meta["kind"],
-                             meta.get("nlist"))
+                             meta.get("nlist"), count=meta["count"], dim=meta["embedding_dim"])
     if not len(items) == index.count == meta["count"]:
         raise DmlError("%s is inconsistent: %d items, %d vectors, index.json says %d"
                        % (index_dir, len(items), index.count, meta["count"]))
@@ -439,10 +510,15 @@ def run_for_index(gallery, run_dir=None, checkpoint=None, ctx=None):
         if checkpoint is None:
             checkpoint = meta["checkpoint"]
             if not os.path.isfile(checkpoint):
-                raise DmlError("the index's checkpoint %s is gone: give the run's folder (run="
-                               "RUN_DIR)" % checkpoint)
+                raise DmlError("the index's checkpoint %s is gone (a run keeps only its newest "
+                               "checkpoints): rebuild the index with dml index and a checkpoint "
+                               "the run still has" % checkpoint)
     run = load_run(run_dir, checkpoint, ctx)
     if file_sha256(run.checkpoint) != meta["checkpoint_sha256"]:
+        if os.path.realpath(run.checkpoint) == os.path.realpath(meta["checkpoint"]):
+            raise DmlError("%s has changed since %s was built (its SHA-256 is not the one "
+                           "index.json recorded): rebuild the index with dml index"
+                           % (run.checkpoint, gallery.path))
         raise DmlError("%s was built with another network (%s): %s is a different checkpoint; "
                        "rebuild the index with dml index" % (
                            gallery.path, meta["checkpoint"], run.checkpoint))
@@ -471,7 +547,7 @@ class ImageSource:
     def __call__(self, item):
         import os
 
-        from .data.datasets import read_image
+        from .data.images import read_image
 
         if item.image is not None:
             return item.image

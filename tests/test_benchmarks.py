@@ -288,6 +288,16 @@ def _corrupt(name, folder, how):
             open(path, "wb").write(data[:len(data) // 2])
         elif how == "missing_list":
             os.remove(os.path.join(base, "image_class_labels.txt"))
+        elif how == "duplicate_id":  # image 2 listed again: a dict would keep one of the two
+            path = os.path.join(base, "images.txt")
+            lines = open(path).read().splitlines()
+            lines[5] = "2 " + lines[5].split(" ", 1)[1]
+            open(path, "w").write("\n".join(lines) + "\n")
+        elif how == "outside":
+            path = os.path.join(base, "images.txt")
+            lines = open(path).read().splitlines()
+            lines[0] = lines[0].split(" ", 1)[0] + " ../../etc/hostname"
+            open(path, "w").write("\n".join(lines) + "\n")
     elif name == "cars196":
         if how == "no_annotations":
             write_cars196(folder, annotations=False)
@@ -301,6 +311,10 @@ def _corrupt(name, folder, how):
         elif how == "shared_class":
             with open(os.path.join(base, "Ebay_test.txt"), "a") as f:
                 f.write("99 1 1 bicycle_final/100001_0.JPG\n")
+        elif how == "no_header":  # the first image would be read as the header and dropped
+            path = os.path.join(base, "Ebay_train.txt")
+            lines = open(path).read().splitlines()
+            open(path, "w").write("\n".join(lines[1:]) + "\n")
     elif name == "inshop":
         path = os.path.join(folder, "In-shop Clothes Retrieval Benchmark", "Eval",
                             "list_eval_partition.txt")
@@ -309,6 +323,11 @@ def _corrupt(name, folder, how):
             lines[3] = lines[3].rsplit(" ", 1)[0] + " validation"
         elif how == "no_gallery":
             lines = [line for line in lines if not line.endswith(" gallery")]
+            lines[0] = str(len(lines) - 2)  # the count line agrees
+        elif how == "count":
+            lines[0] = "9999"
+        elif how == "no_img":
+            shutil.rmtree(os.path.join(folder, "In-shop Clothes Retrieval Benchmark", "Img"))
         open(path, "w").write("\n".join(lines) + "\n")
     return folder
 
@@ -326,6 +345,11 @@ BAD_BENCHMARKS = [
     ("sop", "shared_class", "share 1 classes (first 1)"),
     ("inshop", "status", "evaluation status 'validation' is not train, query or gallery"),
     ("inshop", "no_gallery", "lists no gallery image"),
+    ("cub200", "duplicate_id", "images.txt line 6: image id 2 is listed twice (also on line 2)"),
+    ("cub200", "outside", "images.txt line 1: '../../etc/hostname' leads outside"),
+    ("sop", "no_header", "Ebay_train.txt does not start with its header line"),
+    ("inshop", "count", "says it lists 9999 images on its first line, but lists 36"),
+    ("inshop", "no_img", "holds no Img/ folder (In-Shop's images, Img/img/<...>, belong there)"),
     ("sop", "no_folder", "sop not found: no folder at"),
 ]
 
@@ -350,7 +374,8 @@ def test_malformed_benchmark_files_are_one_line_exit_2(benchmarks, tmp_path, cap
 
 
 def test_missing_benchmark_names_what_goes_where(tmp_path):
-    with pytest.raises(DmlError, match=r"put In-Shop \(list_eval_partition.txt and img/\) there"):
+    with pytest.raises(DmlError, match=r"put In-Shop \(Eval/list_eval_partition.txt and "
+                                       r"Img/img/\) there"):
         load_dataset("inshop", str(tmp_path), 32)
 
 

@@ -143,3 +143,16 @@ def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert checks.cache_dir() == str(tmp_path / "home" / ".cache" / "dml")
+
+
+def test_a_rewrite_with_the_same_size_and_modification_time_is_checked_again(tmp_path, cache):
+    paths = photos(str(tmp_path / "img"))
+    settle(paths)
+    assert checks.check_images(paths, 16) == 6
+    before = os.stat(paths[4])
+    with open(paths[4], "r+b") as f:  # another content, the same size ...
+        f.write(b"\0" * 64)
+    os.utime(paths[4], ns=(before.st_atime_ns, before.st_mtime_ns))  # ... and the same time
+    assert os.stat(paths[4]).st_mtime_ns == before.st_mtime_ns
+    with pytest.raises(DmlError, match="p4.jpg is not an image Pillow can decode"):
+        checks.check_images(paths, 16)

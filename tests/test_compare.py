@@ -142,3 +142,32 @@ def test_tensorboard_hparams_lists_every_run_with_options_and_metrics(tiny_cifar
             value = next(m["value"] for m in group["metricValues"]
                          if m["name"]["tag"] == "eval/map_at_r")
             assert value == pytest.approx(final["map_at_r"], abs=1e-6)
+
+
+def test_a_nan_metric_sorts_last_and_a_copied_run_is_one_sample(runs, caplog, capsys):
+    import logging
+    import shutil
+
+    root, maps = runs
+    fake_run(root, "broken", dict(map_at_r=float("nan"), precision_at_1=0.1), lr=0.5)
+    shutil.copytree(os.path.join(root, "semihard-0"), os.path.join(root, "semihard-0-copy"))
+    caplog.set_level(logging.WARNING, logger="dml")
+    rows = compare_rows(root)
+    assert rows[-1]["run"] == "broken"
+    maps_seen = [r["map_at_r"] for r in rows[:-1]]
+    assert maps_seen == sorted(maps_seen, reverse=True)
+    semihard = [r for r in rows if r["method"] == "triplet_semihard" and r["n"] > 1][0]
+    assert semihard["n"] == 3 and semihard["seeds"] == "0,1,2"
+    assert semihard["map_at_r"] == pytest.approx(np.mean(list(maps.values())))
+    assert any("semihard-0-copy" in r.getMessage() and "same experiment and seed" in
+               r.getMessage() for r in caplog.records)
+
+
+def test_an_unreadable_run_is_warned_about_once(runs, capsys):
+    root, _ = runs
+    with open(os.path.join(root, "semihard-1", "metrics.json"), "w") as f:
+        f.write('{"map_at_r": 0.8')  # cut short
+    capsys.readouterr()
+    assert main(["compare", root]) == 0
+    err = capsys.readouterr().err
+    assert err.count("skipping") == 1 and "semihard-1" in err

@@ -19,7 +19,7 @@ import zlib
 import numpy as np
 import pytest
 
-from dml.runs import complete_checkpoints
+from dml.runs import complete_checkpoints, partial_files
 from fakedata import write_cifar, write_image_folder
 from runhelpers import ROOT, TINY, only_run_dir, refused
 
@@ -69,8 +69,7 @@ def scores(metrics):
 
 
 def no_partial_files(root):
-    return [p for p in glob.glob(os.path.join(root, "**", "*"), recursive=True)
-            if p.endswith(".tmp") or os.path.basename(p).startswith(".tmp-")]
+    return partial_files(root)  # (hidden ones too, which glob would not list)
 
 
 # One method of each kind of batch: P x K online mining, random tuples, plain image batches.

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from dml.runs import complete_checkpoints
+from dml.runs import complete_checkpoints, partial_files
 from runhelpers import (ROOT, TINY, load_json, only_run_dir, read_with_tensorboard,
                         run_main)
 
@@ -68,8 +68,7 @@ def assert_same_run(run_dir, reference):
 
 def assert_clean(run_dir):
     """No partial file, every checkpoint's files as its state file says, one export."""
-    leftovers = [p for p in glob.glob(os.path.join(run_dir, "**", "*"), recursive=True)
-                 if p.endswith(".tmp") or os.path.basename(p).startswith(".tmp-")]
+    leftovers = partial_files(run_dir)  # (hidden ones too, which glob would not list)
     assert not leftovers
     states = glob.glob(os.path.join(run_dir, "params", "state-*.json"))
     assert len(complete_checkpoints(run_dir)) == len(states) >= 1

@@ -42,7 +42,7 @@ _WHERE = {
     "cub200": "CUB-200-2011 (images.txt, image_class_labels.txt and images/)",
     "cars196": "Stanford Cars (cars_annos.mat and car_ims/)",
     "sop": "Stanford Online Products (Ebay_train.txt, Ebay_test.txt and the image folders)",
-    "inshop": "In-Shop (list_eval_partition.txt and img/)",
+    "inshop": "In-Shop (Eval/list_eval_partition.txt and Img/img/)",
 }
 
 
@@ -88,6 +88,24 @@ def _integer(path, number, text, low=None, high=None, what="a number"):
     return value
 
 
+def _inside(path, number, rel, root):
+    """``root/rel``, refused unless ``rel`` is a relative path that stays inside ``root`` (a
+    list file naming ``../../etc/hostname`` or ``/etc/passwd`` is not the official one)."""
+    rel = rel.strip()
+    normal = os.path.normpath(rel)
+    if not rel or os.path.isabs(rel) or normal == ".." or normal.startswith(".." + os.sep):
+        raise DmlError("%s line %d: %r leads outside %s: replace it with the official file"
+                       % (path, number, rel[:80], root))
+    return os.path.join(root, normal)
+
+
+def _unique(path, number, key, seen, what):
+    if key in seen:
+        raise DmlError("%s line %d: %s %s is listed twice (also on line %d): replace it with "
+                       "the official file" % (path, number, what, key, seen[key]))
+    seen[key] = number
+
+
 def find_root(name, root):
     """The folder holding ``name``'s files: ``root`` itself, or the official folder inside it."""
     for candidate in (root,) + tuple(os.path.join(root, sub) for sub in _OFFICIAL[name]):
@@ -110,14 +128,17 @@ def _marker(name, folder):
 def _cub200(root):
     images = os.path.join(root, "images.txt")
     labels_file = os.path.join(root, "image_class_labels.txt")
-    paths = {}
+    paths, lines = {}, {}
     for number, (image_id, rel) in _rows(images, "CUB-200-2011's images.txt", 2):
-        paths[_integer(images, number, image_id, 1, None, "an image id")] = rel.strip()
-    labels = {}
+        key = _integer(images, number, image_id, 1, None, "an image id")
+        _unique(images, number, key, lines, "image id")
+        paths[key] = _inside(images, number, rel, os.path.join(root, "images"))
+    labels, lines = {}, {}
     for number, (image_id, label) in _rows(labels_file, "CUB-200-2011's image_class_labels.txt",
                                            2):
-        labels[_integer(labels_file, number, image_id, 1, None, "an image id")] = _integer(
-            labels_file, number, label.strip(), 1, 200, "class")
+        key = _integer(labels_file, number, image_id, 1, None, "an image id")
+        _unique(labels_file, number, key, lines, "image id")
+        labels[key] = _integer(labels_file, number, label.strip(), 1, 200, "class")
     if set(paths) != set(labels):
         missing = sorted(set(paths) ^ set(labels))
         raise DmlError("%s and %s list different images (%d ids in one only, first %d): the "
@@ -129,7 +150,7 @@ def _cub200(root):
         for number, (class_id, class_name) in _rows(classes_file, "CUB-200-2011's classes.txt",
                                                     2):
             names[_integer(classes_file, number, class_id, 1, 200, "class")] = class_name.strip()
-    items = [(os.path.join(root, "images", paths[i]), labels[i]) for i in sorted(paths)]
+    items = [(paths[i], labels[i]) for i in sorted(paths)]
     return items, names, lambda c: c <= 100
 
 
@@ -157,7 +178,7 @@ def _cars196(root):
         rel = str(record["relative_im_path"]).strip()
         label = _integer(path, number, str(np.asarray(record["class"]).reshape(-1)[0]), 1, 196,
                          "class")
-        items.append((os.path.join(root, rel), label))
+        items.append((_inside(path, number, rel, root), label))
     names = {c: "%03d" % c for c in range(1, 197)}
     raw_names = np.atleast_1d(mat.get("class_names", []))
     if len(raw_names) == 196:
@@ -169,9 +190,15 @@ def _sop(root):
     items = {"train": [], "test": []}
     for split, fname in (("train", "Ebay_train.txt"), ("test", "Ebay_test.txt")):
         path = os.path.join(root, fname)
+        first = next((line for line in _read_text(path, "Stanford Online Products' %s" % fname)
+                      if line.strip()), "")
+        if first.split()[:1] != ["image_id"]:
+            raise DmlError("%s does not start with its header line (image_id class_id "
+                           "super_class_id path) but with %r: replace it with the official file"
+                           % (path, first[:80]))
         for number, fields in _rows(path, "Stanford Online Products' %s" % fname, 4, skip=1):
             label = _integer(path, number, fields[1], 1, 22634, "class_id")
-            items[split].append((os.path.join(root, fields[3].strip()), label))
+            items[split].append((_inside(path, number, fields[3], root), label))
     train_labels = {c for _, c in items["train"]}
     shared = train_labels & {c for _, c in items["test"]}
     if shared:
@@ -183,18 +210,31 @@ def _sop(root):
 
 def _inshop(root):
     path = _marker("inshop", root) or os.path.join(root, "list_eval_partition.txt")
-    rows = _rows(path, "In-Shop's list_eval_partition.txt (from Eval/)", 3, skip=2)
+    what = "In-Shop's list_eval_partition.txt (from Eval/)"
+    rows = _rows(path, what, 3, skip=2)
+    count = next((line for line in _read_text(path, what) if line.strip()), "").strip()
+    if not count.isdigit() or int(count) != len(rows):
+        raise DmlError("%s says it lists %s images on its first line, but lists %d: the file is "
+                       "truncated or edited; replace it with the official file"
+                       % (path, count[:20] if count.isdigit() else repr(count[:40]), len(rows)))
     base = os.path.dirname(os.path.dirname(path)) if os.path.basename(
         os.path.dirname(path)) == "Eval" else os.path.dirname(path)
-    image_root = base if os.path.isdir(os.path.join(base, "img")) or not os.path.isdir(
-        os.path.join(base, "Img")) else os.path.join(base, "Img")
+    if os.path.isdir(os.path.join(base, "Img")):
+        image_root = os.path.join(base, "Img")  # the official layout: Img/img/<...>
+    elif os.path.isdir(os.path.join(base, "img")):
+        image_root = base
+    else:
+        raise DmlError("%s holds no Img/ folder (In-Shop's images, Img/img/<...>, belong "
+                       "there)" % base)
     items = {"train": [], "query": [], "gallery": []}
+    seen = {}
     for number, (image, item, status) in rows:
         status = status.strip()
         if status not in items:
             raise DmlError("%s line %d: evaluation status %r is not train, query or gallery: "
                            "replace it with the official file" % (path, number, status))
-        items[status].append((os.path.join(image_root, image), item))
+        _unique(path, number, image, seen, "image")
+        items[status].append((_inside(path, number, image, image_root), item))
     for status, found in items.items():
         if not found:
             raise DmlError("%s lists no %s image: replace it with the official file"

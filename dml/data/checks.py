@@ -3,11 +3,12 @@
 Every image of a folder or benchmark dataset is decoded in full when it loads, so a missing,
 truncated or undecodable file fails with its path before training, never mid-run or as a grey
 image. Stanford Online Products holds 120,053 images: minutes of decoding at every start. So a
-record of the files that decoded, each with its size and modification time (nanoseconds), is kept
-in ``$DML_CACHE_DIR`` (default ``$XDG_CACHE_HOME/dml``, else ``~/.cache/dml``), one JSON file per
-image folder, image size and resize rule; a file whose size or modification time changed since is
-decoded again. As git does with its index, a file modified less than two seconds before its check
-is not recorded ("racily clean": a same-size rewrite within the file system's timestamp
+record of the files that decoded, each with its size, modification and inode change times
+(nanoseconds) and inode number, is kept in ``$DML_CACHE_DIR`` (default ``$XDG_CACHE_HOME/dml``,
+else ``~/.cache/dml``), one JSON file per image folder, image size and resize rule; a file whose
+record changed since is decoded again (a rewrite that keeps the size and sets the modification
+time back still changes the inode change time, which no program can set). As git does with its
+index, a file modified less than two seconds before its check is not recorded ("racily clean": a same-size rewrite within the file system's timestamp
 granularity would keep its modification time), so it is decoded again next time. Delete the
 record (or set ``DML_RECHECK=1``) to decode everything again. A record that cannot be read (not
 JSON, too large, another layout) is ignored and rewritten; one that cannot be written (a read-only
@@ -22,11 +23,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import DmlError
+from .images import read_image
 
 log = logging.getLogger("dml.data")
 MAX_RECORD_BYTES = 256 << 20  # ~2.5 million files; a larger record is not ours and is ignored
-_VERSION = 1
+_VERSION = 2  # 1 recorded [size, mtime_ns] only
 RACY_NS = 2 * 10 ** 9  # a file modified this recently before its check is checked again
+# what identifies an unchanged file: a rewrite that keeps the size and the modification time
+# (touch -d, a copy with its times) still changes the inode change time, which no user can set
+_STAMP = ("st_size", "st_mtime_ns", "st_ctime_ns", "st_ino")
 
 
 def cache_dir():
@@ -47,7 +52,7 @@ def record_path(paths, size, resize):
 
 
 def _read_record(path):
-    """``{file: [size, mtime_ns]}`` of an earlier check, or {} (no record, or not a record)."""
+    """``{file: [size, mtime_ns, ctime_ns, inode]}`` of an earlier check, or {} (no record, or not a record)."""
     try:
         if os.path.getsize(path) > MAX_RECORD_BYTES:
             return {}
@@ -59,36 +64,38 @@ def _read_record(path):
         else None
     if not isinstance(files, dict):
         return {}
-    return {k: v for k, v in files.items() if isinstance(v, list) and len(v) == 2
+    return {k: v for k, v in files.items() if isinstance(v, list) and len(v) == len(_STAMP)
             and all(isinstance(n, int) for n in v)}
 
 
 def _write_record(path, files):
-    tmp = "%s.%d.tmp" % (path, os.getpid())
+    import tempfile
+
+    tmp = None
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".checked-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump({"version": _VERSION, "files": files}, f)
         os.replace(tmp, path)
     except OSError as err:
         log.debug("could not write the image check record %s: %s", path, err)
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
 
 
 def check_images(paths, size, resize="square", missing="%s is missing"):
-    """Decode every image of ``paths`` in full, as :func:`dml.data.datasets.read_image` at
+    """Decode every image of ``paths`` in full, as :func:`dml.data.images.read_image` at
     ``size`` with ``resize`` (threads: Pillow releases the GIL), except those that decoded in an
-    earlier check and have not changed since (size and modification time). A missing file is a
+    earlier check and have not changed since (size, times and inode). A missing file is a
     :class:`dml.DmlError` of ``missing % path``; an undecodable one read_image's. Returns the
     number of images decoded."""
     from tqdm import tqdm
 
-    from .datasets import read_image
-
-    stamps = {}  # each file once, in order: [size, mtime_ns]
+    stamps = {}  # each file once, in order: its _STAMP
     for path in map(os.path.abspath, paths):
         try:
             st = os.stat(path)
@@ -96,7 +103,7 @@ def check_images(paths, size, resize="square", missing="%s is missing"):
             st = None
         if st is None or not stat.S_ISREG(st.st_mode):
             raise DmlError(missing % path)
-        stamps[path] = [int(st.st_size), int(st.st_mtime_ns)]
+        stamps[path] = [int(getattr(st, field)) for field in _STAMP]
     record = record_path(list(stamps), size, resize)
     recheck = os.environ.get("DML_RECHECK", "") not in ("", "0")
     known = {} if recheck else _read_record(record)

@@ -23,7 +23,8 @@ from mxnet import base, gluon
 
 from .. import DmlError
 from .checks import check_images
-from .transforms import Augment, fit_image, load_side
+from .images import read_image  # noqa: F401  (where it was; dml.data.images owns it)
+from .transforms import Augment
 
 log = logging.getLogger(__name__)
 
@@ -119,32 +120,6 @@ class ImageArrayDataset(gluon.data.Dataset):
     def subset(self, indices):
         indices = np.asarray(indices, dtype=np.int64)
         return ImageArrayDataset(self.images[indices], self.labels[indices])
-
-
-def read_image(path, size=None, resize="square", draft=None):
-    """The image at ``path`` fully decoded as uint8 H x W x 3 RGB: brought to ``size`` x ``size``
-    by ``resize`` (:func:`dml.data.transforms.fit_image`) when ``size`` is given, else whole (a
-    JPEG at the reduced scale that keeps it at least ``draft`` pixels on each side, when given).
-    An undecodable or truncated file (whatever ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` another
-    library set) or a decompression bomb is a :class:`dml.DmlError` naming the file."""
-    from PIL import Image, ImageFile
-
-    ImageFile.LOAD_TRUNCATED_IMAGES = False  # GluonCV's import turns it on for the process
-    try:
-        with Image.open(path) as img:
-            target = load_side(size, resize) if size is not None else draft
-            if target:
-                img.draft("RGB", (target, target))  # JPEG: decode at a reduced scale, in full
-            img = img.convert("RGB")
-            if size is not None:
-                img = fit_image(img, size, resize)
-            return np.asarray(img, dtype=np.uint8)
-    except Image.DecompressionBombError as err:
-        raise DmlError("%s is too large to decode safely (%s): shrink or remove it"
-                       % (path, str(err).split(" could be")[0])) from None
-    except (OSError, ValueError, SyntaxError) as err:  # Pillow's parsers raise all three
-        raise DmlError("%s is not an image Pillow can decode (%s): remove or replace it"
-                       % (path, str(err).strip() or type(err).__name__)) from None
 
 
 class ImageFileDataset(gluon.data.Dataset):
