@@ -39,8 +39,9 @@ $(STAMP): requirements.txt setup.py Makefile
 demo: install
 	$(PY) -m dml train --method triplet_semihard --dataset digits
 
+# -rs: the summary names every skipped test and why (the projector screenshot without Chromium)
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 # The figures in doc/: the network diagrams, and from a fresh digits run its projector screenshot,
 # embedding picture and loss curve. The screenshot needs Chromium (Debian: apt-get install chromium).

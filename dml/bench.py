@@ -21,13 +21,14 @@ forward + backward alone on embeddings of the step's shape, over the step time).
 Times are medians of ``--repeats`` runs after one warm-up run. On a shared machine compare rows
 of one run of the command rather than runs of different days.
 """
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
 
+from . import DmlError
+from .argtypes import check_omp_threads
 from .registry import PK_METHODS
 
 # the batch losses timed (one fused host operator each): every P x K method's loss, NT-Xent,
@@ -117,6 +118,19 @@ def naive_loss(name, margin=0.2):
     return {"triplet_batch_all": NaiveBatchAll, "triplet_semihard": NaiveSemiHard}.get(name)
 
 
+def _warm_up(fn, rounds=12, tolerance=0.15):
+    """Call ``fn`` until two calls in a row take times within ``tolerance`` of each other (at
+    least 3 calls, at most ``rounds``): the first steps of a method build graphs, allocate and
+    fill caches, and a single warm-up call left the first method of a table 10x slow."""
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+        if len(times) >= 3 and abs(times[-1] - times[-2]) <= tolerance * min(times[-2:]):
+            break
+
+
 def _median_ms(fn, repeats):
     fn()  # warm-up: graph building, allocation
     times = []
@@ -196,11 +210,13 @@ def _in_subprocess(args):
 
 
 def cmd_losses(args):
-    names = args.losses.split(",") if args.losses else LOSSES
-    for name in names:
-        if name not in LOSSES:
-            raise SystemExit("dml.bench: unknown loss %r: choose from %s" % (name, ", ".join(LOSSES)))
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    names = args.losses
+    sizes = args.batch_sizes
+    for batch in sizes:
+        if batch % args.samples_per_class or batch < 2 * args.samples_per_class:
+            raise BenchError("--batch-sizes %d: a batch must hold at least two classes of "
+                             "--samples-per-class %d (a multiple of it)"
+                             % (batch, args.samples_per_class))
     base = _in_subprocess(["_baseline"])
     print("peak RSS of a process that only imports mxnet and dml: %.0f MB" % base["peak_mb"])
     header = "%-24s %6s %10s %9s %10s %9s %9s" % ("loss", "B", "ms", "peak MB", "naive ms",
@@ -209,9 +225,6 @@ def cmd_losses(args):
     print("-" * len(header))
     for name in names:
         for batch in sizes:
-            if batch % args.samples_per_class:
-                raise SystemExit("dml.bench: batch size %d is not a multiple of "
-                                 "--samples-per-class %d" % (batch, args.samples_per_class))
             got = _in_subprocess(["_one", name, batch, args.dim, args.samples_per_class, args.repeats, 0])
             naive = {}
             if naive_loss(name) is not None and batch ** 3 <= NAIVE_MAX_CUBE:
@@ -241,7 +254,7 @@ def cmd_train(args):
                          make_contexts, seed_everything, train_step)
     from .methods import get_method
 
-    methods = args.methods.split(",") if args.methods else TRAIN_METHODS
+    methods = args.methods
     splits = load_digits()
     print("%-20s %6s %10s %12s %12s %10s" % ("method", "batch", "images/s", "step ms",
                                              "loss ms", "loss share"))
@@ -272,13 +285,14 @@ def cmd_train(args):
                     yield batch
 
         source = batches()
-        for _ in range(2):  # warm-up
-            train_step(method, model, loss_fn, trainer, next(source), ctx)[0].wait_to_read()
-        started = time.perf_counter()
-        for _ in range(args.steps):
-            loss, _ = train_step(method, model, loss_fn, trainer, next(source), ctx)
-        loss.wait_to_read()
-        step_ms = 1000.0 * (time.perf_counter() - started) / args.steps
+
+        def steps():
+            for _ in range(args.steps):
+                loss, _ = train_step(method, model, loss_fn, trainer, next(source), ctx)
+            loss.wait_to_read()
+
+        _warm_up(steps)
+        step_ms = _median_ms(steps, args.repeats) / args.steps
 
         # the loss alone, on embeddings (or logits) of the step's shape
         x_np, labels_np = _embeddings(batch_images, cfg.embedding_dim, args.n_samples)
@@ -315,6 +329,10 @@ def cmd_memory(args):
     from .nets import EmbeddingNet
 
     b, d, side = args.batch, args.dim, args.image_size
+    small = [m for m in args.memory_sizes if m < b]
+    if small:
+        raise BenchError("--memory-sizes %d is smaller than --batch %d: a memory holds at least "
+                         "the batch it scores" % (small[0], b))
     rng = np.random.default_rng(0)
     net = EmbeddingNet(d, args.backbone, l2_normalize=True)
     net.initialize(mx.init.Xavier())
@@ -344,7 +362,7 @@ def cmd_memory(args):
                             OnlineContrastiveLoss(pair_selector="hard_negative"), m)),
                         ("contrastive/all_positive", lambda m: CrossBatchMemory(
                             OnlineContrastiveLoss(pair_selector="all_positive"), m))):
-        for memory in [int(m) for m in args.memory_sizes.split(",")]:
+        for memory in args.memory_sizes:
             xbm = make(memory)
             xbm.enqueue(rng.normal(size=(memory, d)).astype(np.float32),
                         (np.arange(memory) // 4) % 512)
@@ -406,41 +424,59 @@ def cmd_checks(args):
     return 0
 
 
+class BenchError(Exception):
+    """A benchmark's settings that cannot be measured: one line, exit 2."""
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m dml.bench", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from .argtypes import Parser, bounded_int, int_list, name_list
+
+    parser = Parser(prog="python -m dml.bench", description="Benchmarks that print tables, the "
+                    "floor of each measurement timed in the same run: losses, memory, checks, "
+                    "train, serve. Times are medians after a warm-up.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    losses = sub.add_parser("losses", help="forward + backward time and peak memory per loss and B")
-    losses.add_argument("--batch-sizes", default="128,512,1024,2048,4096,8192")
-    losses.add_argument("--dim", type=int, default=128)
-    losses.add_argument("--samples-per-class", type=int, default=16,
+    repeats = dict(type=bounded_int(1, 1000), default=5, help="timed repetitions (the median)")
+    dim = dict(type=bounded_int(1, 4096), default=128, help="embedding dimensions")
+    losses = sub.add_parser("losses", help="forward + backward time and peak memory per loss and "
+                            "batch size, against numpy's x @ x.T")
+    losses.add_argument("--batch-sizes", type=int_list(2, 65536),
+                        default=[128, 512, 1024, 2048, 4096, 8192], metavar="B1,B2")
+    losses.add_argument("--dim", **dim)
+    losses.add_argument("--samples-per-class", type=bounded_int(1, 65536), default=16,
                         help="K of the P x K labels (B / K classes)")
-    losses.add_argument("--losses", default="", help="comma-separated subset of " + ", ".join(LOSSES))
-    losses.add_argument("--repeats", type=int, default=5)
+    losses.add_argument("--losses", type=name_list(LOSSES), default=list(LOSSES),
+                        metavar="NAMES", help="comma-separated subset of " + ", ".join(LOSSES))
+    losses.add_argument("--repeats", **repeats)
     losses.set_defaults(func=cmd_losses)
     memory = sub.add_parser("memory", help="a cross-batch memory's cost beside a training step")
-    memory.add_argument("--batch", type=int, default=128)
-    memory.add_argument("--dim", type=int, default=128)
-    memory.add_argument("--memory-sizes", default="1024,8192")
-    memory.add_argument("--image-size", type=int, default=32)
+    memory.add_argument("--batch", type=bounded_int(2, 65536), default=128)
+    memory.add_argument("--dim", **dim)
+    memory.add_argument("--memory-sizes", type=int_list(2, 1 << 22), default=[1024, 8192],
+                        metavar="M1,M2", help="memory sizes, each at least --batch")
+    memory.add_argument("--image-size", type=bounded_int(16, 1024), default=32)
     memory.add_argument("--backbone", default="resnet18_v1")
-    memory.add_argument("--repeats", type=int, default=5)
+    memory.add_argument("--repeats", **repeats)
     memory.set_defaults(func=cmd_memory)
     checks = sub.add_parser("checks", help="the image decode check, first and second load")
-    checks.add_argument("--images", type=int, default=3000)
-    checks.add_argument("--side", type=int, default=256, help="the JPEGs' width")
-    checks.add_argument("--image-size", type=int, default=224)
+    checks.add_argument("--images", type=bounded_int(1, 1000000), default=3000)
+    checks.add_argument("--side", type=bounded_int(16, 8192), default=256,
+                        help="the JPEGs' width")
+    checks.add_argument("--image-size", type=bounded_int(16, 1024), default=224)
     checks.set_defaults(func=cmd_checks)
     train = sub.add_parser("train", help="images/s and the loss's share of a training step")
-    train.add_argument("--methods", default="", help="comma-separated subset of " +
+    train.add_argument("--methods", type=name_list(TRAIN_METHODS), default=list(TRAIN_METHODS),
+                       metavar="NAMES", help="comma-separated subset of " +
                        ", ".join(TRAIN_METHODS))
-    train.add_argument("--n-classes", type=int, default=8, help="classes per batch (P)")
-    train.add_argument("--n-samples", type=int, default=16,
+    train.add_argument("--n-classes", type=bounded_int(2, 4096), default=8,
+                       help="classes per batch (P)")
+    train.add_argument("--n-samples", type=bounded_int(1, 4096), default=16,
                        help="samples per class (K); the batch is P x K = 128 by default")
     train.add_argument("--backbone", default="resnet18_v1")
-    train.add_argument("--steps", type=int, default=10)
-    train.add_argument("--repeats", type=int, default=5)
-    train.add_argument("--num-workers", type=int, default=2)
+    train.add_argument("--steps", type=bounded_int(1, 10000), default=10,
+                       help="training steps per timed repetition")
+    train.add_argument("--repeats", **repeats)
+    train.add_argument("--num-workers", type=bounded_int(0, 64), default=2)
     train.set_defaults(func=cmd_train)
     from .bench_serve import add_parser
 
@@ -449,7 +485,10 @@ def build_parser():
 
 
 def main(argv=None):
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    if "OMP_NUM_THREADS" in os.environ and check_omp_threads(os.environ, ""):
+        pass  # reported below, before MXNet loads
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_baseline":
         import mxnet  # noqa: F401
@@ -463,8 +502,16 @@ def main(argv=None):
         print(json.dumps(measure_loss(name, int(batch), int(dim), int(k), int(repeats),
                                       naive=bool(int(naive)))))
         return 0
+    problem = check_omp_threads(os.environ, "python -m dml.bench")
+    if problem:
+        sys.stderr.write(problem)
+        return 2
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (BenchError, DmlError) as err:
+        sys.stderr.write("python -m dml.bench %s: error: %s\n" % (args.command, err))
+        return 2
 
 
 if __name__ == "__main__":

@@ -115,7 +115,15 @@ def _index_bytes(index):
 
 
 def cmd_serve(args):
+    from . import DmlError
     from .index import SearchIndex, brute_force
+
+    if args.clusters > args.gallery:
+        raise DmlError("--clusters %d is more than the --gallery %d vectors"
+                       % (args.clusters, args.gallery))
+    if args.gallery < 10:
+        raise DmlError("--gallery %d: the search measures 10 neighbours; give at least 10"
+                       % args.gallery)
 
     print("## Embedding (ResNet-18, 128-D, one CPU context, %d threads)\n"
           % int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))
@@ -149,7 +157,7 @@ def cmd_serve(args):
     print("| numpy top-k (ours) | 0 | %.2f | %.1f | %.1f | 1.000 | %.0f |" % (
         numpy_batch, p50, p99, gallery.nbytes / 2 ** 20))
     sys.stdout.flush()
-    for kind in args.kinds.split(","):
+    for kind in args.kinds:
         started = time.perf_counter()
         index = SearchIndex.build(gallery, "euclidean", kind)
         build = time.perf_counter() - started
@@ -176,14 +184,19 @@ def _nprobe(index):
 def add_parser(sub):
     serve = sub.add_parser("serve", help="embedding throughput, load_run start-up, and search "
                            "(faiss exact/IVF/HNSW against numpy top-k)")
-    serve.add_argument("--gallery", type=int, default=1000000)
-    serve.add_argument("--dim", type=int, default=128)
-    serve.add_argument("--clusters", type=int, default=10000)
-    serve.add_argument("--queries", type=int, default=1000)
-    serve.add_argument("--singles", type=int, default=200,
+    from .argtypes import bounded_int, name_list
+    from .index import KINDS
+
+    serve.add_argument("--gallery", type=bounded_int(1, 10 ** 8), default=1000000)
+    serve.add_argument("--dim", type=bounded_int(1, 4096), default=128)
+    serve.add_argument("--clusters", type=bounded_int(1, 10 ** 7), default=10000,
+                       help="the gallery's clusters (at most --gallery)")
+    serve.add_argument("--queries", type=bounded_int(1, 10 ** 7), default=1000)
+    serve.add_argument("--singles", type=bounded_int(0, 10 ** 6), default=200,
                        help="queries searched one at a time for the latency percentiles")
-    serve.add_argument("--kinds", default="exact,ivf,hnsw")
-    serve.add_argument("--repeats", type=int, default=5)
+    serve.add_argument("--kinds", type=name_list(KINDS), default=list(KINDS), metavar="KINDS",
+                       help="comma-separated subset of " + ", ".join(KINDS))
+    serve.add_argument("--repeats", type=bounded_int(1, 1000), default=5)
     serve.add_argument("--skip-startup", action="store_true",
                        help="leave out the load_run start-up (it trains a 1-epoch digits run)")
     serve.set_defaults(func=cmd_serve)

@@ -4,7 +4,7 @@ import os
 import sys
 import time
 
-from .gpus import WHEEL_CAPABILITIES, installed_build, query_gpus, supports
+from .gpus import WHEEL_CAPABILITIES, gpu_report, installed_build, supports
 
 
 def environment():
@@ -21,9 +21,11 @@ def environment():
             ("numpy", np.__version__), ("numba", numba.__version__),
             ("cpu cores", str(os.cpu_count())),
             ("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "(unset)"))]
-    gpus = query_gpus()
+    gpus, problem = gpu_report()
     seen = mx.context.num_gpus() if cuda else 0
-    if not gpus:
+    if problem:
+        rows.append(("gpus", "unknown: %s" % problem))
+    elif not gpus:
         rows.append(("gpus", "none listed by nvidia-smi"))
     for gpu in gpus:
         if not cuda:

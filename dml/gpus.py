@@ -45,21 +45,38 @@ class Gpu:
                                                       self.capability_text)
 
 
-def query_gpus(timeout=20):
+NVIDIA_SMI_TIMEOUT = 5  # seconds: a driver that does not answer by then is reported as such
+
+
+def query_gpus(timeout=NVIDIA_SMI_TIMEOUT):
     """Every GPU ``nvidia-smi`` lists, with its compute capability; [] without nvidia-smi or
-    when it fails (no driver, no GPU)."""
+    when it fails (no driver, no GPU): :func:`gpu_report` says which."""
+    return gpu_report(timeout)[0]
+
+
+def gpu_report(timeout=NVIDIA_SMI_TIMEOUT):
+    """``(gpus, problem)``: the GPUs ``nvidia-smi`` lists, and None, or [] and what went wrong
+    (not installed, timed out after ``timeout`` seconds, failed with its first line)."""
     if shutil.which("nvidia-smi") is None:
-        return []
+        return [], "nvidia-smi is not installed (no NVIDIA driver)"
     try:
         proc = subprocess.run(["nvidia-smi", "--query-gpu=index,name,compute_cap",
                                "--format=csv,noheader"], capture_output=True, text=True,
                               timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
+    except subprocess.TimeoutExpired:
+        return [], "nvidia-smi did not answer within %d s (a hung driver?)" % timeout
+    except OSError as err:
+        return [], "nvidia-smi could not start (%s)" % (err.strerror or err)
     if proc.returncode != 0:
-        return []
+        said = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        return [], "nvidia-smi failed (exit %d)%s" % (proc.returncode, ": " + said[0][:160]
+                                                     if said else "")
+    return _parse_gpus(proc.stdout), None
+
+
+def _parse_gpus(text):
     gpus = []
-    for line in proc.stdout.splitlines():
+    for line in text.splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) < 3 or not parts[0].isdigit():
             continue

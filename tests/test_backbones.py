@@ -6,7 +6,6 @@ import hashlib
 import http.server
 import os
 import threading
-import time
 import zipfile
 
 import mxnet as mx
@@ -116,13 +115,21 @@ def test_a_download_with_another_sha1_is_refused(model_store):
 
 
 def test_offline_fails_at_once_naming_the_file(tmp_path, monkeypatch):
+    import urllib.request
+
     root = str(tmp_path / "models")
     monkeypatch.setenv("MXNET_GLUON_REPO", "http://127.0.0.1:1/")  # nothing listens there
     monkeypatch.delenv("DML_OFFLINE", raising=False)
-    started = time.time()
+    attempts, urlopen = [], urllib.request.urlopen
+
+    def counted(url, *args, **kwargs):
+        attempts.append((url, kwargs.get("timeout")))
+        return urlopen(url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", counted)
     with pytest.raises(DmlError) as err:
         fetch_pretrained("resnet50_v1", root)
-    assert time.time() - started < 10
+    assert len(attempts) == 1 and attempts[0][1] == 30  # one attempt, with a timeout, no retry
     assert pretrained_file("resnet50_v1", root) in str(err.value)
     assert "the download from http://127.0.0.1:1/gluon/models/resnet50_v1-" in str(err.value)
     monkeypatch.setenv("DML_OFFLINE", "1")
@@ -138,5 +145,5 @@ def test_cli_pretrained_offline_is_one_line_and_writes_nothing(tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert os.path.join(str(tmp_path / "mxnet-home"), "models", "resnet18_v1-") in err
-    assert "--pretrained needs GluonCV's ImageNet weights" in err and "drop --pretrained" in err
+    assert "--pretrained needs GluonCV's ImageNet weights" in err and "(--no-pretrained)" in err
     assert not os.path.exists(out)

@@ -44,13 +44,13 @@ def test_losses_table():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["losses", "--losses", "quadruplet"], "unknown loss 'quadruplet'"),
+    (["losses", "--losses", "quadruplet"], "unknown 'quadruplet': choose from"),
     (["losses", "--batch-sizes", "30", "--samples-per-class", "16"],
-     "batch size 30 is not a multiple of --samples-per-class 16"),
+     "--batch-sizes 30: a batch must hold at least two classes of --samples-per-class 16"),
 ])
 def test_losses_bad_input(args, message):
     proc = bench(args)
-    assert proc.returncode != 0 and message in proc.stderr
+    assert proc.returncode == 2 and message in proc.stderr
 
 
 def test_train_table():
@@ -99,3 +99,54 @@ def test_checks_table():
     rows = [line.split() for line in lines[3:]]
     assert [r[:3] for r in rows] == [["first", "40", "40"], ["second", "40", "0"]]
     assert all(float(r[3]) >= 0 for r in rows)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["losses", "--batch-sizes", "abc"], "argument --batch-sizes: 'abc' is not a whole number"),
+    (["losses", "--batch-sizes", "0"], "argument --batch-sizes: '0' must be between 2 and"),
+    (["losses", "--batch-sizes", "-8"], "argument --batch-sizes: '-8' must be between 2 and"),
+    (["losses", "--repeats", "0"], "argument --repeats: '0' must be between 1 and 1000"),
+    (["losses", "--batch-sizes", "100"], "--batch-sizes 100: a batch must hold at least two "
+                                         "classes of --samples-per-class 16"),
+    (["serve", "--gallery", "0"], "argument --gallery: '0' must be between 1 and"),
+    (["serve", "--dim", "0"], "argument --dim: '0' must be between 1 and 4096"),
+    (["serve", "--kinds", "bogus"], "argument --kinds: unknown 'bogus': choose from exact"),
+    (["serve", "--gallery", "100", "--clusters", "500", "--skip-startup", "--repeats", "1"],
+     "--clusters 500 is more than the --gallery 100 vectors"),
+    (["checks", "--side", "0"], "argument --side: '0' must be between 16 and 8192"),
+    (["train", "--methods", "bogus"], "argument --methods: unknown 'bogus': choose from"),
+    (["train", "--steps", "0"], "argument --steps: '0' must be between 1 and 10000"),
+    (["train", "--n-classes", "0"], "argument --n-classes: '0' must be between 2 and 4096"),
+    (["memory", "--memory-sizes", "-5"], "argument --memory-sizes: '-5' must be between 2 and"),
+    (["memory", "--memory-sizes", "64"], "--memory-sizes 64 is smaller than --batch 128"),
+])
+def test_bad_bench_settings_are_one_line_exit_2(argv, message):
+    proc = subprocess.run([sys.executable, "-m", "dml.bench"] + argv, capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert lines[0].startswith("python -m dml.bench")
+
+
+def test_the_bench_help_ends_its_sentences():
+    proc = subprocess.run([sys.executable, "-m", "dml.bench", "--help"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0
+    description = proc.stdout.split("\n\n")[1].replace("\n", " ").strip()
+    assert description.endswith("."), description
+
+
+def test_warm_up_waits_for_steady_step_times():
+    from dml.bench import _warm_up
+
+    times = iter([10.0, 5.0, 1.0, 1.02, 1.01, 1.0])
+    calls = []
+
+    def step():
+        calls.append(1)
+        import time
+        time.sleep(next(times) / 100)
+
+    _warm_up(step)
+    assert len(calls) == 4  # 10, 5, 1, then 1.02: within 15% of the one before

@@ -183,6 +183,8 @@ def test_batch_loader_is_deterministic_across_worker_counts():
                              augment=Augment(pad=2, flip=True), seed=9, num_workers=workers)
         return [b for _, b in zip(range(5), loader)]
 
-    for (xa, ya), (xb, yb) in zip(batches(0), batches(3)):
+    serial, threaded = batches(0), batches(3)
+    assert len(serial) == len(threaded) == 5
+    for (xa, ya), (xb, yb) in zip(serial, threaded):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)

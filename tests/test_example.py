@@ -29,6 +29,8 @@ def test_batch_loader_yields_ndarrays_on_a_context():
     plain = BatchLoader(data.test, SequentialBatches(20, 8), data.mean, data.std, num_workers=0)
     on_ctx = BatchLoader(data.test, SequentialBatches(20, 8), data.mean, data.std, num_workers=0,
                          ctx=mx.cpu(0))
+    plain, on_ctx = list(plain), list(on_ctx)
+    assert len(plain) == len(on_ctx) == 3  # 20 images in batches of 8
     for (x, y), (xn, yn) in zip(plain, on_ctx):
         assert isinstance(xn, mx.nd.NDArray) and xn.context == mx.cpu(0)
         assert np.array_equal(x, xn.asnumpy()) and np.array_equal(y, yn.asnumpy())

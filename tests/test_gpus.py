@@ -183,3 +183,29 @@ def test_doctor_marks_a_gpu_the_build_cannot_run(tmp_path, monkeypatch):
     assert rows["gpu 0"].endswith("compute capability 8.0: usable")
     assert rows["gpu 1"].endswith("compute capability 9.0: NOT usable: mxnet-cu112 has code for "
                                   "5.0 to 8.6 only")
+
+
+def _script(tmp_path, body):
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "nvidia-smi"
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    script.chmod(0o755)
+    return str(bin_dir)
+
+
+def test_a_failing_or_hung_nvidia_smi_is_reported_not_taken_for_no_gpu(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("PATH", _script(tmp_path, "echo 'NVIDIA-SMI has failed because it "
+                                       "couldn'\\''t communicate with the NVIDIA driver.'; exit 9")
+                       + os.pathsep + os.environ["PATH"])
+    found, problem = gpus.gpu_report()
+    assert found == [] and problem.startswith("nvidia-smi failed (exit 9): NVIDIA-SMI has failed")
+    monkeypatch.setenv("PATH", _script(tmp_path, "sleep 60") + os.pathsep
+                       + os.environ["PATH"])
+    started = time.time()
+    found, problem = gpus.gpu_report(timeout=2)
+    assert time.time() - started < 10
+    assert found == [] and problem == "nvidia-smi did not answer within 2 s (a hung driver?)"
+    assert gpus.NVIDIA_SMI_TIMEOUT <= 5

@@ -83,15 +83,44 @@ def test_all_embeddings_identical_keep_finite_gradient():
     assert np.all(np.isfinite(grad))
 
 
-def test_anchors_without_negatives_contribute_nothing():
-    # Only class 0 and 1: every anchor has negatives. Then the same batch where all but two
-    # samples share a class: anchors of the big class still have negatives, so nothing is skipped;
-    # and a batch with one extra class-2 sample (no positive) changes nothing for its anchor.
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=(7, 3))
-    labels = [0, 0, 0, 1, 1, 1, 2]
-    loss, _, _ = run_loss(make_loss(False), x, labels)
-    np.testing.assert_allclose(loss[0], naive_semihard(x, labels, 1.0, "euclidean")[0], rtol=1e-9)
+def _semihard_by_anchor(x, labels, margin):
+    """The semi-hard loss written anchor by anchor, skipping by name the anchors that have no
+    negative or no positive: ``(loss, pairs counted)``."""
+    labels = np.asarray(labels)
+    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    terms = []
+    for a in range(len(x)):
+        negatives = np.flatnonzero(labels != labels[a])
+        positives = [p for p in np.flatnonzero(labels == labels[a]) if p != a]
+        if not len(negatives) or not positives:
+            continue  # no term of its own
+        for p in positives:
+            farther = d[a, negatives][d[a, negatives] > d[a, p]]
+            d_an = farther.min() if len(farther) else d[a, negatives].max()
+            terms.append(max(d[a, p] - d_an + margin, 0.0))
+    return (float(np.mean(terms)) if terms else 0.0), len(terms)
+
+
+@pytest.mark.parametrize("labels", [
+    [0, 0, 0, 0, 0, 0, 0],  # one class: no anchor has a negative, so there is no term at all
+    [0, 0, 0, 1, 1, 1, 2],  # the class-2 anchor has no positive: it adds no term of its own
+    [0, 0, 0, 0, 0, 1, 2],  # two singletons: only the anchors of class 0 count
+])
+def test_anchors_without_negatives_contribute_nothing(labels):
+    from dml.losses import TripletBatchAllLoss, TripletBatchHardLoss
+
+    x = np.random.default_rng(3).normal(size=(7, 3))
+    want, pairs = _semihard_by_anchor(x, labels, 1.0)
+    loss, _, grad = run_loss(make_loss(False), x, labels)
+    np.testing.assert_allclose(loss[0], want, rtol=1e-9)
+    if pairs == 0:  # every loss: zero, and no gradient
+        for cls in (TripletSemiHardLoss, TripletBatchHardLoss, TripletBatchAllLoss):
+            loss, _, grad = run_loss(cls(return_active_fraction=True), x, labels)
+            assert loss[0] == 0 and np.all(grad == 0), cls.__name__
+    else:  # the anchors without a term get a gradient only as others' negatives or positives
+        lonely = [i for i, c in enumerate(labels) if labels.count(c) == 1]
+        d_loss = numeric_gradient(lambda v: _semihard_by_anchor(v, labels, 1.0)[0], x)
+        np.testing.assert_allclose(grad[lonely], d_loss[lonely], atol=1e-6)
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "squared", "cosine"])

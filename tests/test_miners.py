@@ -13,9 +13,10 @@ from mxnet import autograd
 
 import modern_reference as R
 from reference import numeric_gradient
-from dml.losses import (CircleLoss, GeneralizedLiftedStructureLoss, MarginLoss,
+from dml.losses import (CircleLoss, ContrastiveLoss, GeneralizedLiftedStructureLoss, MarginLoss,
                         MultiSimilarityLoss, NTXentLoss, OnlineContrastiveLoss, OnlineTripletLoss,
-                        SupConLoss, TripletBatchHardLoss, TripletSemiHardLoss)
+                        SupConLoss, TripletBatchHardLoss, TripletMarginLoss,
+                        TripletSemiHardLoss)
 from dml.miners import (BatchHardMiner, DistanceWeightedMiner, HardNegativePairMiner,
                         MultiSimilarityMiner, OnlineTripletMiner, TripletSemiHardMiner,
                         pairs_to_triplets, triplets_to_pairs)
@@ -70,6 +71,9 @@ LOSSES = {
     "margin": (MarginLoss, lambda x, y, i: R.margin_loss(x, y, indices=pairs_to_triplets(i))),
     "triplet": (lambda: OnlineTripletLoss(margin=0.2), triplet_ref),
     "contrastive": (lambda: OnlineContrastiveLoss(margin=1.0), contrastive_ref),
+    # the tuple losses (siamese, triplet nets) take a miner's tuples as well
+    "triplet_margin": (lambda: TripletMarginLoss(margin=0.2), triplet_ref),
+    "pair_contrastive": (lambda: ContrastiveLoss(margin=1.0), contrastive_ref),
 }
 
 

@@ -177,27 +177,34 @@ def test_a_truncated_checkpoint_is_ignored(tiny_cifar, tmp_path):
     assert [s["id"] for s in complete_checkpoints(run_dir)][-1] == "0002"
 
 
+# Runs `dml train` in a fresh process and sends itself SIGINT (a real Ctrl-C) in its N-th step.
+INT_AT_STEP = """
+import os, signal, sys
+import dml.engine as engine
+n, calls, step = int(sys.argv[1]), [0], engine.train_step
+def train_step(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == n:
+        os.kill(os.getpid(), signal.SIGINT)
+    return step(*args, **kwargs)
+engine.train_step = train_step
+from dml.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def test_ctrl_c_checkpoints_then_resume(tiny_cifar, reference, tmp_path):
-    """SIGINT mid-epoch: the step finishes, a checkpoint of the partial epoch is written, exit
-    130; --resume goes on from the next batch and ends as the uninterrupted run."""
+    """SIGINT in a separate process, during the 3rd step of epoch 2 (9 steps an epoch): the step
+    finishes, the partial-epoch checkpoint 0002-b000003 is written, exit 130; --resume, in this
+    process, reads what that one wrote, goes on from batch 4 and ends as the uninterrupted run."""
     out = str(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "dml"] + train_args(tiny_cifar, out),
-                            env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if glob.glob(os.path.join(out, "cifar10", "triplet_semihard", "*", "params",
-                                  "state-0001.json")):
-            break
-        time.sleep(0.05)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err[-2000:]
-    assert "--resume" in err
+    proc = subprocess.run([sys.executable, "-c", INT_AT_STEP, "12"] + train_args(tiny_cifar, out),
+                          env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "checkpoint 0002-b000003 written" in proc.stderr and "--resume" in proc.stderr
     run_dir = only_run_dir(out, "cifar10", "triplet_semihard")
     newest = complete_checkpoints(run_dir)[-1]
-    assert newest["epoch"] >= 2 or newest["batch"] is not None
+    assert newest["id"] == "0002-b000003" and newest["batch"] == 3
     assert run(["train", "--resume", run_dir])[0] == 0
     assert_same_run(run_dir, reference)
     assert_clean(run_dir)

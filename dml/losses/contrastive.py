@@ -6,7 +6,7 @@ from .distance import pair_distance
 PAIR_SELECTORS = mining.PAIR_SELECTORS
 
 
-class ContrastiveLoss(BaseLoss):
+class ContrastiveLoss(MinedTuples, BaseLoss):
     r"""Contrastive loss (Hadsell, Chopra and LeCun 2006) on pairs of embeddings:
 
     .. math:: L = \frac{1}{2B} \sum_i \left[ y_i d_i^2 + (1 - y_i) \max(m - d_i, 0)^2 \right]
@@ -23,7 +23,22 @@ class ContrastiveLoss(BaseLoss):
         - **loss**: (1,), the batch mean (train with ``trainer.step(1)``, not the batch size);
           NaN, with a NaN gradient, when an embedding holds a NaN or an infinity.
         - **fraction** (with ``return_active_fraction=True``): (1,), no gradient.
+
+    Called as ``loss(embeddings, labels, indices=miner(embeddings, labels))`` it scores a
+    miner's pairs ``(a1, p, a2, n)`` (or a triplet miner's triplets as pairs) with the same terms
+    and mean (:class:`dml.losses.base.MinedTuples`), as every pair loss does.
     """
+
+    takes = "pairs"
+
+    def __init__(self, margin=1.0, distance="euclidean", return_active_fraction=False, **kwargs):
+        super().__init__(margin, distance, return_active_fraction, **kwargs)
+        self._init_mined()
+
+    def __call__(self, *args, indices=None):
+        if indices is None:
+            return BaseLoss.__call__(self, *args)  # (x1, x2, y)
+        return MinedTuples.__call__(self, *args, indices=indices)  # (embeddings, labels)
 
     def hybrid_forward(self, F, x1, x2, y):
         d = pair_distance(F, x1, x2, self._distance)

@@ -36,7 +36,7 @@ class TripletSemiHardLoss(_MinedTripletLoss):
         return self._result(*self._host(F, embeddings, labels, "semihard_tf"))
 
 
-class TripletMarginLoss(BaseLoss):
+class TripletMarginLoss(MinedTuples, BaseLoss):
     r"""Triplet loss on given (anchor, positive, negative) embeddings (Schroff et al. 2015):
 
     .. math:: L = \frac{1}{B} \sum_i \max(d(a_i, p_i) - d(a_i, n_i) + m, 0)
@@ -54,7 +54,20 @@ class TripletMarginLoss(BaseLoss):
           ``mxnet.gluon.loss.TripletLoss`` (per-sample squared distances), it takes ``distance``
           and returns the mean.
         - **fraction** (with ``return_active_fraction=True``): (1,), no gradient.
+
+    Called as ``loss(embeddings, labels, indices=miner(embeddings, labels))`` it scores a
+    miner's triplets ``(a, p, n)`` (or a pair miner's pairs as triplets) with the same terms and
+    mean (:class:`dml.losses.base.MinedTuples`), as every triplet loss does.
     """
+
+    def __init__(self, margin=1.0, distance="euclidean", return_active_fraction=False, **kwargs):
+        super().__init__(margin, distance, return_active_fraction, **kwargs)
+        self._init_mined()
+
+    def __call__(self, *args, indices=None):
+        if indices is None:
+            return BaseLoss.__call__(self, *args)  # (anchor, positive, negative)
+        return MinedTuples.__call__(self, *args, indices=indices)  # (embeddings, labels)
 
     def hybrid_forward(self, F, anchor, positive, negative):
         per_triplet = F.relu(pair_distance(F, anchor, positive, self._distance)
