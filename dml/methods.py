@@ -5,8 +5,10 @@ Every method trains the same :class:`~dml.nets.EmbeddingNet`; the wrapper (``Sia
 ``TripletNet``, ``ClassifierNet`` or none) only shapes the forward pass, and the embedding net is
 what gets evaluated and exported, so the metrics of all methods mean the same thing.
 """
+import threading
+
 import mxnet as mx
-from mxnet import gluon
+from mxnet import autograd, gluon
 
 from . import registry
 from .data import BalancedBatchSampler, PairDataset, ShuffledBatchSampler, TripletDataset
@@ -33,6 +35,61 @@ def gather_embeddings(net, parts, ctx):
         return embeddings[0], labels[0]
     return (mx.nd.concat(*[e.as_in_context(ctx[0]) for e in embeddings], dim=0),
             mx.nd.concat(*[lab.as_in_context(ctx[0]) for lab in labels], dim=0))
+
+
+def in_threads(fn, argument_lists):
+    """``[fn(*arguments) for arguments in argument_lists]``, each call in a thread of its own, all
+    at once; the first exception is raised again here. SyncBatchNorm's devices meet at a barrier in
+    every BatchNorm layer, forward and backward, so their passes must be issued concurrently: one
+    thread issuing device after device waits at the first barrier for ever (GluonCV's
+    DataParallelModel runs each device in a thread for the same reason)."""
+    results = [None] * len(argument_lists)
+    errors = []
+
+    def run(i, arguments):
+        try:
+            results[i] = fn(*arguments)
+        except BaseException as err:  # pylint: disable=broad-except
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(i, a), daemon=True)
+               for i, a in enumerate(argument_lists)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _recorded(fn, *args):
+    """``fn(*args)`` recorded for autograd, in training mode (autograd's state is per thread)."""
+    with autograd.record():
+        return fn(*args)
+
+
+def _backward_device(outputs, grads, extra=None):
+    """Back-propagate ``grads`` from ``outputs`` (one device's part), and ``extra`` (a term whose
+    gradient must be written too)."""
+    with autograd.record():
+        head = (outputs * grads).sum()
+        if extra is not None:
+            head = head + extra()
+    head.backward()
+
+
+class ParallelStep:
+    """One training step over several devices whose network shares BatchNorm statistics
+    (SyncBatchNorm): each device's forward and backward pass run in a thread of their own
+    (:func:`in_threads`). ``loss`` and ``stat`` are on ``ctx[0]``; :meth:`backward` back-propagates
+    the step. The gradient is the one of the one-thread step."""
+
+    def __init__(self, loss, stat, backward):
+        self.loss, self.stat, self._backward = loss, stat, backward
+
+    def backward(self):
+        self._backward()
 
 
 class Method:
@@ -103,6 +160,49 @@ class Method:
         loss, stat = loss_fn(embeddings, labels)
         return [loss], loss, stat
 
+    def warm_up(self, model, loss_fn, parts):
+        """One pass of each device's part in inference mode, one after another: builds the
+        hybridized graphs and finishes deferred initialization, which are not safe to do in
+        several threads at once (inference mode changes no state)."""
+        for images, _ in parts:
+            model(images)
+
+    def _gathered(self, model):
+        """The block each device runs before the embeddings are gathered."""
+        return model
+
+    def _gathered_loss(self, model, loss_fn, embeddings, labels):
+        return loss_fn(embeddings, labels)
+
+    def _device_term(self, model, ctx):
+        """A term each device other than ``ctx[0]`` back-propagates, or None."""
+        return None
+
+    def parallel_step(self, model, loss_fn, parts, ctx):
+        """:meth:`forward_batch` on devices that share BatchNorm statistics: each device embeds
+        its part in a thread; the loss of the whole batch runs on ``ctx[0]`` on a detached copy of
+        the gathered embeddings; its gradient is then sent back through each device's part, in a
+        thread each (the chain rule split at the embeddings)."""
+        outputs = in_threads(lambda images: _recorded(self._gathered(model), images),
+                             [(images,) for images, _ in parts])
+        joined = mx.nd.concat(*[o.detach().as_in_context(ctx[0]) for o in outputs], dim=0)
+        labels = mx.nd.concat(*[lab.as_in_context(ctx[0]) for _, lab in parts], dim=0)
+        joined.attach_grad()
+        with autograd.record():
+            loss, stat = self._gathered_loss(model, loss_fn, joined, labels)
+
+        def backward():
+            loss.backward()
+            starts = [0]
+            for out in outputs:
+                starts.append(starts[-1] + out.shape[0])
+            grads = [joined.grad[a:b].as_in_context(out.context)
+                     for out, a, b in zip(outputs, starts, starts[1:])]
+            terms = [None] + [self._device_term(model, c) for c in ctx[1:]]
+            in_threads(_backward_device, list(zip(outputs, grads, terms)))
+
+        return ParallelStep(loss, stat, backward)
+
 
 class _PlainBatches(Method):
     """Shuffled batches of ``batch_size`` samples (images, or tuples for the subclasses)."""
@@ -126,6 +226,27 @@ class _PlainBatches(Method):
             loss = loss + heads[-1].as_in_context(ctx[0])
             stat = stat + (part_stat * share).as_in_context(ctx[0])
         return heads, loss, stat
+
+    def warm_up(self, model, loss_fn, parts):
+        for arrays in parts:
+            self.forward(model, loss_fn, *arrays)
+
+    def parallel_step(self, model, loss_fn, parts, ctx):
+        """:meth:`forward_batch` with each device's forward and backward pass in a thread."""
+        total = sum(arrays[0].shape[0] for arrays in parts)
+
+        def device(*arrays):
+            share = arrays[0].shape[0] / total
+            with autograd.record():
+                part_loss, part_stat = self.forward(model, loss_fn, *arrays)
+                head = part_loss * share
+            return head, part_stat * share
+
+        results = in_threads(device, [tuple(arrays) for arrays in parts])
+        loss = sum(head.as_in_context(ctx[0]) for head, _ in results)
+        stat = sum(part_stat.as_in_context(ctx[0]) for _, part_stat in results)
+        return ParallelStep(loss, stat, lambda: in_threads(lambda head: head.backward(),
+                                                           [(head,) for head, _ in results]))
 
 
 class _TupleMethod(_PlainBatches):
@@ -312,6 +433,21 @@ class ProxyMethod(_PlainBatches):
         loss, stat = model.classifier(embeddings, labels)
         zeros = [(model.classifier.proxies.data(c) * 0).sum() for c in ctx[1:]]
         return [loss] + zeros, loss, stat
+
+    def warm_up(self, model, loss_fn, parts):
+        for images, _ in parts:  # (the proxies run on ctx[0] only, in the calling thread)
+            model.embedding_net(images)
+
+    parallel_step = Method.parallel_step  # gathered, as the P x K methods
+
+    def _gathered(self, model):
+        return model.embedding_net
+
+    def _gathered_loss(self, model, loss_fn, embeddings, labels):
+        return model.classifier(embeddings, labels)
+
+    def _device_term(self, model, ctx):
+        return lambda: (model.classifier.proxies.data(ctx) * 0).sum()
 
 
 METHODS = {m.name: m for m in [

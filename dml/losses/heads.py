@@ -12,6 +12,7 @@ Cosines are clipped to [-1 + 1e-6, 1 - 1e-6] before any square root or arccos, s
 vectors and the margin boundaries give finite values and gradients.
 """
 import math
+import threading
 
 import mxnet as mx
 from mxnet import autograd, gluon
@@ -142,6 +143,7 @@ lambda (not trained); ``iteration`` counts training batches.
         self._m = int(m)
         self._anneal = (float(base), float(gamma), float(power), float(lambda_min))
         self._calls = 0
+        self._lock = threading.Lock()
         with self.name_scope():
             self.anneal_lambda = self.params.get("anneal_lambda", shape=(1,), init="ones",
                                                  grad_req="null", differentiable=False)
@@ -157,12 +159,15 @@ lambda (not trained); ``iteration`` counts training batches.
 
     def forward(self, embeddings, labels):
         if autograd.is_training():
-            # the engine calls once per device per batch: the iteration counts batches
-            devices = len(self.anneal_lambda.list_ctx())
-            self.iteration = self._calls // devices
-            if self._calls % devices == 0:
-                self.anneal_lambda.set_data(mx.nd.full((1,), self.lambda_at(self.iteration)))
-            self._calls += 1
+            # the engine calls once per device per batch (in a thread each when the devices share
+            # BatchNorm statistics: the lock keeps the count and lambda of one batch together)
+            with self._lock:
+                devices = len(self.anneal_lambda.list_ctx())
+                self.iteration = self._calls // devices
+                if self._calls % devices == 0:
+                    self.anneal_lambda.set_data(mx.nd.full((1,), self.lambda_at(self.iteration)))
+                self._calls += 1
+                return super().forward(embeddings, labels)
         return super().forward(embeddings, labels)
 
     def hybrid_forward(self, F, embeddings, labels, weight, anneal_lambda):
