@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed-$(MXNET)
 # requirements.txt), because its metadata asks numpy>=1.24.2 and mxnet 1.9.1 needs 1.23.5.
 ONNXRUNTIME := onnxruntime==1.16.3
 
-.PHONY: install demo test doc clean which-mxnet
+.PHONY: install demo demo-unseen test doc clean which-mxnet
 install: $(STAMP)
 
 # The wheel install would choose here (and why, on stderr), without installing anything.
@@ -38,6 +38,11 @@ $(STAMP): requirements.txt setup.py Makefile
 # Triplet network with online semi-hard mining on the embedded digits set (no download).
 demo: install
 	$(PY) -m dml train --method triplet_semihard --dataset digits
+
+# Classes never seen: train on glyphs (matplotlib's fonts, no download; about 20 minutes on 2
+# cores) and print the test classes' metrics beside the untrained network and raw pixels.
+demo-unseen: install
+	$(PY) -m dml train --dataset glyphs
 
 # -rs: the summary names every skipped test and why (the projector screenshot without Chromium)
 test: install

@@ -11,7 +11,7 @@ from . import DATASETS, DISTANCES, METHODS, DmlError, WriteFailed, __version__, 
 # (the registry imports no MXNet: OMP_NUM_THREADS is set before MXNet loads)
 from .registry import (AUGMENTS, BENCHMARKS, KVSTORES, MARGIN_HEAD_METHODS,  # noqa: E402
                        MEMORY_METHODS, METHOD_MINERS, MINER_METHODS, MINERS, PROXY_METHODS,
-                       SPLITS)
+                       LR_SCHEDULES, SPLITS, STEMS)
 # what --resume lets change: the run's length and where it runs; everything else is the run's
 RESUME_MAY_CHANGE = ("epochs", "gpus", "cpus", "kvstore", "num_workers", "data_root")
 
@@ -201,6 +201,12 @@ def build_parser():
     g.add_argument("--backbone", default=None,
                    help="GluonCV model-zoo name: resnet18_v1 (default), resnet50_v1 (the "
                    "benchmarks' default), googlenet, or another with a features block")
+    g.add_argument("--stem", choices=("auto",) + STEMS, default=None,
+                   help="the ResNet's first layers: imagenet (a 7 x 7 stride-2 convolution and a "
+                   "max pool: the input shrinks 4x) or small (a 3 x 3 stride-1 convolution and "
+                   "the max pool: 2x, about 2.3x the compute); auto: small for inputs of at most "
+                   "64 px trained from random weights, imagenet otherwise (default: auto for "
+                   "glyphs and folder, imagenet elsewhere)")
     g.add_argument("--pretrained", action="store_true", default=None,
                    help="start from GluonCV's ImageNet weights in ~/.mxnet/models, downloaded "
                    "once when missing (the benchmarks' default)")
@@ -257,6 +263,10 @@ def build_parser():
     g.add_argument("--lr-steps", type=_epoch_list, default=None, metavar="E1,E2",
                    help="epochs after which the learning rate is multiplied by --lr-factor")
     g.add_argument("--lr-factor", type=_positive_float, default=None)
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                   help="step: --lr, times --lr-factor after each epoch of --lr-steps; cosine: "
+                   "from --lr down to 0 over the run's batches, half a cosine wave (default per "
+                   "dataset: cosine for folder and glyphs, step elsewhere)")
     g.add_argument("--seed", type=_seed, default=None, help="0 to 2^32-1 (default 0)")
     g = train.add_argument_group("devices and output")
     g.add_argument("--gpus", type=parse_gpus, default=None, metavar="0,1",
@@ -447,6 +457,10 @@ def _context(args):
     if args.gpu is None:
         return mx.cpu()
     _check_gpus([args.gpu])
+    seen = mx.context.num_gpus()
+    if args.gpu >= seen:
+        raise DmlError("--gpu %d: this machine's mxnet sees %d GPU(s)%s: drop --gpu to use the CPU"
+                       % (args.gpu, seen, " (CPU-only build or no GPU)" if seen == 0 else ""))
     return mx.gpu(args.gpu)
 
 
@@ -629,14 +643,20 @@ def config_from_args(args):
     _absolute_data_root(args)
     values = defaults_for(args.method, args.dataset)
     if args.margin is not None and values["margin"] is None:
-        raise DmlError("--margin does not apply to %s: its loss has no margin (its parameters "
-                       "are in the README's loss table)" % args.method)
+        from .registry import LOSS_PARAMETERS
+
+        raise DmlError("--margin does not apply to %s: its loss has no margin (%s)"
+                       % (args.method, LOSS_PARAMETERS[args.method]))
     for key in values:
         given = getattr(args, key, None)
         if given is not None:
             values[key] = given
     if args.val_classes and args.eval_period is None:
         values["eval_period"] = 1  # validation classes are there to select on
+    from .config import resolve_stem
+
+    values["stem"] = resolve_stem(values.get("stem", "auto"), values["image_size"],
+                                  values["pretrained"], values["backbone"])
     if args.gpus is None:
         values["gpus"] = _all_gpus()
     cfg = RunConfig.from_dict(values)
@@ -692,8 +712,10 @@ def _absolute_data_root(args):
 
 
 def _shown(value):
+    if value is None:
+        return "unset (none)"
     if isinstance(value, list):
-        return ",".join(map(str, value))
+        return ",".join(map(str, value)) or "''"
     return str(value)
 
 
@@ -735,11 +757,22 @@ def _setup_console_logging():
 
 
 def _metrics_table(metrics, keys):
+    """The metrics, one a line; with the run's baselines (dml.baselines) beside the retrieval
+    metrics: the untrained network's and raw pixels' values."""
     width = max(len(k) for k in keys)
-    lines = ["%-*s  %s" % (width, "metric", "value")]
+    columns = [(prefix, title) for prefix, title in (("untrained_", "untrained"),
+                                                      ("pixels_", "raw pixels"))
+               if any(prefix + k in metrics for k in keys)]
+
+    def cell(value):
+        return "%.4f" % value if isinstance(value, float) else str(value)
+
+    lines = ["%-*s  %-9s" % (width, "metric", "value") + "".join(
+        "  %-10s" % title for _, title in columns)]
     for key in keys:
-        value = metrics[key]
-        lines.append("%-*s  %s" % (width, key, "%.4f" % value if isinstance(value, float) else value))
+        lines.append(("%-*s  %-9s" % (width, key, cell(metrics[key])) + "".join(
+            "  %-10s" % (cell(metrics[prefix + key]) if prefix + key in metrics else "")
+            for prefix, _ in columns)).rstrip())
     return "\n".join(lines)
 
 
@@ -765,8 +798,18 @@ def cmd_train(args):
             metrics = run(cfg, job, argv=sys.argv[1:])
     except TrainingInterrupted as stop:
         what = "interrupted" if stop.signum == signal.SIGINT else "stopped by SIGTERM"
-        if stop.checkpoint is None:  # a worker other than rank 0, which writes the checkpoints
+        if stop.at_once:
+            what += " a second time, at once"
+            if job.workers.writes and job.run_dir is not None:
+                job.run_dir.remove_partial_files()  # a write the signal cut short
+        if not job.workers.writes:  # a worker other than rank 0, which writes the checkpoints
             sys.stderr.write("dml train: %s (worker %d)\n" % (what, job.workers.rank))
+        elif stop.checkpoint is None:
+            sys.stderr.write("dml train: %s; no checkpoint had been written yet\n" % what)
+        elif stop.at_once:
+            sys.stderr.write("dml train: %s; the last complete checkpoint, %s, is kept: continue "
+                             "with python -m dml train --resume %s\n"
+                             % (what, stop.checkpoint, job.run_dir))
         else:
             sys.stderr.write("dml train: %s; checkpoint %s written: continue with python -m dml "
                              "train --resume %s\n" % (what, stop.checkpoint, job.run_dir))
@@ -787,8 +830,8 @@ def cmd_train(args):
         kept = ("; checkpoint %s is complete: python -m dml train --resume %s continues from it"
                 % (states[-1]["id"], job.run_dir) if states else "")
         if not isinstance(err, WriteFailed):
-            err = "out of memory (%s): lower --image-size, --embedding-dim or the batch size" % (
-                error_summary(err) if str(err) else "MemoryError")
+            err = ("out of memory (%s): lower --image-size, --embedding-dim, --memory-size or the "
+                   "batch size" % (error_summary(err) if str(err) else "MemoryError"))
         sys.stderr.write("dml train: error: %s%s\n" % (err, kept))
         return 1
     if not job.workers.writes:
@@ -932,11 +975,14 @@ def as_flags(text, flags):
 
 
 def _destinations(parser):
-    """The destinations of every option of ``parser`` and its subcommands."""
+    """The destinations of every option of ``parser`` and its subcommands, and the names of
+    their long flags (``no_pretrained`` for ``--no-pretrained``)."""
     names = set()
     for action in parser._actions:  # pylint: disable=protected-access
         if action.option_strings:
             names.add(action.dest)
+            names.update(o[2:].replace("-", "_") for o in action.option_strings
+                         if o.startswith("--"))
         for choice in getattr(action, "choices", None) or {}:
             sub = action.choices[choice] if isinstance(action.choices, dict) else None
             if sub is not None:
@@ -944,9 +990,33 @@ def _destinations(parser):
     return names
 
 
+def _several_cpu_contexts(argv):
+    """Whether ``argv`` asks ``dml train`` for two or more CPU contexts (``--cpus N``)."""
+    argv = list(argv)
+    if not argv or argv[0] != "train":
+        return False
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--cpus=") else (
+            argv[i + 1] if arg == "--cpus" and i + 1 < len(argv) else None)
+        if value is not None and value.strip().isdigit() and int(value) > 1:
+            return True
+    return False
+
+
 def main(argv=None):
+    from .argtypes import check_omp_threads
+
+    problem = check_omp_threads(os.environ, "dml")  # before MXNet (libgomp aborts on it)
+    if problem:
+        sys.stderr.write(problem)
+        return 2
     # MXNet's OpenMP pool otherwise starts with one thread on some machines: use every core.
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    if _several_cpu_contexts(sys.argv[1:] if argv is None else argv) and \
+            "mxnet" not in sys.modules:
+        # SyncBatchNorm over CPU contexts needs MXNet's engine to run several threads per device,
+        # read once, when MXNet loads (so only before it loads): see dml.engine.CPU_SYNC_NOTE
+        os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "4")
     _setup_console_logging()
     parser = build_parser()
     args = parser.parse_args(argv)

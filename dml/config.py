@@ -30,7 +30,14 @@ class RunConfig:
     momentum: float = 0.9
     lr_steps: List[int] = field(default_factory=list)
     lr_factor: float = 0.1
+    # "step": lr, times lr_factor after each epoch of lr_steps; "cosine": from lr down to 0 over
+    # every batch of the run, half a cosine wave (Loshchilov and Hutter's SGDR, one cycle)
+    lr_schedule: str = "step"
     backbone: str = "resnet18_v1"
+    # the ResNet's first layers: "imagenet" (7 x 7 stride 2, max pool) or "small" (3 x 3 stride
+    # 1, max pool); "auto" (the default of glyphs and folders) resolves to one of them from the
+    # input size (resolve_stem). Runs from before the option had ImageNet's.
+    stem: str = "imagenet"
     pretrained: bool = False
     freeze_bn: bool = False  # BatchNorm in inference mode: running statistics, gamma/beta fixed
     image_size: int = 32
@@ -81,6 +88,55 @@ def defaults_for(method, dataset):
     return values
 
 
+def _physical_memory():
+    """Bytes of RAM (0 when the system does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _check_scorable(splits):
+    """Retrieval needs a query with a relevant reference: a class with two images of the test
+    split (or of the validation classes), or a query class in the gallery. Checked before the run
+    folder exists: otherwise the run trains, then fails without metrics."""
+    import numpy as np
+
+    from . import DmlError
+
+    def has_pair(dataset):
+        return len(dataset) and np.bincount(np.asarray(dataset.labels)).max() >= 2
+
+    if splits.gallery is not None:
+        if not set(np.unique(splits.test.labels)) & set(np.unique(splits.gallery.labels)):
+            raise DmlError("no query class of %s has a gallery image: nothing can be retrieved"
+                           % splits.name)
+    elif not has_pair(splits.test):
+        raise DmlError("every class of the %s split of %s has one image (or none): retrieval "
+                       "needs a second image of a query's class; add images to the test classes"
+                       % (splits.split, splits.name))
+    if splits.val is not None and not has_pair(splits.val):
+        raise DmlError("every validation class (`val_classes`) of %s has one image: model "
+                       "selection needs two images of a class; hold out other classes or none"
+                       % splits.name)
+
+
+SMALL_STEM_MAX_SIDE = 64  # inputs up to this side get the small stem by default
+
+
+def resolve_stem(stem, image_size, pretrained, backbone):
+    """``stem`` with ``auto`` resolved: ``small`` for a ResNet trained from random weights on
+    inputs of at most :data:`SMALL_STEM_MAX_SIDE` pixels, else ``imagenet`` (pretrained weights
+    need their own first layer)."""
+    if stem != "auto":
+        return stem
+    small = (not pretrained and image_size <= SMALL_STEM_MAX_SIDE
+             and backbone.startswith("resnet"))
+    return "small" if small else "imagenet"
+
+
 def validate(cfg, splits=None):
     """The one place a :class:`RunConfig` is checked: every problem is a :class:`dml.DmlError`
     naming the parameters (the CLI shows them as flags). Without ``splits`` the settings alone
@@ -91,6 +147,15 @@ def validate(cfg, splits=None):
 
     if cfg.gpus and cfg.cpus:
         raise DmlError("`gpus` and `cpus` exclude each other: pick one")
+    from .registry import STEMS
+
+    if cfg.stem not in STEMS:
+        raise DmlError("stem=%s: choose one of %s" % (cfg.stem, ", ".join(STEMS)))
+    if cfg.stem == "small" and cfg.pretrained:
+        raise DmlError("stem=small replaces the first convolution, which `pretrained` weights "
+                       "need: train the small stem from random weights, or use stem=imagenet")
+    if cfg.stem == "small" and not cfg.backbone.startswith("resnet"):
+        raise DmlError("stem=small applies to the ResNet backbones, not %s" % cfg.backbone)
     devices = len(cfg.gpus) or max(cfg.cpus, 1)
     per_batch = cfg.batch_size or cfg.n_classes * cfg.n_samples
     if devices > per_batch:  # every device needs at least one sample of each batch
@@ -114,6 +179,12 @@ def validate(cfg, splits=None):
         if cfg.memory_size < per_batch:
             raise DmlError("memory_size=%d is smaller than a batch (%d images): the memory holds "
                            "at least the batch it scores" % (cfg.memory_size, per_batch))
+        needed, total = cfg.memory_size * (4 * cfg.embedding_dim + 8), _physical_memory()
+        if total and needed > total // 2:
+            raise DmlError("memory_size=%d embeddings of embedding_dim=%d need %.1f GiB, more than "
+                           "half of this machine's %.1f GiB: lower `memory_size` or "
+                           "`embedding_dim`" % (cfg.memory_size, cfg.embedding_dim,
+                                                needed / 2 ** 30, total / 2 ** 30))
         if cfg.kvstore == "dist_async":
             raise DmlError("memory_size with kvstore=dist_async: every worker's memory must hold "
                            "every worker's embeddings in the same order, which needs the "
@@ -122,6 +193,17 @@ def validate(cfg, splits=None):
         raise DmlError("kvstore=dist_async updates on the servers, which keep the first learning "
                        "rate: lr_steps=%s cannot apply (pass lr_steps='' or use dist_sync)"
                        % ",".join(map(str, cfg.lr_steps)))
+    from .registry import LR_SCHEDULES
+
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise DmlError("lr_schedule=%s: choose one of %s" % (cfg.lr_schedule,
+                                                           ", ".join(LR_SCHEDULES)))
+    if cfg.lr_schedule == "cosine" and cfg.lr_steps:
+        raise DmlError("lr_schedule=cosine decays the learning rate itself: lr_steps=%s applies to "
+                       "lr_schedule=step" % ",".join(map(str, cfg.lr_steps)))
+    if cfg.kvstore == "dist_async" and cfg.lr_schedule == "cosine":
+        raise DmlError("kvstore=dist_async updates on the servers, which keep the first learning "
+                       "rate: pass lr_schedule=step or use dist_sync")
     try:
         get_method(cfg.method).check_options(cfg.margin, cfg.scale)
     except ValueError as err:
@@ -129,6 +211,7 @@ def validate(cfg, splits=None):
                                                          cfg.scale)) from None
     if splits is None:
         return
+    _check_scorable(splits)
     present = len(set(splits.train.labels.tolist()))
     if cfg.batch_size:
         if present < 2:

@@ -6,6 +6,7 @@ loss (hybridized) -> ``gluon.Trainer`` -> hooks (:mod:`dml.hooks`: stop guard, r
 TensorBoard logger) -> run folder (:class:`dml.runs.RunDir`, the only owner of its files).
 """
 import logging
+import math
 import os
 import random
 
@@ -53,18 +54,47 @@ def seed_everything(seed):
 
 
 def net_options(cfg):
-    """The :func:`build_net` arguments of a run's config."""
+    """The :func:`build_net` arguments of a run's config (``stem="auto"`` resolved)."""
+    from .config import resolve_stem
+
     return dict(embedding_dim=cfg.embedding_dim, backbone=cfg.backbone,
                 l2_normalize=cfg.l2_normalize, pretrained=cfg.pretrained,
-                freeze_bn=cfg.freeze_bn)
+                freeze_bn=cfg.freeze_bn,
+                stem=resolve_stem(cfg.stem, cfg.image_size, cfg.pretrained, cfg.backbone))
+
+
+CPU_SYNC_NOTE = (
+    "%d CPU contexts with MXNet's engine on one thread per device (MXNET_CPU_WORKER_NTHREADS "
+    "unset or 1): SyncBatchNorm could hang there, so each BatchNorm layer normalizes over its own "
+    "share of the batch, and the loss and update differ from one context's; set "
+    "MXNET_CPU_WORKER_NTHREADS=4 before MXNet loads (python -m dml train --cpus N does) to share "
+    "the statistics")
+
+
+def cpu_engine_threads():
+    """MXNet's engine threads per CPU device (``MXNET_CPU_WORKER_NTHREADS``, read when MXNet
+    loads; 1 by default)."""
+    try:
+        return int(os.environ.get("MXNET_CPU_WORKER_NTHREADS", "1"))
+    except ValueError:
+        return 1
 
 
 def build_net(ctx, embedding_dim=128, backbone="resnet18_v1", l2_normalize=False,
-              pretrained=False, freeze_bn=False):
+              pretrained=False, freeze_bn=False, train=False, stem="imagenet"):
     """An initialized :class:`EmbeddingNet` on ``ctx`` (GluonCV's ImageNet weights for the
-    backbone with ``pretrained``; BatchNorm frozen with ``freeze_bn``)."""
+    backbone with ``pretrained``; BatchNorm frozen with ``freeze_bn``). ``train`` on several
+    devices: BatchNorm statistics over the whole batch (SyncBatchNorm), so that the devices train
+    the network one device would (:func:`train_step` then runs each device in a thread). On CPU
+    contexts that needs MXNet's engine to run two or more threads per device (with one, two
+    BatchNorm layers of parallel branches can wait on each other: :data:`CPU_SYNC_NOTE`)."""
+    synced = train and len(ctx) > 1 and not freeze_bn
+    if synced and not all(c.device_type == "gpu" for c in ctx) and cpu_engine_threads() < 2:
+        log.warning(CPU_SYNC_NOTE, len(ctx))
+        synced = False
     net = EmbeddingNet(embedding_dim=embedding_dim, backbone=backbone, l2_normalize=l2_normalize,
-                       pretrained=pretrained, freeze_bn=freeze_bn)
+                       pretrained=pretrained, freeze_bn=freeze_bn,
+                       sync_devices=len(ctx) if synced else 0, stem=stem)
     if pretrained:
         net.embedding.initialize(mx.init.Xavier(), ctx=ctx)
         net.features.collect_params().reset_ctx(ctx)
@@ -213,15 +243,25 @@ def split_batch(batch, ctx):
     return list(zip(*[gluon.utils.split_and_load(a, ctx, even_split=False) for a in batch]))
 
 
-def train_step(method, model, loss_fn, trainer, batch, ctx, workers=None):
+def train_step(method, model, loss_fn, trainer, batch, ctx, workers=None, parallel=False):
     """One optimization step on ``batch`` split over ``ctx`` -> (loss, stat) as 1-element arrays
     on ``ctx[0]``, not synchronized (the caller decides when to wait). ``workers``: the
     :class:`Workers` of a distributed job, whose gradients the kvstore sums (each worker's loss
-    is its batch mean)."""
+    is its batch mean). ``parallel``: the network shares BatchNorm statistics over the devices
+    (SyncBatchNorm), so each device's passes run in a thread of their own
+    (:meth:`dml.methods.Method.parallel_step`); the first such step warms the graphs up first."""
     parts = split_batch(batch, ctx)
-    with autograd.record():
-        heads, loss, stat = method.forward_batch(model, loss_fn, parts, ctx)
-    autograd.backward(heads)
+    if parallel and len(ctx) > 1:
+        if not getattr(model, "_dml_warmed_up", False):
+            method.warm_up(model, loss_fn, parts)
+            model._dml_warmed_up = True  # pylint: disable=protected-access
+        step = method.parallel_step(model, loss_fn, parts, ctx)
+        step.backward()
+        loss, stat = step.loss, step.stat
+    else:
+        with autograd.record():
+            heads, loss, stat = method.forward_batch(model, loss_fn, parts, ctx)
+        autograd.backward(heads)
     if workers is not None:
         workers.pull_weights_before_pushing(trainer)
     # the heads sum to this worker's batch mean: the devices' gradients add up to its gradient
@@ -326,8 +366,12 @@ def run_evaluation(cfg, splits, net, ctx, full=True, on="test"):
                         batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers)
 
 
-def learning_rate_at(cfg, epoch):
-    """The learning rate of ``epoch`` (1-based): ``cfg.lr`` times ``lr_factor`` per step passed."""
+def learning_rate_at(cfg, epoch, step=None, total_steps=None):
+    """The learning rate of ``epoch`` (1-based): ``cfg.lr`` times ``lr_factor`` per step of
+    ``lr_steps`` passed; with ``lr_schedule="cosine"``, of training ``step`` (0-based) of
+    ``total_steps``: lr * (1 + cos(pi * step / total_steps)) / 2."""
+    if cfg.lr_schedule == "cosine" and step is not None and total_steps:
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
     lr = cfg.lr
     for boundary in range(1, epoch):
         if boundary in cfg.lr_steps:
@@ -353,6 +397,7 @@ def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None, hoo
     recorder, logger, chain = default_hooks(cfg, splits, run_dir, state, hooks)
     if resume is not None:
         resume_state(run_dir, state, loader, resume)
+    cosine = cfg.lr_schedule == "cosine"
     try:
         with chain:
             chain.train_start(state)
@@ -365,10 +410,13 @@ def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None, hoo
                           dynamic_ncols=True) as bar:
                     state.skip = 0
                     for batch in loader:
+                        if cosine:  # (per batch: from the step, so a resumed run is the same)
+                            state.trainer.set_learning_rate(learning_rate_at(
+                                cfg, epoch, state.step, cfg.epochs * len(loader)))
                         state.input_shape = batch[0].shape[1:]
                         state.add_batch(*train_step(state.method, state.model, state.loss_fn,
                                                     state.trainer, batch, state.ctx,
-                                                    state.workers))
+                                                    state.workers, state.parallel))
                         chain.batch_end(state)
                         if state.checked_loss is not None:
                             bar.set_postfix(loss="%.4f" % (state.epoch_loss.asscalar() / state.seen))
@@ -416,7 +464,7 @@ def prepare_training(cfg, splits, net=None, ctx=None, workers=None):
     ctx = ctx or make_contexts(cfg.gpus, cfg.cpus)
     if net is None:
         seed_everything(cfg.seed)
-        net = build_net(ctx, **net_options(cfg))
+        net = build_net(ctx, train=True, **net_options(cfg))
     method = get_method(cfg.method)
     # labels keep their values under --split unseen: the classifier covers the training labels
     model = method.build_model(net, int(np.max(splits.train.labels)) + 1, ctx, cfg.margin,
@@ -510,6 +558,7 @@ def resume_state(run_dir, state, loader, resume):
     state.history, state.best_map, state.step = resume["history"], resume["best_map"], resume["step"]
     state.done_seconds, state.last_good = resume["train_seconds"], resume["id"]
     state.health_baseline = resume.get("health_baseline")
+    state.baselines = resume.get("baselines")
     set_rng_state(resume["rng"])
     state.epoch = resume["epoch"]
     if resume["batch"] is not None:  # stopped inside an epoch: continue it after its batches
@@ -561,6 +610,31 @@ def reported_checkpoint(run):
     return reported if reported in ("last", "best") else "last"
 
 
+def check_same_images(stored, splits, run_dir, data_root=None):
+    """The evaluated split must hold the images the run evaluated (config.json's
+    ``evaluated_images``: counts and a digest of each class's count): a test class or image that
+    went missing, or was added, would give other metrics silently."""
+    from .runs import evaluated_images
+
+    recorded, now = stored["evaluated_images"], evaluated_images(splits)
+    for part in sorted(set(recorded) | set(now)):
+        a, b = recorded.get(part), now.get(part)
+        if a == b:
+            continue
+        names = set(stored.get("eval_classes") or [])
+        present = {splits.class_names[c] for c in np.unique(
+            (splits.test if part == "test" else splits.gallery).labels)} if b else set()
+        missing = sorted(names - present) if part == "test" and names else []
+        raise DmlError("the %s split at %s holds %s, but %s evaluated %s%s: point `data_root` at "
+                       "the run's data" % (
+                           part, data_root or "the default folder",
+                           "%d images of %d classes" % (b["images"], b["classes"]) if b
+                           else "no images", run_dir,
+                           "%d images of %d classes" % (a["images"], a["classes"]) if a
+                           else "none", " (missing classes: %s)" % ", ".join(missing[:3])
+                           if missing else ""))
+
+
 def evaluate_run(run_dir, checkpoint=None, split=None, gpus=None, data_root=None,
                  verification=False):
     """Re-evaluate a run folder's checkpoint (``last``, ``best`` or a file in its params/; None:
@@ -596,6 +670,8 @@ def evaluate_run(run_dir, checkpoint=None, split=None, gpus=None, data_root=None
     check_same_classes(stored.get("class_names"), splits, run.path, cfg.data_root)
     # the run's own training split (its kNN references) lacks its validation classes
     splits = hold_out_classes(apply_split(splits, split), cfg.val_classes)
+    if split == stored.get("split", cfg.split) and stored.get("evaluated_images"):
+        check_same_images(stored, splits, run.path, cfg.data_root)
     log.info("evaluating %s (epoch %d) on the %s split of %s: %d images", path, epoch, split,
              cfg.dataset, len(splits.test))
     try:
@@ -618,6 +694,9 @@ def evaluate_run(run_dir, checkpoint=None, split=None, gpus=None, data_root=None
     for key in ("selected_on", "val_map_at_r"):  # how training chose this checkpoint
         if key in previous and checkpoint == previous.get("checkpoint"):
             metrics[key] = previous[key]
+    if previous.get("split") == split:  # the split's raw pixels and untrained network, unchanged
+        metrics.update((k, v) for k, v in previous.items()
+                       if k.startswith(("untrained_", "pixels_")))
     if "train_seconds" in previous:
         metrics["train_seconds"] = previous["train_seconds"]
     run.write(run.METRICS, metrics)  # last: a failure above leaves the old metrics.json
@@ -633,7 +712,7 @@ class Job:
     ``resume`` checkpoint state (or None), and once :func:`run` made it, ``run_dir``."""
 
     def __init__(self, **kwargs):
-        self.run_dir = None
+        self.run_dir = self.lock = None
         self.__dict__.update(kwargs)
 
 
@@ -667,7 +746,7 @@ def prepare(cfg, resume_dir=None, fit_classes=True):
     resume = _resume_point(resume_dir, cfg) if resume_dir else None
     ctx = make_contexts(cfg.gpus, cfg.cpus)
     seed_everything(cfg.seed)
-    net = build_net(ctx, **net_options(cfg))
+    net = build_net(ctx, train=True, **net_options(cfg))
     splits = hold_out_classes(apply_split(load_dataset(cfg.dataset, cfg.data_root,
                                                        cfg.image_size), cfg.split),
                               cfg.val_classes)
@@ -686,6 +765,8 @@ def prepare(cfg, resume_dir=None, fit_classes=True):
                      "(n_classes) x %d images", present, present, cfg.n_samples)
             cfg.n_classes = present
         validate(cfg, splits)
+    if not cfg.batch_size:
+        _warn_repeats(splits.train.labels, cfg.n_samples)
     workers = Workers(make_kvstore(cfg.kvstore))
     if cfg.memory_size and cfg.memory_size < cfg.n_classes * cfg.n_samples * workers.count:
         raise DmlError("memory_size=%d is smaller than the %d workers' batches (%d images): every "
@@ -697,8 +778,23 @@ def prepare(cfg, resume_dir=None, fit_classes=True):
         raise DmlError("%d workers need %d training images for a batch each; %s has %d"
                        % (workers.count, cfg.n_classes * cfg.n_samples * workers.count,
                           cfg.dataset, len(splits.train)))
+    # last: held from here until run() ends (released there, or when the process exits)
+    lock = RunDir(resume_dir).lock() if resume_dir and workers.writes else None
     return Job(ctx=ctx, net=net, splits=splits, workers=workers, resume=resume,
-               resume_dir=resume_dir)
+               resume_dir=resume_dir, lock=lock)
+
+
+def _warn_repeats(labels, n_samples):
+    """Say when P x K batches must repeat images: a class with fewer than ``n_samples`` images
+    fills its share of a batch by drawing its images again (differently augmented)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    counts = counts[counts > 0]
+    short = int(np.sum(counts < n_samples))
+    if short:
+        log.warning("%d of %d training classes have fewer than n_samples=%d images (the smallest "
+                    "%d): their images repeat within a batch; lower n_samples to %d to draw each "
+                    "image at most once", short, len(counts), n_samples, counts.min(),
+                    counts.min())
 
 
 def _some(names, shown=5):
@@ -720,6 +816,8 @@ def run(cfg, job, argv=()):
     else:
         run_dir = RunDir.create(cfg.output_root, cfg.dataset, cfg.method) if workers.writes \
             else None
+        if run_dir is not None:
+            job.lock = run_dir.lock()  # a new folder: for --resume while this trains
     job.run_dir = run_dir = RunDir(workers.agree(run_dir.path if run_dir else None))
     handler = None
     if workers.writes:
@@ -738,3 +836,6 @@ def run(cfg, job, argv=()):
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
+        if getattr(job, "lock", None) is not None:
+            os.close(job.lock)
+            job.lock = None

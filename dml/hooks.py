@@ -29,10 +29,11 @@ class TrainingInterrupted(Exception):
     """Ctrl-C or SIGTERM: the run stopped cleanly; ``checkpoint`` is the id of the checkpoint it
     wrote, ``signum`` the signal that asked for the stop."""
 
-    def __init__(self, checkpoint, signum=signal.SIGINT):
+    def __init__(self, checkpoint, signum=signal.SIGINT, at_once=False):
         super().__init__("interrupted")
         self.checkpoint = checkpoint
         self.signum = signum
+        self.at_once = at_once  # a second signal: stopped without a new checkpoint
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -54,6 +55,8 @@ class TrainState:
         self.cfg, self.splits, self.net, self.model = cfg, splits, net, model
         self.loss_fn, self.trainer, self.method, self.ctx, self.workers = (
             loss_fn, trainer, method, ctx, workers)
+        # devices sharing BatchNorm statistics: each device's passes in a thread of their own
+        self.parallel = getattr(net, "sync_devices", 0) > 1
         self.epoch, self.step, self.seen, self.skip = 0, 0, 0, 0
         self.history, self.best_map, self.last_good = [], -1.0, None
         self.epoch_loss = self.epoch_stat = self.batch_loss = self.record = None
@@ -70,6 +73,7 @@ class TrainState:
         self.epoch_zero = None  # the count of zero-loss batches of the epoch (1-element array)
         self.health = {}  # the epoch's training-health statistics (dml.health), history keys
         self.health_baseline = None  # the untrained network's (kept in checkpoints)
+        self.baselines = None  # raw pixels and the untrained network on the evaluated split
 
     def elapsed(self):
         """Training seconds, the stopped processes' included."""
@@ -154,8 +158,9 @@ class StopGuard:
 
     While active, Ctrl-C (SIGINT) and SIGTERM (what Slurm, Kubernetes and ``timeout`` send before
     killing) only set ``requested``: the loop finishes its step, the recorder writes a
-    checkpoint and the run stops. A second signal interrupts at once. Signals are caught only in
-    the main thread.
+    checkpoint and the run stops. A second signal stops at once: :class:`TrainingInterrupted`
+    with ``at_once`` and the last complete checkpoint (nothing more is written). Signals are
+    caught only in the main thread.
 
     :meth:`check` is the one non-finite check: the loss (NaN whenever an embedding is, see
     :func:`dml.losses.base.propagate_non_finite`) and every parameter of ``model``; it runs every
@@ -167,11 +172,16 @@ class StopGuard:
         self.model, self.log_interval = model, log_interval
         self.requested = None  # the signal number once a stop was asked for
         self._previous = {}
+        self._state = None
+
+    def train_start(self, state):
+        self._state = state
 
     def _handle(self, signum, frame):
+        if self.requested is not None:  # the second signal: stop now, nothing more written
+            raise TrainingInterrupted(self._state.last_good if self._state else None, signum,
+                                      at_once=True)
         self.requested = signum
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
         log.warning("%s: stopping after this step with a checkpoint (again to stop at once)",
                     _STOP_SIGNALS.get(signum, signum))
 
@@ -247,15 +257,34 @@ class RunRecorder:
     - None: no periodic evaluation; the final epoch is the model and ``params/best/``.
     """
 
-    def __init__(self, run_dir, cfg, evaluate, val_loss=None, select_on=None):
+    def __init__(self, run_dir, cfg, evaluate, val_loss=None, select_on=None, baselines=True):
         self.run_dir, self.cfg, self.evaluate, self.val_loss = run_dir, cfg, evaluate, val_loss
-        self.select_on = select_on
+        self.select_on, self.baselines = select_on, baselines
 
     def _state(self, state, epoch_sums=None):
         return {"step": state.step, "best_map": state.best_map, "history": state.history,
                 "rng": rng_state(), "train_seconds": round(state.elapsed(), 3),
                 "method": self.cfg.method, "partial": epoch_sums,
-                "health_baseline": state.health_baseline}
+                "health_baseline": state.health_baseline, "baselines": state.baselines}
+
+    def train_start(self, state):
+        """The baselines of the evaluated split (:mod:`dml.baselines`): its raw pixels, and the
+        network before its first step (a resumed run keeps its first process's)."""
+        if state.baselines is not None or not state.workers.writes or not self.baselines:
+            return
+        from .baselines import baseline_entries, pixel_metrics
+
+        started = time.time()
+        splits = state.splits
+        untrained, _, _ = self.evaluate(state, full=False)
+        state.baselines = baseline_entries("untrained_", untrained)
+        pixels = pixel_metrics(splits.test, splits.gallery)
+        if pixels is not None:
+            state.baselines.update(baseline_entries("pixels_", pixels))
+        state.done_seconds -= time.time() - started  # (not training time)
+        log.info("baselines on the %s split: untrained network map_at_r %.4f, raw pixels %s",
+                 splits.split, untrained["map_at_r"], "%.4f" % pixels["map_at_r"]
+                 if pixels is not None else "skipped (more than 20,000 images)")
 
     def checkpoint(self, state, batch=None, epoch_sums=None):
         if not state.workers.writes:
@@ -297,7 +326,7 @@ class RunRecorder:
             state.best_map = metrics["map_at_r"]
             self.run_dir.save_best(state.net, epoch, {self._prefix + k: metrics[k]
                                                       for k in RETRIEVAL_KEYS},
-                                   final_cid=final_cid)
+                                   final_cid=final_cid, input_shape=state.input_shape)
         return metrics
 
     def epoch_end(self, state):
@@ -338,18 +367,34 @@ class RunRecorder:
                          "is scored with its weights", reported, best["val_map_at_r"])
         state.evaluation = metrics, _, _ = self.evaluate(state, full=True)
         if self.select_on != "val" and metrics["map_at_r"] > state.best_map:
-            self.run_dir.save_best(state.net, cfg.epochs, metrics, final_cid=final)
+            self.run_dir.save_best(state.net, cfg.epochs, metrics, final_cid=final,
+                                   input_shape=state.input_shape)
         record = next(h for h in state.history if h["epoch"] == reported)
         record.update((k, metrics[k]) for k in METRIC_KEYS if k in metrics)
         self.run_dir.write_history(state.history)
         metrics.update(embedding_dim=cfg.embedding_dim, epochs=reported, checkpoint=checkpoint,
                        train_seconds=round(state.train_seconds, 2), **extra)
+        metrics.update(state.baselines or {})
+        warn_below_baselines(metrics, state.splits.split)
         state.metrics = metrics
         state.reported_epoch = reported
 
     def finish(self, state):
         """metrics.json, written last (after the figures): a run folder with it is complete."""
         self.run_dir.write(self.run_dir.METRICS, state.metrics)
+
+
+def warn_below_baselines(metrics, split):
+    """One warning line when the trained network retrieves worse than its own untrained version
+    or than raw pixels on the evaluated split (``untrained_map_at_r``, ``pixels_map_at_r``)."""
+    worse = [(name, metrics[key]) for name, key in (("the untrained network", "untrained_map_at_r"),
+                                                     ("raw pixels", "pixels_map_at_r"))
+             if key in metrics and metrics["map_at_r"] < metrics[key]]
+    if worse:
+        log.warning("the trained network retrieves worse on the %s split than %s: map_at_r %.4f "
+                    "against %s; training did not help these classes (doc/unseen.md)", split,
+                    " and ".join(name for name, _ in worse), metrics["map_at_r"],
+                    ", ".join("%.4f" % value for _, value in worse))
 
 
 class _NullWriter:

@@ -21,15 +21,39 @@ class EmbeddingNet(gluon.HybridBlock):
     """
 
     def __init__(self, embedding_dim=128, backbone="resnet18_v1", l2_normalize=False,
-                 pretrained=False, root=None, freeze_bn=False, **kwargs):
+                 pretrained=False, root=None, freeze_bn=False, sync_devices=0, stem="imagenet",
+                 **kwargs):
         super().__init__(**kwargs)
         self._l2_normalize = l2_normalize
         self.embedding_dim = embedding_dim
+        self._backbone, self._stem = backbone, stem
+        # training on several devices: each BatchNorm normalizes over the whole batch
+        self.sync_devices = int(sync_devices) if sync_devices > 1 and not freeze_bn else 0
         with self.name_scope():
-            self.features = backbone_features(backbone, pretrained, root)
+            self.features = backbone_features(backbone, pretrained, root, self.sync_devices,
+                                              stem)
+            if stem == "small":
+                small_stem(self.features, self.prefix)
             self.embedding = gluon.nn.Dense(embedding_dim, flatten=True)
         if freeze_bn:
             freeze_batchnorm(self.features)
+
+    def deployable(self):
+        """This network as one device runs it: itself, or with ``sync_devices`` a twin with
+        plain BatchNorm layers, the same parameter names and a copy of every value (on the first
+        context), hybridized, for ``net.export`` and ONNX (which know no SyncBatchNorm). In
+        inference both compute the same: BatchNorm then uses its running statistics."""
+        if not self.sync_devices:
+            return self
+        # pylint: disable=protected-access
+        source = self._collect_params_with_prefix()
+        ctx = next(iter(source.values())).list_ctx()[:1]
+        twin = EmbeddingNet(self.embedding_dim, self._backbone, self._l2_normalize,
+                            stem=self._stem, prefix=self.prefix)
+        for name, param in twin._collect_params_with_prefix().items():
+            param._load_init(source[name].data(ctx[0]), ctx)
+        twin.hybridize()
+        return twin
 
     def hybrid_forward(self, F, x):
         x = self.embedding(self.features(x))
@@ -161,11 +185,55 @@ _GOOGLENET_FEATURES = ("conv1", "maxpool1", "conv2", "conv3", "maxpool2", "incep
                        "inception4d", "inception4e", "maxpool4", "inception5a", "inception5b")
 
 
-def backbone_features(name, pretrained=False, root=None):
-    get_model = import_gluoncv_model_zoo().get_model
+def _synced_batchnorm():
+    """SyncBatchNorm named as BatchNorm (``batchnorm<N>_gamma``, ...): a network trained on
+    several devices has the parameter names of the one-device network, so checkpoints, exports
+    and evaluation are the same whatever the devices."""
+    from mxnet.gluon.contrib.nn import SyncBatchNorm
 
+    class SyncedBatchNorm(SyncBatchNorm):
+        """BatchNorm over the whole batch split across ``num_devices`` devices (the devices
+        exchange their sums): the statistics one device would compute on the whole batch."""
+
+        def _alias(self):
+            return "batchnorm"
+
+    return SyncedBatchNorm
+
+
+from .registry import STEMS  # noqa: E402
+
+
+def small_stem(features, scope_prefix=""):
+    """ResNet's first convolution (7 x 7, stride 2) replaced by a 3 x 3 one of stride 1 (the
+    same name, no bias), its max pool kept: the input is downsampled 2x before the first stage
+    instead of 4x, so a 32 x 32 image reaches the last stage as 2 x 2 cells, not 1 x 1. Between
+    ImageNet's stem and CIFAR ResNets' (no pooling, 16x the compute at 32 px): about 2.3x the
+    compute of ImageNet's stem (doc/unseen.md)."""
+    old = features._children["0"]  # pylint: disable=protected-access
+    if not isinstance(old, gluon.nn.Conv2D) or old._kwargs["kernel"] != (7, 7):
+        raise DmlError("stem=small replaces a ResNet's 7 x 7 first convolution; this backbone's "
+                       "first layer is %s" % type(old).__name__)
+    # the old layer's name (created in the scope of ``scope_prefix``, the block building it)
+    conv = gluon.nn.Conv2D(old._channels, 3, 1, 1, use_bias=False, in_channels=3,
+                           prefix=old.prefix[len(scope_prefix):])
+    features._children["0"] = conv  # pylint: disable=protected-access
+    return features
+
+
+def backbone_features(name, pretrained=False, root=None, sync_devices=0, stem="imagenet"):
+    get_model = import_gluoncv_model_zoo().get_model
+    if stem not in STEMS:
+        raise DmlError("unknown stem %r: choose one of %s" % (stem, ", ".join(STEMS)))
+    if stem == "small" and pretrained:
+        raise DmlError("stem=small replaces the first convolution, which `pretrained` weights "
+                       "need: train the small stem from random weights, or keep stem=imagenet")
+
+    norm = {}
+    if sync_devices > 1:
+        norm = dict(norm_layer=_synced_batchnorm(), norm_kwargs={"num_devices": sync_devices})
     try:
-        net = get_model(name, pretrained=False)
+        net = get_model(name, pretrained=False, **norm)
     except ValueError as err:
         raise DmlError("unknown backbone %r (%s)" % (name, str(err).splitlines()[0])) from None
     if not hasattr(net, "features") and not all(hasattr(net, n) for n in _GOOGLENET_FEATURES):
@@ -179,7 +247,9 @@ def backbone_features(name, pretrained=False, root=None):
             raise DmlError("cannot load %s as %s weights (%s): replace it with GluonCV's file"
                            % (path, name, error_summary(err))) from None
     if hasattr(net, "features"):
-        return net.features
+        return net.features  # (EmbeddingNet puts a small stem on it: small_stem)
+    if stem == "small":
+        raise DmlError("stem=small applies to the ResNets, not %s" % name)
     features = gluon.nn.HybridSequential(prefix="")
     for child in _GOOGLENET_FEATURES:
         features.add(getattr(net, child))
@@ -226,8 +296,8 @@ def fetch_pretrained(name, root=None):
     if os.path.isfile(path):
         return path
     advice = "copy GluonCV's file there (on a machine with a network: python -c \"from " \
-             "gluoncv.model_zoo import get_model_file; print(get_model_file('%s'))\"), or drop " \
-             "`pretrained`" % name
+             "gluoncv.model_zoo import get_model_file; print(get_model_file('%s'))\"), or start " \
+             "from random weights (`no_pretrained`)" % name
     if _offline():
         raise DmlError("`pretrained` needs GluonCV's ImageNet weights for %s at %s and downloads "
                        "are off (DML_OFFLINE=1): %s" % (name, path, advice))

@@ -34,6 +34,8 @@ BENCHMARKS = ("cub200", "cars196", "sop", "inshop")
 # --augment: the training augmentation (dml.data.transforms)
 AUGMENTS = ("none", "crop", "crop-flip", "resized-crop-flip")
 SPLITS = ("test", "unseen")
+STEMS = ("imagenet", "small")
+LR_SCHEDULES = ("step", "cosine")  # --stem (and "auto": dml.config.resolve_stem)
 DISTANCES = ("euclidean", "squared", "cosine")
 KVSTORES = ("local", "device", "dist_sync", "dist_device_sync", "dist_async")
 ONLINE_TRIPLET_SELECTORS = ("all", "hardest", "random_hard", "semihard")
@@ -59,6 +61,14 @@ METHOD_MINERS = {
     "margin": ("distance_weighted", "none"),
 }
 MINER_METHODS = tuple(METHOD_MINERS)
+# what the methods without a --margin fix instead (pytorch-metric-learning 2.9's defaults)
+LOSS_PARAMETERS = {
+    "multi_similarity": "it has alpha 2, beta 50, base 0.5 and its miner's epsilon 0.1, fixed",
+    "supcon": "it has a temperature of 0.1, fixed",
+    "npairs": "it has no parameter",
+    "proxy_nca": "it has a softmax scale of 1, fixed",
+    "normalized_softmax": "it has a temperature of 0.05, fixed",
+}
 # --memory-size: the pair losses a cross-batch memory can wrap (on similarities, and contrastive)
 MEMORY_METHODS = ("online_contrastive", "multi_similarity", "circle", "supcon", "lifted")
 # learnable proxies (shuffled batches; --loss-lr-mult scales the proxies' learning rate)
@@ -128,15 +138,18 @@ _BENCHMARK = dict(epochs=40, n_classes=32, n_samples=4, image_size=224, augment=
                   lr=1e-4)
 # augment: digit-like images must not be mirrored (a flipped 2 is no digit); CIFAR, clothes and
 # photos may be
+_UNSEEN = dict(n_classes=32, n_samples=4, stem="auto", lr=3e-4, lr_schedule="cosine")
 DATASET_DEFAULTS = {
     "digits": dict(epochs=10, augment="crop"),
-    # characters: a mirrored glyph may be another character (b and d), so no flip
-    "glyphs": dict(epochs=10, n_classes=32, n_samples=4, augment="crop"),
+    # class-disjoint sets of few images a class: the recipe of doc/unseen.md (32 x 4 batches, the
+    # small stem at <= 64 px, Adam 3e-4 decayed to 0 by a cosine); characters: a mirrored glyph
+    # may be another character (b and d), so no flip
+    "glyphs": dict(epochs=10, augment="crop", **_UNSEEN),
     "cifar10": dict(epochs=60, n_classes=8, n_samples=16, lr_steps=[40, 50], augment="crop-flip"),
     "cifar100": dict(epochs=60, n_classes=16, n_samples=8, lr_steps=[40, 50], augment="crop-flip"),
     "mnist": dict(epochs=10, augment="crop"),
     "fashion-mnist": dict(epochs=20, augment="crop-flip"),
-    "folder": dict(epochs=30, n_classes=8, n_samples=8, augment="crop-flip"),
+    "folder": dict(epochs=30, augment="crop-flip", **_UNSEEN),
     "cub200": dict(_BENCHMARK),
     "cars196": dict(_BENCHMARK),
     "sop": dict(_BENCHMARK, epochs=20),

@@ -227,6 +227,25 @@ def complete_checkpoints(run_dir):
     return sorted(found, key=lambda s: (s["step"], s["id"]))
 
 
+def evaluated_images(splits):
+    """What a run evaluates, to recognise the same data later: the image count of its evaluated
+    split (and gallery), its classes, and a digest of each class's count (``dml evaluate`` on data
+    that lost or gained a test image or class is refused, not scored on other images)."""
+    import hashlib
+
+    import numpy as np
+
+    out = {}
+    for name, dataset in (("test", splits.test), ("gallery", splits.gallery)):
+        if dataset is None:
+            continue
+        classes, counts = np.unique(np.asarray(dataset.labels), return_counts=True)
+        pairs = ["%s:%d" % (splits.class_names[c], n) for c, n in zip(classes, counts)]
+        out[name] = dict(images=int(len(dataset)), classes=int(len(classes)),
+                         digest=hashlib.sha1("\n".join(pairs).encode("utf-8")).hexdigest())
+    return out
+
+
 def partial_files(root):
     """The temporary files (``*.tmp``) and folders (``.tmp-*``) below ``root`` that a write
     which never reached its rename left, hidden ones included."""
@@ -296,6 +315,25 @@ def settle():
     import mxnet as mx
 
     mx.nd.waitall()
+
+
+def _exportable(net, input_shape=None):
+    """What ``net.export`` can write: the one-device form of ``net`` (``deployable()``: plain
+    BatchNorm for a net trained with SyncBatchNorm) with its hybridized graph built. A net
+    trained inside a wrapper (SiameseNet, ClassifierNet) or a twin first embeds one blank image
+    of ``input_shape`` (C x H x W) in inference mode, which changes no state."""
+    import mxnet as mx
+
+    settle()
+    net = net.deployable() if hasattr(net, "deployable") else net
+    if not net._cached_graph:  # pylint: disable=protected-access
+        if input_shape is None:
+            raise ValueError("export: the net has not run a hybridized forward pass; pass "
+                             "input_shape")
+        ctx = net.collect_params().list_ctx()[0]
+        net(mx.nd.zeros((1,) + tuple(input_shape), ctx=ctx))
+        settle()
+    return net
 
 
 def _link(source, path):
@@ -406,7 +444,8 @@ class RunDir:
                           resumed=previous.get("resumed", []) + [now])
             config.update((k, previous[k]) for k in ("dml_version", "argv", "class_names",
                                                      "train_classes", "eval_classes",
-                                                     "validation_classes", "normalization")
+                                                     "validation_classes", "normalization",
+                                                     "evaluated_images")
                           if k in previous)
         else:
             names = splits.class_names
@@ -417,7 +456,7 @@ class RunDir:
                           eval_classes=[names[c] for c in splits.eval_classes or
                                         range(len(names))],
                           validation_classes=[names[c] for c in splits.val_classes or []],
-                          started=now)
+                          evaluated_images=evaluated_images(splits), started=now)
             from .serve import input_size
 
             config["normalization"] = dict(mean=list(splits.mean), std=list(splits.std),
@@ -443,6 +482,22 @@ class RunDir:
 
     def resolve(self, checkpoint):
         return resolve_checkpoint(self.path, checkpoint)
+
+    def lock(self):
+        """Hold this run folder for the process that trains it: an exclusive ``flock`` on the
+        folder itself (no file added), released when the process ends or the returned file
+        descriptor is closed. A folder held by another process is a :class:`DmlError` (two
+        ``train --resume`` of one run would write the same files)."""
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise DmlError("%s is being trained by another process: wait for it to end (or stop "
+                           "it) before resuming" % self.path) from None
+        return fd
 
     def check_own(self, path):
         """A checkpoint file must lie in this run's params/: another run's file would be evaluated
@@ -485,7 +540,8 @@ class RunDir:
 
         def save_net(tmp):
             if net_file:
-                try:
+                try:  # the temporary name (random, ours) becomes a link to the export
+                    os.remove(tmp)
                     os.link(net_file, tmp)
                     return
                 except OSError:  # no hard links on this file system: a copy of the weights
@@ -552,17 +608,7 @@ class RunDir:
         trained inside a wrapper (SiameseNet, ClassifierNet) first embeds one blank image of
         ``input_shape`` (C x H x W) in inference mode, which changes no state. Returns the params
         file."""
-        import mxnet as mx
-
-        settle()
-        if not net._cached_graph:  # pylint: disable=protected-access
-            if input_shape is None:
-                raise ValueError("export: the net has not run a hybridized forward pass; pass "
-                                 "input_shape")
-            ctx = net.collect_params().list_ctx()[0]
-            net(mx.nd.zeros((1,) + tuple(input_shape), ctx=ctx))
-            settle()
-        self._export(net, self.params, epoch)
+        self._export(_exportable(net, input_shape), self.params, epoch)
         keep = os.path.basename(self.export_file(epoch))
         for name in _listdir(self.params):
             if _EXPORT_PARAMS.match(name) and name != keep:
@@ -578,11 +624,12 @@ class RunDir:
         """``params/best/best.json``: the selected checkpoint's epoch and scores."""
         return read_run_json(self.best_dir, "best.json")
 
-    def save_best(self, net, epoch, metrics, final_cid=None):
+    def save_best(self, net, epoch, metrics, final_cid=None, input_shape=None):
         """``best/``: ``net.params``, the export (``embedding-symbol.json``,
         ``embedding-0000.params``) and ``best.json`` (its epoch and metrics), written last.
         ``final_cid``: the id of the final checkpoint when it holds this very network (its net
-        file is the export of ``epoch``): both are hard-linked instead of written again."""
+        file is the export of ``epoch``): both are hard-linked instead of written again.
+        ``input_shape``: one image's C x H x W, for a net whose graph is not built yet."""
         settle()
         os.makedirs(self.best_dir, exist_ok=True)
         best_export = os.path.join(self.best_dir, self.EXPORT_PREFIX + "-0000.params")
@@ -593,7 +640,7 @@ class RunDir:
                 os.path.join(self.best_dir, self.EXPORT_PREFIX + "-symbol.json"))
         else:
             final = None
-            self._export(net, self.best_dir, 0)
+            self._export(_exportable(net, input_shape), self.best_dir, 0)
         if not (final and _link(final, os.path.join(self.best_dir, "net.params"))):
             write_atomic(net.save_parameters, os.path.join(self.best_dir, "net.params"))
         write_json(os.path.join(self.best_dir, "best.json"), dict(metrics, epoch=epoch))

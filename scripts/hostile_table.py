@@ -372,9 +372,166 @@ CASES = [
 ]
 
 
+# Issue 26: every command, not only train.
+
+def _digits_run(case):
+    """A 1-epoch digits run (tiny batches) in this case's folder: its run folder, or None."""
+    out = case.path("run")
+    code, _, _ = case.dml("train", "--dataset", "digits", "--epochs", "1", "--output-root", out,
+                          *TINY, timeout=600)
+    return case.run_dir(out, "digits") if code == 0 else None
+
+
+def _query_images(case, n=4):
+    from PIL import Image
+    import numpy as np
+    folder = case.path("photos", "cat")
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+            os.path.join(folder, "%d.png" % i))
+    return case.path("photos")
+
+
+def omp_garbage(case):
+    code, err, _ = case.dml("train", "--epochs", "1", env=dict(case.env, OMP_NUM_THREADS="abc"),
+                            timeout=120)
+    return code, explain(err)
+
+
+def bench_args(argv):
+    def case_fn(case):
+        code, err, _ = case.run(["-m", "dml.bench"] + argv, timeout=300)
+        return code, explain(err)
+    return case_fn
+
+
+def single_image_classes(case):
+    root = case.path("folder")
+    write_image_folder(root, per_class=(8, 1))
+    out = case.path("out")
+    code, err, _ = case.dml("train", "--dataset", "folder", "--data-root", root, "--epochs", "1",
+                            "--output-root", out, *TINY, timeout=300)
+    return code, "%s [%d files written]" % (explain(err).replace(case.work, "TMP"),
+                                            case.files(out))
+
+
+def huge_memory(case):
+    out = case.path("out")
+    code, err, _ = case.dml("train", "--method", "multi_similarity", "--memory-size", "1048576",
+                            "--embedding-dim", "65536", "--epochs", "1", "--output-root", out,
+                            timeout=300)
+    return code, "%s [%d files written]" % (explain(err), case.files(out))
+
+
+def embed_fifo(case):
+    run = _digits_run(case)
+    if run is None:
+        return None, "(the digits run failed)"
+    fifo = case.path("x.png")
+    os.mkfifo(fifo)
+    code, err, _ = case.dml("embed", run, fifo, "-o", case.path("e.npy"), timeout=60)
+    return code, explain(err).replace(case.work, "TMP")
+
+
+def embed_onto_folder(case):
+    run = _digits_run(case)
+    if run is None:
+        return None, "(the digits run failed)"
+    os.makedirs(case.path("taken.npy"))
+    code, err, _ = case.dml("embed", run, _query_images(case), "-o", case.path("taken.npy"),
+                            timeout=120)
+    return code, explain(err).replace(case.work, "TMP")
+
+
+def embed_through_link(case):
+    run = _digits_run(case)
+    if run is None:
+        return None, "(the digits run failed)"
+    victim = case.path("victim.txt")
+    open(victim, "w").write("precious\n")
+    os.symlink(victim, case.path("out.npy.tmp"))
+    code, err, _ = case.dml("embed", run, _query_images(case), "-o", case.path("out.npy"),
+                            timeout=120)
+    kept = open(victim, "rb").read() == b"precious\n"
+    return code, "%s; victim.txt %s" % (explain(err).replace(case.work, "TMP") if code else "done",
+                                        "untouched" if kept else "OVERWRITTEN")
+
+
+def swapped_faiss(case):
+    """index.faiss replaced by another index of the same size and dimension."""
+    run = _digits_run(case)
+    if run is None:
+        return None, "(the digits run failed)"
+    photos = _query_images(case)
+    code, err, _ = case.dml("index", run, photos, "-o", case.path("a"), timeout=120)
+    if code:
+        return code, explain(err)
+    import faiss
+    import numpy as np
+    other = faiss.IndexFlatL2(faiss.read_index(case.path("a", "index.faiss")).d)
+    other.add(np.random.default_rng(0).normal(size=(4, other.d)).astype(np.float32))
+    faiss.write_index(other, case.path("a", "index.faiss"))
+    code, err, _ = case.dml("search", case.path("a"), os.path.join(photos, "cat", "0.png"),
+                            "-k", "2", timeout=120)
+    return code, explain(err).replace(case.work, "TMP") if code else "searched the swapped index"
+
+
+def copied_run_compare(case):
+    run = _digits_run(case)
+    if run is None:
+        return None, "(the digits run failed)"
+    shutil.copytree(run, run + "-copy")
+    proc = subprocess.run([sys.executable, "-m", "dml", "compare", case.path("run")],
+                          capture_output=True, text=True, env=case.env, cwd=case.work, timeout=120)
+    if proc.returncode:
+        return proc.returncode, explain(proc.stderr)
+    row = [l for l in proc.stdout.splitlines() if "triplet_semihard" in l][:1]
+    note = [l for l in proc.stderr.splitlines() if "same seed" in l or "copy" in l][:1]
+    return 0, " ".join(" ".join(r.split()) for r in row + note)[:220].replace(case.work, "TMP")
+
+
+def cub_outside(case):
+    from fakedata import write_cub200
+    root = case.path("cub")
+    write_cub200(root)
+    images = os.path.join(root, "CUB_200_2011", "images.txt")
+    if not os.path.exists(images):
+        images = os.path.join(root, "images.txt")
+    lines = open(images).read().splitlines()
+    first = lines[0].split(" ", 1)[0]
+    lines[0] = "%s ../../../../../../etc/hostname" % first
+    open(images, "w").write("\n".join(lines) + "\n")
+    out = case.path("out")
+    code, err, _ = case.dml("train", "--dataset", "cub200", "--data-root", root, "--no-pretrained",
+                            "--image-size", "32", "--epochs", "1", "--output-root", out, *TINY,
+                            timeout=300)
+    return code, "%s [%d files written]" % (explain(err).replace(case.work, "TMP"),
+                                            case.files(out))
+
+
+ISSUE_26 = [
+    ("OMP_NUM_THREADS=abc", omp_garbage),
+    ("bench serve --dim 0", bench_args(["serve", "--dim", "0"])),
+    ("bench train --steps 0", bench_args(["train", "--steps", "0"])),
+    ("bench losses --batch-sizes abc", bench_args(["losses", "--batch-sizes", "abc"])),
+    ("a test split of one image a class", single_image_classes),
+    ("--memory-size 1048576 --embedding-dim 65536", huge_memory),
+    ("embed a FIFO named x.png", embed_fifo),
+    ("embed -o onto a folder", embed_onto_folder),
+    ("embed -o out.npy, out.npy.tmp a planted link", embed_through_link),
+    ("search an index whose index.faiss was swapped", swapped_faiss),
+    ("compare a copied run folder", copied_run_compare),
+    ("CUB images.txt path ../../etc/hostname", cub_outside),
+]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="the git revision to compare with")
+    parser.add_argument("--issue-26", action="store_true",
+                        help="the cases of issue 26 (every command) instead of the first set")
     parser.add_argument("--only", default=None, help="run only the cases whose name has this")
     args = parser.parse_args()
     before = tempfile.mkdtemp(prefix="dml-before-")
@@ -382,7 +539,7 @@ def main():
                    check=True)
     rows = []
     try:
-        for name, fn in CASES:
+        for name, fn in (ISSUE_26 if args.issue_26 else CASES):
             if args.only and args.only not in name:
                 continue
             row = [name]
@@ -401,8 +558,9 @@ def main():
     finally:
         subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", before])
     print("# Hostile input and failures: before and after\n")
-    print("Made with `.venv/bin/python scripts/hostile_table.py --before %s > doc/hostile.md` "
-          "(each case a fresh process in a fresh folder; TMP is that folder).\n" % args.before)
+    print("Made with `.venv/bin/python scripts/hostile_table.py --before %s%s > doc/hostile%s.md` "
+          "(each case a fresh process in a fresh folder; TMP is that folder).\n"
+          % (args.before, " --issue-26" if args.issue_26 else "", "-26" if args.issue_26 else ""))
     print("| case | exit before | before | exit now | now |")
     print("|---|---:|---|---:|---|")
     for row in rows:

@@ -87,15 +87,33 @@ def seed_table(root):
     number of runs, and mean +- 95% interval of precision_at_1, r_precision and map_at_r."""
     from dml.compare import compare_rows
 
-    lines = ["%-36s %3s %19s %19s %19s" % ("method", "n", "precision_at_1", "r_precision",
-                                          "map_at_r")]
-    for row in compare_rows(root):
+    from dml.compare import confidence_interval, find_results
+
+    keys = ("precision_at_1", "r_precision", "map_at_r")
+    lines = ["%-36s %3s %19s %19s %19s" % (("method", "n") + keys)]
+
+    def line(name, n, values):
         cells = []
-        for key in ("precision_at_1", "r_precision", "map_at_r"):
-            half = row.get(key + "_ci95")
-            cells.append("%.4f +- %.4f" % (row[key], half) if half is not None
-                         else "%.4f" % row[key])
-        lines.append("%-36s %3d %19s %19s %19s" % (row["method"], row["n"], *cells))
+        for key in keys:
+            mean, half = values[key]
+            cells.append("%.4f +- %.4f" % (mean, half) if half is not None else "%.4f" % mean)
+        lines.append("%-36s %3d %19s %19s %19s" % (name, n, *cells))
+
+    for row in compare_rows(root):
+        line(row["method"], row["n"], {k: (row[k], row.get(k + "_ci95")) for k in keys})
+    # the baselines every run recorded (dml.baselines): raw pixels of the evaluated split, and
+    # the default method's network before training, over the seeds
+    results = find_results(root)
+    pixels = [m for _, m, _ in results if "pixels_map_at_r" in m]
+    if pixels:
+        line("raw pixels (32 x 32, cosine)", 1,
+             {k: (pixels[0]["pixels_" + k], None) for k in keys})
+    untrained = {c.get("seed"): m for _, m, c in results
+                 if c.get("method") == "triplet_semihard" and "untrained_map_at_r" in m}
+    if untrained:
+        line("untrained network (triplet_semihard)", len(untrained),
+             {k: confidence_interval([m["untrained_" + k] for m in untrained.values()])
+              for k in keys})
     return "\n".join(lines)
 
 

@@ -382,7 +382,7 @@ def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch, error):
     assert code == 1
     line = err.splitlines()[-1]
     assert line.startswith("dml train: error: out of memory"), err
-    assert "lower --image-size, --embedding-dim or the batch size" in line
+    assert "lower --image-size, --embedding-dim, --memory-size or the batch size" in line
     assert "Traceback" not in err
 
 

@@ -281,3 +281,168 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# ------------------------------------------------------------------------------------------------
+# train: checked before anything is written, one process per run folder, signals
+
+
+def test_a_test_split_without_a_second_image_of_any_class_is_refused_up_front(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_image_folder(str(data), per_class=(6, 1))  # one test image per class
+    out = tmp_path / "out"
+    line = one_line(capsys, ["train", "--dataset", "folder", "--data-root", str(data),
+                             "--epochs", "1", "--output-root", str(out), "--n-classes", "4",
+                             "--n-samples", "2", "--embedding-dim", "8"])
+    assert "every class of the test split of folder has one image" in line
+    assert not out.exists()
+
+
+def test_a_memory_larger_than_the_machine_is_refused_up_front(tmp_path, capsys):
+    out = tmp_path / "out"
+    line = one_line(capsys, ["train", "--method", "multi_similarity", "--memory-size", "1048576",
+                             "--embedding-dim", "65536", "--output-root", str(out)])
+    assert "--memory-size 1048576 embeddings of --embedding-dim 65536 need 256.0 GiB" in line
+    assert not out.exists()
+
+
+def test_class_names_with_tabs_and_line_breaks_keep_the_projector_aligned(tmp_path):
+    from runhelpers import only_run_dir, run_main
+
+    data = write_image_folder(str(tmp_path / "data"), per_class=(6, 4))
+    for split in ("train", "test"):
+        os.rename(os.path.join(data, split, "cat"), os.path.join(data, split, "c\tat"))
+        os.rename(os.path.join(data, split, "dog"), os.path.join(data, split, "d\nog"))
+    code, _ = run_main(["train", "--dataset", "folder", "--data-root", data, "--epochs", "1",
+                        "--output-root", str(tmp_path / "out"), "--n-classes", "4",
+                        "--n-samples", "2", "--embedding-dim", "8", "--num-workers", "0"])
+    assert code == 0
+    run = only_run_dir(str(tmp_path / "out"), "folder", "triplet_semihard")
+    folder = os.path.join(run, "logs", "test_embedding_000001")
+    vectors = np.loadtxt(os.path.join(folder, "tensors.tsv"))
+    with open(os.path.join(folder, "metadata.tsv"), encoding="utf-8") as f:
+        names = f.read().rstrip("\n").split("\n")
+    assert len(names) == len(vectors) == 16
+    assert "c\\tat" in names and "d\\nog" in names
+
+
+def test_two_resumes_of_one_run_at_once_the_second_is_refused(tiny_run, tmp_path):
+    import time
+
+    run = str(tmp_path / "run")
+    shutil.copytree(tiny_run[1], run)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.path.join(ROOT, "tests"))
+    first = subprocess.Popen([sys.executable, "-m", "dml", "train", "--resume", run,
+                              "--epochs", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)
+    deadline = time.time() + 300
+    log = os.path.join(run, "logs", "train.log")
+    size = os.path.getsize(log)
+    while time.time() < deadline and first.poll() is None and os.path.getsize(log) == size:
+        time.sleep(0.1)  # until the first one writes: it holds the folder
+    code, _, err = cli("train", "--resume", run, "--epochs", "4")
+    assert first.wait(timeout=600) == 0, first.stderr.read()[-2000:]
+    assert code == 2, err[-2000:]
+    assert "is being trained by another process" in err.strip().splitlines()[-1]
+
+
+def test_a_bad_omp_num_threads_is_one_line_not_an_abort(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="abc", PYTHONPATH=ROOT)
+    for argv in (["-m", "dml", "train", "--output-root", str(tmp_path)],
+                 ["-m", "dml.bench", "losses"]):
+        proc = subprocess.run([sys.executable] + argv, capture_output=True, text=True, env=env,
+                              timeout=120)
+        assert proc.returncode == 2, proc.stderr[-1000:]
+        assert proc.stderr.strip().splitlines()[-1].endswith(
+            "OMP_NUM_THREADS='abc' is not a whole number of threads >= 1: unset it or set it "
+            "to the number of cores (e.g. OMP_NUM_THREADS=2)")
+    assert not os.listdir(str(tmp_path))
+
+
+# Runs `dml train` and sends itself SIGTERM twice, 50 ms apart, in its N-th step.
+TERM_TWICE = """
+import os, signal, sys, threading
+import dml.engine as engine
+n, calls, step = int(sys.argv[1]), [0], engine.train_step
+def train_step(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == n:
+        os.kill(os.getpid(), signal.SIGTERM)
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    return step(*args, **kwargs)
+engine.train_step = train_step
+from dml.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_second_sigterm_stops_at_once_with_the_resume_command(tiny_cifar, tmp_path):
+    from dml.runs import complete_checkpoints, partial_files
+    from runhelpers import TINY, only_run_dir
+
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.path.join(ROOT, "tests"))
+    out = str(tmp_path / "out")
+    proc = subprocess.run([sys.executable, "-c", TERM_TWICE, "12", "train", "--dataset",
+                           "cifar10", "--data-root", tiny_cifar, "--epochs", "3",
+                           "--output-root", out] + TINY, capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    run = only_run_dir(out, "cifar10", "triplet_semihard")
+    assert line == ("dml train: stopped by SIGTERM a second time, at once; the last complete "
+                    "checkpoint, 0001, is kept: continue with python -m dml train --resume %s"
+                    % run), line
+    assert complete_checkpoints(run)[-1]["id"] == "0001" and not partial_files(run)
+
+
+# ------------------------------------------------------------------------------------------------
+# messages that said the wrong thing
+
+
+def test_messages_name_what_is_true(tiny_run, tmp_path, capsys):
+    line = one_line(capsys, ["train", "--method", "multi_similarity", "--margin", "0.3",
+                             "--output-root", str(tmp_path)])
+    assert line.endswith("its loss has no margin (it has alpha 2, beta 50, base 0.5 and its "
+                         "miner's epsilon 0.1, fixed)")
+    run = str(tmp_path / "run")
+    shutil.copytree(tiny_run[1], run)
+    config = json.load(open(os.path.join(run, "config.json")))
+    config["margin"] = None
+    json.dump(config, open(os.path.join(run, "config.json"), "w"))
+    line = one_line(capsys, ["train", "--resume", run, "--margin", "0.4"])
+    assert "the run has --margin unset (none)" in line
+    line = one_line(capsys, ["embed", tiny_run[1], tiny_run[1], "-o", str(tmp_path / "e.npy"),
+                             "--gpu", "0"])
+    assert "--gpu 0: this machine's mxnet sees 0 GPU(s) (CPU-only build or no GPU)" in line
+
+
+def test_every_method_without_a_margin_says_what_it_has_instead():
+    from dml.registry import LOSS_PARAMETERS, METHOD_DEFAULTS
+
+    assert sorted(LOSS_PARAMETERS) == sorted(m for m, d in METHOD_DEFAULTS.items()
+                                             if "margin" in d and d["margin"] is None)
+
+
+def test_evaluate_on_moved_data_that_lost_a_test_class_is_refused(tmp_path, capsys):
+    from runhelpers import only_run_dir, run_main
+
+    data = write_image_folder(str(tmp_path / "data"), per_class=(6, 4))
+    code, _ = run_main(["train", "--dataset", "folder", "--data-root", data, "--epochs", "1",
+                        "--output-root", str(tmp_path / "out"), "--n-classes", "4",
+                        "--n-samples", "2", "--embedding-dim", "8", "--num-workers", "0"])
+    assert code == 0
+    run = only_run_dir(str(tmp_path / "out"), "folder", "triplet_semihard")
+    metrics = open(os.path.join(run, "metrics.json")).read()
+    moved = str(tmp_path / "moved")
+    shutil.copytree(data, moved)
+    shutil.rmtree(os.path.join(moved, "test", "owl"))  # the class is still in train/
+    line = one_line(capsys, ["evaluate", run, "--data-root", moved])
+    assert "the test split at %s holds 12 images of 3 classes, but" % moved in line
+    assert "evaluated 16 images of 4 classes (missing classes: owl)" in line
+    os.remove(sorted(os.path.join(moved, "test", "cat", n)
+                     for n in os.listdir(os.path.join(moved, "test", "cat")))[0])
+    shutil.copytree(os.path.join(data, "test", "owl"), os.path.join(moved, "test", "owl"))
+    line = one_line(capsys, ["evaluate", run, "--data-root", moved])  # one image fewer
+    assert "holds 15 images of 4 classes" in line
+    assert open(os.path.join(run, "metrics.json")).read() == metrics  # untouched
+    assert main(["evaluate", run, "--data-root", data]) == 0

@@ -78,7 +78,9 @@ def selected_run(tiny_cifar, tmp_path_factory):
 
 def test_selection_on_validation_classes_reports_the_selected_epoch(selected_run):
     run_dir, seen, printed = selected_run
-    assert seen == ["val", "val", "val", "test"]  # the test split once, at the end
+    # the test split: the untrained network's baseline before the first step (dml.baselines:
+    # reported beside the result, never selected on), then the trained network once, at the end
+    assert seen == ["test", "val", "val", "val", "test"]
     metrics = load(run_dir)
     assert metrics["checkpoint"] == "best" and metrics["epochs"] == 2
     assert metrics["selected_on"] == "validation" and metrics["val_map_at_r"] == 0.9

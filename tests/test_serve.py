@@ -270,15 +270,25 @@ def test_export_of_an_unnormalized_net_and_bad_targets(tmp_path, capsys, tiny_ci
     assert code == 2 and "name a .onnx file" in line
     code, line = bad(capsys, ["export", run, "--onnx", str(tmp_path / "none" / "m.onnx")])
     assert code == 2 and "there is no folder" in line
+    # a folder nobody can write: a read-only mount as root (root writes through permissions),
+    # permissions otherwise
     locked = tmp_path / "locked"
     locked.mkdir()
-    os.chmod(str(locked), 0o500)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs",
+                              str(locked)], capture_output=True).returncode == 0
+    if not mounted:
+        os.chmod(str(locked), 0o500)
     try:
-        if not os.access(str(locked), os.W_OK):  # (root can write anywhere)
-            code, line = bad(capsys, ["export", run, "--onnx", str(locked / "m.onnx")])
-            assert code == 2 and "is not writable" in line
+        assert not os.access(str(locked), os.W_OK), "no unwritable folder could be made"
+        code, line = bad(capsys, ["export", run, "--onnx", str(locked / "m.onnx")])
+        assert code == 2 and "is not writable" in line
+        code, line = bad(capsys, ["export", run, "--onnx", str(tmp_path / "m.onnx" / "x.onnx")])
+        assert code == 2 and "there is no folder" in line  # a path under a file
     finally:
-        os.chmod(str(locked), 0o700)
+        if mounted:
+            subprocess.run(["umount", str(locked)], check=False)
+        else:
+            os.chmod(str(locked), 0o700)
 
 
 def test_missing_onnx_runtime_is_one_line(run, tmp_path):
@@ -346,7 +356,7 @@ def test_the_readme_onnxruntime_lines_embed_like_load_run(run, photos, tmp_path)
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "onnxruntime" in b]
     assert len(blocks) == 1
-    assert len(blocks[0].strip().splitlines()) <= 10  # "the ten lines"
+    assert len(blocks[0].strip().splitlines()) <= 16  # short enough to paste
     loaded = lib.load_run(run)
     export_onnx(loaded, str(tmp_path / "model.onnx"))
     image = sorted(glob.glob(os.path.join(photos, "test", "*", "*.png")))[0]
@@ -361,3 +371,24 @@ def test_the_readme_onnxruntime_lines_embed_like_load_run(run, photos, tmp_path)
     want = loaded.embed([image])
     assert namespace["embedding"].shape == want.shape
     assert np.abs(namespace["embedding"] - want).max() <= 1e-4
+
+    # a benchmark run's export says resize=center_crop: the snippet crops as dml does
+    import onnx
+    from PIL import Image
+
+    from dml.data.transforms import fit_image
+
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    (prop,) = [p for p in model.metadata_props if p.key == "resize"]
+    prop.value = "center_crop"
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    Image.open(image).convert("RGB").resize((45, 61)).save(str(tmp_path / "a.png"))
+    os.chdir(str(tmp_path))
+    try:
+        exec(blocks[0], namespace)  # noqa: S102
+    finally:
+        os.chdir(cwd)
+    side = namespace["width"]
+    cropped = fit_image(Image.open(str(tmp_path / "a.png")).convert("RGB"), side, "center_crop")
+    x = ((np.asarray(cropped) / 255.0 - namespace["mean"]) / namespace["std"]).astype(np.float32)
+    assert np.abs(namespace["x"] - x.transpose(2, 0, 1)[None]).max() < 1e-6
