@@ -511,6 +511,69 @@ def cub_outside(case):
                                             case.files(out))
 
 
+def _index(case):
+    run = _digits_run(case)
+    if run is None:
+        return None, None
+    photos = _query_images(case)
+    code, _, _ = case.dml("index", run, photos, "-o", case.path("ix"), timeout=120)
+    return (photos if code == 0 else None), run
+
+
+def index_damaged(how):
+    def case_fn(case):
+        import json
+        photos, _ = _index(case)
+        if photos is None:
+            return None, "(the digits run or its index failed)"
+        meta, items = case.path("ix", "index.json"), case.path("ix", "items.csv")
+        if how == "half":
+            raw = open(meta).read()
+            open(meta, "w").write(raw[:len(raw) // 2])
+        elif how == "hnsw":
+            data = json.load(open(meta))
+            data["kind"] = "hnsw"
+            json.dump(data, open(meta, "w"))
+        else:
+            lines = open(items).read().splitlines()
+            open(items, "w").write("\n".join(["idx,where,label"] + lines[1:]) + "\n")
+        code, err, _ = case.dml("search", case.path("ix"), os.path.join(photos, "cat", "0.png"),
+                                "-k", "2", timeout=120)
+        return code, explain(err).replace(case.work, "TMP") if code else "searched"
+    return case_fn
+
+
+def python_embed(expression):
+    def case_fn(case):
+        run = _digits_run(case)
+        if run is None:
+            return None, "(the digits run failed)"
+        _query_images(case)
+        script = ("import numpy as np, dml\nrun = dml.load_run(%r)\nout = run.embed(%s)\n"
+                  "print('embedding of shape', out.shape)" % (run, expression))
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              env=case.env, cwd=case.path("photos", "cat"), timeout=300)
+        return proc.returncode, (proc.stdout.strip() if proc.returncode == 0
+                                 else explain(proc.stderr)).replace(case.work, "TMP")
+    return case_fn
+
+
+def moved_data_lost_a_test_class(case):
+    root = case.path("folder")
+    write_image_folder(root, classes=("cat", "dog", "fox", "owl", "emu", "yak"))
+    out = case.path("out")
+    code, err, _ = case.dml("train", "--dataset", "folder", "--data-root", root, "--epochs", "1",
+                            "--output-root", out, *TINY, timeout=300)
+    run = case.run_dir(out, "folder")
+    if code or run is None:
+        return code, explain(err)
+    moved = case.path("moved")
+    shutil.copytree(root, moved)
+    shutil.rmtree(os.path.join(moved, "test", "yak"))
+    code, err, _ = case.dml("evaluate", run, "--data-root", moved, timeout=300)
+    return code, explain(err).replace(case.work, "TMP") if code else "evaluated on the rest"
+
+
 ISSUE_26 = [
     ("OMP_NUM_THREADS=abc", omp_garbage),
     ("bench serve --dim 0", bench_args(["serve", "--dim", "0"])),
@@ -524,6 +587,12 @@ ISSUE_26 = [
     ("search an index whose index.faiss was swapped", swapped_faiss),
     ("compare a copied run folder", copied_run_compare),
     ("CUB images.txt path ../../etc/hostname", cub_outside),
+    ("search with index.json cut in half", index_damaged("half")),
+    ("search, index.json kind hnsw on a flat index", index_damaged("hnsw")),
+    ("search, items.csv header edited", index_damaged("header")),
+    ("run.embed(\"0.png\")", python_embed("'0.png'")),
+    ("run.embed(np.zeros((0, 0, 3), np.uint8))", python_embed("np.zeros((0, 0, 3), np.uint8)")),
+    ("evaluate --data-root MOVED, MOVED lost a test class", moved_data_lost_a_test_class),
 ]
 
 
