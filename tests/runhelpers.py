@@ -60,6 +60,28 @@ def read_with_tensorboard(logs_dir):
     return json.loads(proc.stdout)
 
 
+def signal_at_step(name, again_after=None):
+    """A ``python -c`` script that runs ``dml.cli.main(sys.argv[2:])`` and, in training step
+    ``sys.argv[1]``, sends its own process the signal ``name`` (``"SIGTERM"``, ``"SIGINT"``): a
+    real signal, as Slurm, Kubernetes or Ctrl-C send it; ``again_after`` seconds later a second
+    one when given."""
+    again = ("\n        threading.Timer(%r, os.kill, (os.getpid(), signal.%s)).start()"
+             % (again_after, name) if again_after is not None else "")
+    return """
+import os, signal, sys, threading
+import dml.engine as engine
+n, calls, step = int(sys.argv[1]), [0], engine.train_step
+def train_step(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == n:
+        os.kill(os.getpid(), signal.%s)%s
+    return step(*args, **kwargs)
+engine.train_step = train_step
+from dml.cli import main
+sys.exit(main(sys.argv[2:]))
+""" % (name, again)
+
+
 def run_main(argv):
     """``dml.cli.main(argv)`` in this process: ``(exit code, what it printed)``."""
     import io

@@ -21,22 +21,10 @@ import pytest
 
 from dml.runs import complete_checkpoints, partial_files
 from fakedata import write_cifar, write_image_folder
-from runhelpers import ROOT, TINY, only_run_dir, refused
+from runhelpers import ROOT, TINY, only_run_dir, refused, signal_at_step
 
 # Runs `dml train` and sends itself SIGTERM (what Slurm and Kubernetes send) in its N-th step.
-TERM_AT_STEP = """
-import os, signal, sys
-import dml.engine as engine
-n, calls, step = int(sys.argv[1]), [0], engine.train_step
-def train_step(*args, **kwargs):
-    calls[0] += 1
-    if calls[0] == n:
-        os.kill(os.getpid(), signal.SIGTERM)
-    return step(*args, **kwargs)
-engine.train_step = train_step
-from dml.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
+TERM_AT_STEP = signal_at_step("SIGTERM")
 
 
 def env():

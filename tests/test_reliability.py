@@ -14,7 +14,7 @@ import pytest
 
 from dml.cli import main
 from fakedata import write_image_folder
-from runhelpers import ROOT
+from runhelpers import ROOT, signal_at_step
 
 
 def cli(*argv, cwd=None):
@@ -360,20 +360,7 @@ def test_a_bad_omp_num_threads_is_one_line_not_an_abort(tmp_path):
 
 
 # Runs `dml train` and sends itself SIGTERM twice, 50 ms apart, in its N-th step.
-TERM_TWICE = """
-import os, signal, sys, threading
-import dml.engine as engine
-n, calls, step = int(sys.argv[1]), [0], engine.train_step
-def train_step(*args, **kwargs):
-    calls[0] += 1
-    if calls[0] == n:
-        os.kill(os.getpid(), signal.SIGTERM)
-        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
-    return step(*args, **kwargs)
-engine.train_step = train_step
-from dml.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
+TERM_TWICE = signal_at_step("SIGTERM", again_after=0.05)
 
 
 def test_a_second_sigterm_stops_at_once_with_the_resume_command(tiny_cifar, tmp_path):

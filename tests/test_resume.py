@@ -12,7 +12,7 @@ import pytest
 
 from dml.runs import complete_checkpoints, partial_files
 from runhelpers import (ROOT, TINY, load_json, only_run_dir, read_with_tensorboard,
-                        run_main)
+                        run_main, signal_at_step)
 
 EPOCHS = 3
 SCORES = ["precision_at_1", "r_precision", "map_at_r", "recall_at_1", "recall_at_8", "nmi",
@@ -178,19 +178,7 @@ def test_a_truncated_checkpoint_is_ignored(tiny_cifar, tmp_path):
 
 
 # Runs `dml train` in a fresh process and sends itself SIGINT (a real Ctrl-C) in its N-th step.
-INT_AT_STEP = """
-import os, signal, sys
-import dml.engine as engine
-n, calls, step = int(sys.argv[1]), [0], engine.train_step
-def train_step(*args, **kwargs):
-    calls[0] += 1
-    if calls[0] == n:
-        os.kill(os.getpid(), signal.SIGINT)
-    return step(*args, **kwargs)
-engine.train_step = train_step
-from dml.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
+INT_AT_STEP = signal_at_step("SIGINT")
 
 
 def test_ctrl_c_checkpoints_then_resume(tiny_cifar, reference, tmp_path):
