@@ -1,12 +1,14 @@
 """``python -m dml <command>``: the command line. User errors are one line on stderr and exit 2."""
 import argparse
 import logging
-import math
 import re
 import os
 import sys
 
 from . import DATASETS, DISTANCES, METHODS, DmlError, WriteFailed, __version__, error_summary
+from .argtypes import Parser as _Parser
+from .argtypes import check_omp_threads, whole
+from .argtypes import finite_float as _finite_float
 
 # (the registry imports no MXNet: OMP_NUM_THREADS is set before MXNet loads)
 from .registry import (AUGMENTS, BENCHMARKS, KVSTORES, MARGIN_HEAD_METHODS,  # noqa: E402
@@ -16,13 +18,6 @@ from .registry import (AUGMENTS, BENCHMARKS, KVSTORES, MARGIN_HEAD_METHODS,  # n
 RESUME_MAY_CHANGE = ("epochs", "gpus", "cpus", "kvstore", "num_workers", "data_root")
 
 log = logging.getLogger("dml")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is a single line (``dml train: error: ...``), exit code 2."""
-
-    def error(self, message):
-        self.exit(2, "%s: error: %s (see --help)\n" % (self.prog, message))
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -36,20 +31,14 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
+    value = whole(text)
     if value < 1:
         raise argparse.ArgumentTypeError("%r must be >= 1" % text)
     return value
 
 
 def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
+    value = whole(text)
     if value < 0:
         raise argparse.ArgumentTypeError("%r must be >= 0" % text)
     return value
@@ -63,16 +52,6 @@ def _bounded_int(low, high):
             raise argparse.ArgumentTypeError("%r must be between %d and %d" % (text, low, high))
         return value
     return parse
-
-
-def _finite_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number" % text) from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError("%r must be a finite number" % text)
-    return value
 
 
 def _positive_float(text):
@@ -90,10 +69,7 @@ def _non_negative_float(text):
 
 
 def _seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
+    value = whole(text)
     if not 0 <= value < 2 ** 32:  # numpy's seed range
         raise argparse.ArgumentTypeError("%r must be between 0 and %d" % (text, 2 ** 32 - 1))
     return value
@@ -1004,8 +980,6 @@ def _several_cpu_contexts(argv):
 
 
 def main(argv=None):
-    from .argtypes import check_omp_threads
-
     problem = check_omp_threads(os.environ, "dml")  # before MXNet (libgomp aborts on it)
     if problem:
         sys.stderr.write(problem)
