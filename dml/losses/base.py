@@ -154,3 +154,19 @@ class MinedTuples:
         active = F.sum((pos > 0) * pos_valid) + F.sum((neg > 0) * neg_valid)
         return self._result(((F.sum(pos) + F.sum(neg)) / count).reshape((1,)),
                             F.BlockGrad(active / count).reshape((1,)), F, (x, y))
+
+
+class GivenOrMined(MinedTuples):
+    """Mixin of the losses on given tuples (:class:`~dml.losses.ContrastiveLoss`'s pairs,
+    :class:`~dml.losses.TripletMarginLoss`'s triplets): called with the tuples' embeddings they
+    score those; called as ``loss(embeddings, labels, indices=miner(embeddings, labels))`` they
+    score a miner's tuples as the fused losses do (:class:`MinedTuples`)."""
+
+    def __init__(self, margin=1.0, distance="euclidean", return_active_fraction=False, **kwargs):
+        super().__init__(margin, distance, return_active_fraction, **kwargs)
+        self._init_mined()
+
+    def __call__(self, *args, indices=None):
+        if indices is None:
+            return BaseLoss.__call__(self, *args)  # the given tuples' embeddings
+        return MinedTuples.__call__(self, *args, indices=indices)  # (embeddings, labels)

@@ -1,12 +1,12 @@
 """Contrastive losses: on given pairs (siamese) and on every pair of a batch (online)."""
 from . import mining
-from .base import BaseLoss, MinedTuples, batch_loss_io
+from .base import BaseLoss, GivenOrMined, MinedTuples, batch_loss_io
 from .distance import pair_distance
 
 PAIR_SELECTORS = mining.PAIR_SELECTORS
 
 
-class ContrastiveLoss(MinedTuples, BaseLoss):
+class ContrastiveLoss(GivenOrMined, BaseLoss):
     r"""Contrastive loss (Hadsell, Chopra and LeCun 2006) on pairs of embeddings:
 
     .. math:: L = \frac{1}{2B} \sum_i \left[ y_i d_i^2 + (1 - y_i) \max(m - d_i, 0)^2 \right]
@@ -30,15 +30,6 @@ class ContrastiveLoss(MinedTuples, BaseLoss):
     """
 
     takes = "pairs"
-
-    def __init__(self, margin=1.0, distance="euclidean", return_active_fraction=False, **kwargs):
-        super().__init__(margin, distance, return_active_fraction, **kwargs)
-        self._init_mined()
-
-    def __call__(self, *args, indices=None):
-        if indices is None:
-            return BaseLoss.__call__(self, *args)  # (x1, x2, y)
-        return MinedTuples.__call__(self, *args, indices=indices)  # (embeddings, labels)
 
     def hybrid_forward(self, F, x1, x2, y):
         d = pair_distance(F, x1, x2, self._distance)

@@ -1,5 +1,5 @@
 """Triplet losses over a batch of embeddings and their labels (online mining)."""
-from .base import BaseLoss, MinedTuples, batch_loss_io
+from .base import BaseLoss, GivenOrMined, MinedTuples, batch_loss_io
 from .distance import pair_distance
 
 
@@ -36,7 +36,7 @@ class TripletSemiHardLoss(_MinedTripletLoss):
         return self._result(*self._host(F, embeddings, labels, "semihard_tf"))
 
 
-class TripletMarginLoss(MinedTuples, BaseLoss):
+class TripletMarginLoss(GivenOrMined, BaseLoss):
     r"""Triplet loss on given (anchor, positive, negative) embeddings (Schroff et al. 2015):
 
     .. math:: L = \frac{1}{B} \sum_i \max(d(a_i, p_i) - d(a_i, n_i) + m, 0)
@@ -59,15 +59,6 @@ class TripletMarginLoss(MinedTuples, BaseLoss):
     miner's triplets ``(a, p, n)`` (or a pair miner's pairs as triplets) with the same terms and
     mean (:class:`dml.losses.base.MinedTuples`), as every triplet loss does.
     """
-
-    def __init__(self, margin=1.0, distance="euclidean", return_active_fraction=False, **kwargs):
-        super().__init__(margin, distance, return_active_fraction, **kwargs)
-        self._init_mined()
-
-    def __call__(self, *args, indices=None):
-        if indices is None:
-            return BaseLoss.__call__(self, *args)  # (anchor, positive, negative)
-        return MinedTuples.__call__(self, *args, indices=indices)  # (embeddings, labels)
 
     def hybrid_forward(self, F, anchor, positive, negative):
         per_triplet = F.relu(pair_distance(F, anchor, positive, self._distance)
