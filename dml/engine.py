@@ -528,9 +528,7 @@ def health_monitor(cfg, splits):
         what = "a sample of %d training classes" % len(np.unique(dataset.labels))
 
     def embed_set(net, data):
-        loader = BatchLoader(data, SequentialBatches(len(data), cfg.eval_batch_size), splits.mean,
-                             splits.std, augment=None, num_workers=cfg.num_workers)
-        return embed(net, loader, net_contexts(net))
+        return embed(net, eval_loader(cfg, splits, data), net_contexts(net))
 
     return HealthMonitor(dataset, embed_set, cfg.distance, what)
 

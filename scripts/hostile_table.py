@@ -52,6 +52,11 @@ class Case:
     def dml(self, *argv, **kwargs):
         return self.run(["-m", "dml"] + list(argv), **kwargs)
 
+    def train_folder(self, root, out):
+        """One tiny epoch of ``dml train --dataset folder`` on ``root``: (code, stderr, time)."""
+        return self.dml("train", "--dataset", "folder", "--data-root", root, "--epochs", "1",
+                        "--output-root", out, *TINY)
+
     def run_dir(self, out, dataset="cifar10", method="triplet_semihard"):
         runs = glob.glob(os.path.join(out, dataset, method, "*"))
         return runs[0] if runs else None
@@ -189,8 +194,7 @@ def broken_image(kind):
                 ">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(
                     b"\0" * 16)) + chunk(b"IEND", b""))
         out = case.path("out")
-        code, err, _ = case.dml("train", "--dataset", "folder", "--data-root", root, "--epochs",
-                                "1", "--output-root", out, *TINY, timeout=300)
+        code, err, _ = case.train_folder(root, out)
         return code, "%s [%d files written]" % (explain(err).replace(case.work, "TMP"),
                                                 case.files(out))
     return case_fn
@@ -216,8 +220,7 @@ def pickle_payload(case):
 def evaluate_added_class(case):
     root = case.folder()
     out = case.path("out")
-    case.dml("train", "--dataset", "folder", "--data-root", root, "--epochs", "1",
-             "--output-root", out, *TINY)
+    case.train_folder(root, out)
     os.makedirs(os.path.join(root, "test", "zebra"))
     shutil.copy(glob.glob(os.path.join(root, "test", "cat", "*.png"))[0],
                 os.path.join(root, "test", "zebra", "z.png"))
@@ -302,8 +305,7 @@ def folder_layout(what):
         else:
             os.makedirs(os.path.join(root, "test", "emu"))
         out = case.path("out")
-        code, err, _ = case.dml("train", "--dataset", "folder", "--data-root", root, "--epochs",
-                                "1", "--output-root", out, *TINY, timeout=300)
+        code, err, _ = case.train_folder(root, out)
         import json
         run = case.run_dir(out, "folder")
         detail = ""
@@ -411,8 +413,7 @@ def single_image_classes(case):
     root = case.path("folder")
     write_image_folder(root, per_class=(8, 1))
     out = case.path("out")
-    code, err, _ = case.dml("train", "--dataset", "folder", "--data-root", root, "--epochs", "1",
-                            "--output-root", out, *TINY, timeout=300)
+    code, err, _ = case.train_folder(root, out)
     return code, "%s [%d files written]" % (explain(err).replace(case.work, "TMP"),
                                             case.files(out))
 
@@ -562,8 +563,7 @@ def moved_data_lost_a_test_class(case):
     root = case.path("folder")
     write_image_folder(root, classes=("cat", "dog", "fox", "owl", "emu", "yak"))
     out = case.path("out")
-    code, err, _ = case.dml("train", "--dataset", "folder", "--data-root", root, "--epochs", "1",
-                            "--output-root", out, *TINY, timeout=300)
+    code, err, _ = case.train_folder(root, out)
     run = case.run_dir(out, "folder")
     if code or run is None:
         return code, explain(err)
