@@ -44,9 +44,12 @@ demo: install
 demo-unseen: install
 	$(PY) -m dml train --dataset glyphs
 
-# -rs: the summary names every skipped test and why (the projector screenshot without Chromium)
+# -rs: the summary names every skipped test and why (the projector screenshot without Chromium).
+# -n auto: one pytest-xdist worker per core; --dist loadscope keeps a module's tests (and its
+# module-scoped fixtures) on one worker. TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= auto
 test: install
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadscope --durations 15 tests
 
 # The figures in doc/: the network diagrams, and from a fresh digits run its projector screenshot,
 # embedding picture and loss curve. The screenshot needs Chromium (Debian: apt-get install chromium).

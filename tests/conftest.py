@@ -1,8 +1,10 @@
 import os
 import sys
 
-# Before mxnet loads: every core for OpenMP, and no download attempts from the tests.
-os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+# Before mxnet loads: the cores shared among pytest-xdist's workers for OpenMP (every core when
+# the suite runs in one process), and no download attempts from the tests.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 os.environ["DML_OFFLINE"] = "1"
 sys.path.insert(0, os.path.dirname(__file__))
 
