@@ -1,3 +1,4 @@
+"""``python -m dml``: runs :func:`dml.cli.main`."""
 import sys
 
 from .cli import main

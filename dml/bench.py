@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 
-from . import DmlError
+from .errors import DmlError
 from .argtypes import check_omp_threads
 from .registry import PK_METHODS
 

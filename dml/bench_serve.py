@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from .distances import unit_rows
+
 
 def _images_per_second(size, batch, repeats, train=False):
     import mxnet as mx
@@ -93,9 +95,9 @@ def synthetic(n, dim, clusters, seed, noise_seed=None):
     out = np.empty((n, dim), dtype=np.float32)
     for start in range(0, n, 100000):
         stop = min(n, start + 100000)
-        out[start:stop] = centres[rng.integers(0, clusters, stop - start)] + 0.5 * rng.normal(
+        chunk = centres[rng.integers(0, clusters, stop - start)] + 0.5 * rng.normal(
             size=(stop - start, dim)).astype(np.float32)
-    out /= np.linalg.norm(out, axis=1, keepdims=True)
+        out[start:stop] = unit_rows(chunk)
     return out
 
 
@@ -115,7 +117,7 @@ def _index_bytes(index):
 
 
 def cmd_serve(args):
-    from . import DmlError
+    from .errors import DmlError
     from .index import SearchIndex, brute_force
 
     if args.clusters > args.gallery:

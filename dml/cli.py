@@ -5,7 +5,9 @@ import re
 import os
 import sys
 
-from . import DATASETS, DISTANCES, METHODS, DmlError, WriteFailed, __version__, error_summary
+from .errors import DmlError, WriteFailed, error_summary
+from .registry import DATASETS, DISTANCES, METHODS
+from .version import __version__
 from .argtypes import Parser as _Parser
 from .argtypes import check_omp_threads, whole
 from .argtypes import finite_float as _finite_float

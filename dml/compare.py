@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from . import DmlError
+from .errors import DmlError
 
 # config.json keys that say how or where a run ran, not what it is: runs differing only in them
 # (and in the seed) are repetitions of one experiment

@@ -104,7 +104,7 @@ def _check_scorable(splits):
     folder exists: otherwise the run trains, then fails without metrics."""
     import numpy as np
 
-    from . import DmlError
+    from .errors import DmlError
 
     def has_pair(dataset):
         return len(dataset) and np.bincount(np.asarray(dataset.labels)).max() >= 2
@@ -142,7 +142,7 @@ def validate(cfg, splits=None):
     naming the parameters (the CLI shows them as flags). Without ``splits`` the settings alone
     (devices, kvstore, the method's margin and scale); with the loaded ``splits`` also whether the
     batches fit the training data."""
-    from . import DmlError
+    from .errors import DmlError
     from .methods import get_method
 
     if cfg.gpus and cfg.cpus:

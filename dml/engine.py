@@ -15,7 +15,7 @@ import numpy as np
 from mxnet import autograd, gluon
 from tqdm import tqdm
 
-from . import DmlError, error_summary
+from .errors import DmlError, error_summary
 from .data import BatchLoader, SequentialBatches
 from .evaluation import all_metrics, embed, retrieval_metrics
 from .hooks import (Hooks, NonFiniteLoss, RunRecorder, StopGuard, TensorBoardLogger,

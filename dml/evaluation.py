@@ -22,6 +22,8 @@ embeddings (the training split's), ties going to the smaller label (scikit-learn
 """
 import numpy as np
 
+from .distances import get_distance, unit_rows
+
 RECALL_KS = (1, 2, 4, 8)
 KNN_K = 5
 # every metric a finished run's metrics.json holds (siamese runs add verification_auc)
@@ -45,14 +47,7 @@ def is_collapsed(embeddings):
 def pairwise_distances_np(queries, references, distance="euclidean"):
     """Distance matrix between rows, with the same definitions as ``dml.losses.distance``.
     (Euclidean and squared Euclidean rank identically.)"""
-    if distance == "cosine":
-        q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-        r = references / np.maximum(np.linalg.norm(references, axis=1, keepdims=True), 1e-12)
-        return 1.0 - q @ r.T
-    d2 = (np.sum(queries ** 2, 1)[:, None] + np.sum(references ** 2, 1)[None, :]
-          - 2.0 * queries @ references.T)
-    d2 = np.maximum(d2, 0.0)
-    return d2 if distance == "squared" else np.sqrt(d2)
+    return get_distance(distance).matrix(queries, references)
 
 
 def _neighbor_chunks(queries, references, k, distance, exclude_self, chunk=None):
@@ -164,8 +159,8 @@ def clustering_metrics(embeddings, labels, distance="euclidean", seed=0):
 
     x = np.asarray(embeddings, dtype=np.float64)
     labels = np.asarray(labels).reshape(-1)
-    if distance == "cosine":
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    if get_distance(distance).normalizes:
+        x = unit_rows(x)
     k = len(np.unique(labels))
     clusters = kmeans_clusters(x, k, seed)
     return {"nmi": float(normalized_mutual_info_score(labels, clusters)),
@@ -207,12 +202,7 @@ def verification_auc(embeddings, pairs, distance="euclidean"):
     x = np.asarray(embeddings, dtype=np.float64)
     pairs = np.asarray(pairs)
     a, b = x[pairs[:, 0]], x[pairs[:, 1]]
-    if distance == "cosine":
-        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-        d = 1.0 - np.sum(a * b, axis=1)
-    else:
-        d = np.sum((a - b) ** 2, axis=1)  # squared ranks as euclidean
+    d = get_distance(distance).rowwise(a, b)
     return float(roc_auc_score(pairs[:, 2].astype(int), -d))
 
 

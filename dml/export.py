@@ -23,7 +23,7 @@ import tempfile
 
 import numpy as np
 
-from . import DmlError
+from .errors import DmlError
 
 L2_EPS = 1e-10  # MXNet's L2Normalization default
 
@@ -101,7 +101,7 @@ def export_onnx(run, out_path, tolerance=1e-4, check_batch=None):
                                  dynamic=True,
                                  dynamic_input_shapes=[(None, 3, height, width)])
         except Exception as err:  # pylint: disable=broad-except  (the exporter raises anything)
-            from . import error_summary
+            from .errors import error_summary
 
             raise DmlError("MXNet's ONNX exporter failed on %s: %s"
                            % (run.checkpoint, error_summary(err))) from None

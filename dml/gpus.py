@@ -17,7 +17,7 @@ import re
 import shutil
 import subprocess
 
-from . import DmlError
+from .errors import DmlError
 
 log = logging.getLogger("dml")
 

@@ -1,7 +1,7 @@
 """A nearest-neighbour index over a gallery's embeddings, with faiss, in the distance of the run
 that embedded it: what ``dml index`` builds and ``dml search`` queries.
 
-The distances are those of :func:`dml.evaluation.pairwise_distances_np`:
+The distances are :mod:`dml.distances`' (:meth:`Distance.from_search` reads faiss' scores):
 
 - ``euclidean``: ||q - g||, ``squared``: ||q - g||^2 (faiss' L2 index, which returns the squared
   distance),
@@ -16,7 +16,8 @@ import math
 
 import numpy as np
 
-from . import DmlError
+from .distances import get_distance, unit_rows
+from .errors import DmlError
 
 KINDS = ("exact", "ivf", "hnsw")
 HNSW_M = 32
@@ -46,8 +47,8 @@ def default_nprobe(nlist):
 def prepared(vectors, distance):
     """float32 C-contiguous vectors in the index's space (L2-normalized for cosine)."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)
-    if distance == "cosine":
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    if get_distance(distance).normalizes:
+        x = unit_rows(x)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -109,13 +110,7 @@ class SearchIndex:
         elif self.kind == "hnsw":
             self.index.hnsw.efSearch = int(max(ef or 64, k))
         raw, indices = self.index.search(q, k)
-        raw = raw.astype(np.float64)
-        if self.distance == "cosine":
-            dist = 1.0 - raw
-        elif self.distance == "squared":
-            dist = np.maximum(raw, 0.0)
-        else:
-            dist = np.sqrt(np.maximum(raw, 0.0))
+        dist = get_distance(self.distance).from_search(raw)
         dist[indices < 0] = np.inf
         return dist, indices.astype(np.int64)
 

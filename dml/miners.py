@@ -10,6 +10,10 @@ A pair miner returns ``(a1, p, a2, n)``: the positive pairs (a1[k], p[k]) and th
 """
 import numpy as np
 
+from .distances import unit_rows
+
+from .losses.indices import _empty_triplets, pairs_to_triplets, triplets_to_pairs  # noqa: F401
+
 
 def _host(embeddings, labels):
     x = embeddings.asnumpy() if hasattr(embeddings, "asnumpy") else np.asarray(embeddings)
@@ -17,8 +21,7 @@ def _host(embeddings, labels):
     return np.asarray(x, dtype=np.float64), np.asarray(y).reshape(-1)
 
 
-def unit_rows_np(x):
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+unit_rows_np = unit_rows  # dml.distances defines the unit rows, once
 
 
 def cosine_similarity_np(x):
@@ -106,7 +109,7 @@ class DistanceWeightedMiner:
     def weights(self, x, labels):
         """The B x B sampling weights (rows sum to 1, or are 0 where nothing can be drawn)."""
         dim = x.shape[1]
-        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        unit = unit_rows(x)
         dist = np.sqrt(np.maximum(2 - 2 * unit @ unit.T, 0)) + np.eye(len(x))
         dist = np.maximum(dist, self.cutoff)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -152,11 +155,6 @@ def _distances(x, y, distance):
     x = np.ascontiguousarray(x)
     dist, _ = kernels.distances(x, distance)
     return dist, mining.label_codes(y)
-
-
-def _empty_triplets():
-    empty = np.zeros(0, dtype=np.int64)
-    return empty, empty.copy(), empty.copy()
 
 
 class TripletSemiHardMiner:
@@ -260,28 +258,3 @@ class HardNegativePairMiner:
         return masks_to_pairs(positive, negative)
 
 
-def triplets_to_pairs(indices):
-    """A triplet miner's ``(a, p, n)`` as the pairs ``(a, p, a, n)`` (PML's
-    ``convert_to_pairs``); pairs pass unchanged."""
-    if len(indices) == 4:
-        return tuple(indices)
-    a, p, n = indices
-    return a, p, a, n
-
-
-def pairs_to_triplets(indices):
-    """A pair miner's ``(a1, p, a2, n)`` as triplets: every positive pair with every negative
-    pair of the same anchor (PML's ``convert_to_triplets``); triplets pass unchanged."""
-    if len(indices) == 3:
-        return tuple(indices)
-    a1, p, a2, n = (np.asarray(i, dtype=np.int64).reshape(-1) for i in indices)
-    out_a, out_p, out_n = [], [], []
-    for anchor in np.unique(a1):
-        positives, negatives = p[a1 == anchor], n[a2 == anchor]
-        if len(positives) and len(negatives):
-            out_a.append(np.full(len(positives) * len(negatives), anchor))
-            out_p.append(np.repeat(positives, len(negatives)))
-            out_n.append(np.tile(negatives, len(positives)))
-    if not out_a:
-        return _empty_triplets()
-    return tuple(np.concatenate(v).astype(np.int64) for v in (out_a, out_p, out_n))

@@ -3,7 +3,8 @@ import os
 
 from mxnet import base, gluon
 
-from . import DmlError, error_summary
+from .environ import offline
+from .errors import DmlError, error_summary
 
 
 class EmbeddingNet(gluon.HybridBlock):
@@ -281,10 +282,6 @@ PRETRAINED_TIMEOUT = 30  # seconds without a byte before the one download attemp
 MAX_PRETRAINED_BYTES = 1 << 30
 
 
-def _offline():
-    return os.environ.get("DML_OFFLINE", "") not in ("", "0")
-
-
 def fetch_pretrained(name, root=None):
     """The path of GluonCV's ImageNet weights for ``name`` in the model store ``root``
     (``~/.mxnet/models``), downloaded when missing: one attempt at GluonCV's own address
@@ -298,7 +295,7 @@ def fetch_pretrained(name, root=None):
     advice = "copy GluonCV's file there (on a machine with a network: python -c \"from " \
              "gluoncv.model_zoo import get_model_file; print(get_model_file('%s'))\"), or start " \
              "from random weights (`no_pretrained`)" % name
-    if _offline():
+    if offline():
         raise DmlError("`pretrained` needs GluonCV's ImageNet weights for %s at %s and downloads "
                        "are off (DML_OFFLINE=1): %s" % (name, path, advice))
     try:

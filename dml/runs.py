@@ -7,7 +7,7 @@ import re
 import shutil
 import time
 
-from . import DmlError, WriteFailed
+from .errors import DmlError, WriteFailed
 
 _LOW_SPACE = 64 << 20  # bytes: below this, a write that failed without saying why hit a full disk
 
@@ -434,7 +434,7 @@ class RunDir:
         validated (``validation_classes``) and evaluated on, dml's version, the command line and
         when it started; a resumed run keeps the first process's values and adds the time to
         ``resumed``."""
-        from . import __version__
+        from .version import __version__
 
         config = cfg.to_dict()
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -457,10 +457,8 @@ class RunDir:
                                         range(len(names))],
                           validation_classes=[names[c] for c in splits.val_classes or []],
                           evaluated_images=evaluated_images(splits), started=now)
-            from .serve import input_size
-
             config["normalization"] = dict(mean=list(splits.mean), std=list(splits.std),
-                                           input_size=input_size(splits), resize=splits.resize)
+                                           input_size=splits.input_size, resize=splits.resize)
         self.write(self.CONFIG, config)
 
     def read_history(self):

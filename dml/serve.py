@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from . import DmlError
+from .errors import DmlError
 
 
 class LoadedRun:
@@ -124,9 +124,8 @@ def load_run(run_dir, checkpoint=None, ctx=None):
 
 
 def input_size(splits):
-    """The (H, W) of the images a dataset's network takes."""
-    image, _ = splits.train[0]
-    return list(np.asarray(image).shape[:2])
+    """The (H, W) of the images a dataset's network takes (:attr:`DatasetSplits.input_size`)."""
+    return splits.input_size
 
 
 # ------------------------------------------------------------------------------------------------
@@ -390,7 +389,8 @@ def build_index(run, items, index_dir, kind="exact", nlist=None, strict=False):
     import shutil
     import tempfile
 
-    from . import WriteFailed, __version__
+    from .errors import WriteFailed
+    from .version import __version__
     from .index import SearchIndex
     from .runs import write_failure, write_json
 

@@ -376,12 +376,24 @@ CASES = [
 
 # Issue 26: every command, not only train.
 
-def _digits_run(case):
-    """A 1-epoch digits run (tiny batches) in this case's folder: its run folder, or None."""
-    out = case.path("run")
-    code, _, _ = case.dml("train", "--dataset", "digits", "--epochs", "1", "--output-root", out,
-                          *TINY, timeout=600)
-    return case.run_dir(out, "digits") if code == 0 else None
+_TRAINED = {}  # tree -> a folder holding one trained digits run, copied into each case
+
+
+def _digits_run(case, name="run"):
+    """A 1-epoch digits run (tiny batches) in this case's folder ``name``: its run folder, or None.
+    Trained once per tree, then copied (a copy is another run folder of the same network)."""
+    template = _TRAINED.get(case.tree)
+    if template is None:
+        template = tempfile.mkdtemp(prefix="dml-digits-")
+        code, _, _ = case.dml("train", "--dataset", "digits", "--epochs", "1", "--output-root",
+                              template, *TINY, timeout=600)
+        if code != 0:
+            shutil.rmtree(template, ignore_errors=True)
+            return None
+        _TRAINED[case.tree] = template
+    out = case.path(name)
+    shutil.copytree(template, out, symlinks=True)
+    return case.run_dir(out, "digits")
 
 
 def _query_images(case, n=4):
@@ -574,6 +586,367 @@ def moved_data_lost_a_test_class(case):
     return code, explain(err).replace(case.work, "TMP") if code else "evaluated on the rest"
 
 
+def _tmp(case, text):
+    return text.replace(case.work, "TMP")
+
+
+def command(argv_fn, timeout=300, env=None, note=None):
+    """A command on a copy of the trained digits run: argv_fn(case, run) -> argv of ``dml``;
+    ``note(case, run)`` adds what the exit code cannot show (e.g. what a file holds)."""
+    def case_fn(case):
+        run = _digits_run(case)
+        if run is None:
+            return None, "(the digits run failed)"
+        argv = argv_fn(case, run)
+        code, err, _ = case.dml(*argv, timeout=timeout,
+                                env=dict(case.env, **env) if env else None)
+        text = explain(err) if code else "done"
+        if note:
+            text = "%s; %s" % (text, note(case, run))
+        return code, _tmp(case, text)
+    return case_fn
+
+
+def deep_image(kind):
+    """A 16-bit PNG ramp (values 24..65525) or a float TIFF embedded beside its 8-bit twin."""
+    def argv(case, run):
+        import numpy as np
+        from PIL import Image
+        ramp = np.linspace(24, 65525, 32 * 32).reshape(32, 32)
+        if kind == "png16":
+            Image.fromarray(ramp.astype(np.uint16)).save(case.path("deep.png"))
+        else:
+            Image.fromarray((ramp / 65535).astype(np.float32)).save(case.path("deep.tif"))
+        return ["embed", run, case.path("deep.png" if kind == "png16" else "deep.tif"),
+                "-o", case.path("deep.npy")]
+
+    def note(case, run):
+        import numpy as np
+        from PIL import Image
+        if not os.path.exists(case.path("deep.npy")):
+            return "nothing embedded"
+        ramp = np.linspace(24, 65525, 32 * 32).reshape(32, 32) * 255 / 65535
+        Image.fromarray(np.round(ramp).astype(np.uint8)).save(case.path("eight.png"))
+        case.dml("embed", run, case.path("eight.png"), "-o", case.path("eight.npy"))
+        deep, eight = np.load(case.path("deep.npy")), np.load(case.path("eight.npy"))
+        return "distance to the 8-bit image's embedding %.3f" % np.linalg.norm(deep - eight)
+    return command(argv, note=note)
+
+
+def other_checkpoint(what):
+    def argv(case, run):
+        other = _digits_run(case, "other")
+        params = sorted(glob.glob(os.path.join(other, "params", "net-*.params")))[-1]
+        target = {"embed": ["-o", case.path("e.npy")], "index": ["-o", case.path("ix")],
+                  "export": ["--onnx", case.path("m.onnx")]}[what]
+        inputs = [] if what == "export" else [_query_images(case)]
+        return [what, run] + inputs + ["--checkpoint", params] + target
+    return command(argv)
+
+
+def compare_nan(case):
+    import json
+    run = _digits_run(case)
+    if run is None:
+        return None, "(the digits run failed)"
+    parent = os.path.dirname(run)
+    for seed, value in ((7, float("nan")), (8, 0.01)):
+        copy = "%s-seed%d" % (run, seed)
+        shutil.copytree(run, copy)
+        for name, key, new in (("config.json", "seed", seed), ("metrics.json", "map_at_r", value)):
+            path = os.path.join(copy, name)
+            data = json.load(open(path))
+            data[key] = new
+            json.dump(data, open(path, "w"))
+    proc = subprocess.run([sys.executable, "-m", "dml", "compare", parent, "--by", "run"],
+                          capture_output=True, text=True, env=case.env, cwd=case.work, timeout=120)
+    if proc.returncode:
+        return proc.returncode, explain(proc.stderr)
+    order = [("nan" if "-seed7" in l else "0.01" if "-seed8" in l else "trained")
+             for l in proc.stdout.splitlines() if "digits/" in l]
+    return 0, "rows in order: %s" % ", ".join(order)
+
+
+def odd_class_names(case):
+    import numpy as np
+    root = case.path("folder")
+    write_image_folder(root, per_class=(6, 4))
+    for split in ("train", "test"):
+        os.rename(os.path.join(root, split, "cat"), os.path.join(root, split, "c\tat"))
+        os.rename(os.path.join(root, split, "dog"), os.path.join(root, split, "d\nog"))
+    out = case.path("out")
+    code, err, _ = case.train_folder(root, out)
+    run = case.run_dir(out, "folder")
+    found = glob.glob(os.path.join(run or out, "logs", "test_embedding_*", "metadata.tsv"))
+    if code or not found:
+        return code, _tmp(case, explain(err))
+    folder = os.path.dirname(sorted(found)[-1])
+    lines = open(os.path.join(folder, "metadata.tsv"), encoding="utf-8").read().rstrip("\n")
+    vectors = np.loadtxt(os.path.join(folder, "tensors.tsv"))
+    return 0, "metadata.tsv has %d lines for %d vectors" % (len(lines.split("\n")), len(vectors))
+
+
+def benchmark_file(name, how):
+    def case_fn(case):
+        from test_benchmarks import _corrupt
+        import fakedata
+        root = case.path(name)
+        writer = {"cub200": fakedata.write_cub200, "sop": fakedata.write_sop,
+                  "inshop": fakedata.write_inshop}[name]
+        writer(root)
+        _corrupt(name, root, how)
+        out = case.path("out")
+        code, err, _ = case.dml("train", "--dataset", name, "--data-root", root,
+                                "--no-pretrained", "--image-size", "32", "--epochs", "1",
+                                "--output-root", out, *TINY, timeout=300)
+        return code, _tmp(case, "%s [%d files written]" % (explain(err), case.files(out)))
+    return case_fn
+
+
+def two_devices(case):
+    """Epoch 1's loss on 1 and on 2 CPU contexts, same seed (the CLI's ResNet-18 has BatchNorm)."""
+    import json
+    losses = []
+    for cpus in ("1", "2"):
+        out = case.path("out" + cpus)
+        code, err, _ = case.dml("train", "--dataset", "digits", "--epochs", "1", "--cpus", cpus,
+                                "--output-root", out, "--n-classes", "4", "--n-samples", "4",
+                                "--embedding-dim", "16", "--num-workers", "1", timeout=600)
+        if code:
+            return code, explain(err)
+        history = json.load(open(os.path.join(case.run_dir(out, "digits"), "history.json")))
+        epochs = history if isinstance(history, list) else history.get("epochs", [])
+        losses.append(epochs[-1].get("train_loss", epochs[-1].get("loss")))
+    return 0, "epoch-1 loss %.4f on 1 context, %.4f on 2" % tuple(losses)
+
+
+def bench_warm_up(case):
+    proc = subprocess.run([sys.executable, "-m", "dml.bench", "train", "--methods",
+                           "softmax,triplet_semihard,softmax", "--steps", "6"],
+                          capture_output=True, text=True, env=case.env, cwd=case.work,
+                          timeout=900)
+    if proc.returncode:
+        return proc.returncode, explain(proc.stderr)
+    rows = [l for l in proc.stdout.splitlines() if l.lstrip("| ").startswith("softmax")]
+    return 0, "softmax timed twice: %s images/s" % " then ".join(r.split()[2] for r in rows)
+
+
+def full_disk(argv_fn):
+    """A command writing onto a full 64 KB tmpfs: what it says and what it leaves there."""
+    def case_fn(case):
+        run = _digits_run(case)
+        if run is None:
+            return None, "(the digits run failed)"
+        mount = case.path("disk")
+        os.makedirs(mount)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mount]).returncode:
+            return None, "(cannot mount a tmpfs: not root)"
+        try:
+            with open(os.path.join(mount, "filler"), "wb") as f:
+                f.write(b"\0" * (1 << 20))
+        except OSError:
+            pass
+        code, err, _ = case.dml(*argv_fn(case, run, mount), timeout=300)
+        left = sorted(set(os.listdir(mount)) - {"filler"})
+        return code, _tmp(case, "%s [left on the disk: %s]" % (explain(err), ", ".join(left)
+                                                               or "nothing"))
+    return case_fn
+
+
+def index_of(case, run):
+    code, _, _ = case.dml("index", run, _query_images(case), "-o", case.path("ix"), timeout=300)
+    return case.path("ix") if code == 0 else None
+
+
+def racing_indexes(case):
+    run = _digits_run(case)
+    if run is None:
+        return None, "(the digits run failed)"
+    photos = _query_images(case, 40)
+    argv = [sys.executable, "-m", "dml", "index", run, photos, "-o", case.path("ix")]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=case.env, cwd=case.work) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    loser = [err for code, err in results if code]
+    return codes[-1], _tmp(case, "exit codes %s%s" % (
+        " and ".join(map(str, codes)), "; " + explain(loser[0]) if loser else ""))
+
+
+def huge_faiss(case):
+    run = _digits_run(case)
+    if run is None:
+        return None, "(the digits run failed)"
+    ix = index_of(case, run)
+    if ix is None:
+        return None, "(the index failed)"
+    path = os.path.join(ix, "index.faiss")
+    data = bytearray(open(path, "rb").read())
+    # IndexFlat's header: "IxF2", d (int32), ntotal (int64): claim 2^37 vectors
+    data[8:16] = struct.pack("<q", 1 << 37)
+    open(path, "wb").write(bytes(data))
+    code, err, _ = case.dml("search", ix, os.path.join(case.path("photos"), "cat", "0.png"),
+                            "-k", "2", timeout=300)
+    return code, _tmp(case, explain(err) if code else "searched")
+
+
+def same_size_and_time(case):
+    """A training image rewritten (same size, same modification time) after a first run."""
+    root = case.folder()
+    code, err, _ = case.train_folder(root, case.path("first"))
+    if code:
+        return code, explain(err)
+    path = sorted(glob.glob(os.path.join(root, "train", "*", "*")))[0]
+    before = os.stat(path)
+    with open(path, "r+b") as f:
+        f.write(b"\0" * 64)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    out = case.path("out")
+    code, err, _ = case.train_folder(root, out)
+    return code, _tmp(case, "%s [%d files written]" % (explain(err), case.files(out)))
+
+
+def two_resumes(case):
+    run = _digits_run(case)
+    if run is None:
+        return None, "(the digits run failed)"
+    argv = [sys.executable, "-m", "dml", "train", "--resume", run, "--epochs", "3"]
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=case.env, cwd=case.work)
+    log = os.path.join(run, "logs", "train.log")
+    size, deadline = os.path.getsize(log), time.time() + 300
+    while time.time() < deadline and first.poll() is None and os.path.getsize(log) == size:
+        time.sleep(0.1)
+    code, err, _ = case.run(argv[1:], timeout=600)
+    first.wait(timeout=600)
+    return code, _tmp(case, explain(err) if code else "both trained the folder at once")
+
+
+def double_sigterm(case):
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from runhelpers import signal_at_step
+    out = case.path("out")
+    code, err, _ = case.run(["-c", signal_at_step("SIGTERM", again_after=0.05), "12", "train",
+                             "--dataset", "cifar10", "--data-root", case.cifar(), "--epochs", "3",
+                             "--output-root", out] + TINY, timeout=600)
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    return code, _tmp(case, lines[-1][:220] if lines else "(nothing on stderr)")
+
+
+def offline_benchmark(case):
+    import fakedata
+    root = case.path("cub")
+    fakedata.write_cub200(root)
+    out = case.path("out")
+    code, err, _ = case.dml("train", "--dataset", "cub200", "--data-root", root, "--epochs", "1",
+                            "--output-root", out, timeout=300)
+    return code, _tmp(case, explain(err))
+
+
+def resume_margin_none(case):
+    import json
+    run = _digits_run(case)
+    if run is None:
+        return None, "(the digits run failed)"
+    path = os.path.join(run, "config.json")
+    config = json.load(open(path))
+    config["margin"] = None
+    json.dump(config, open(path, "w"))
+    code, err, _ = case.dml("train", "--resume", run, "--margin", "0.4", timeout=300)
+    return code, _tmp(case, explain(err))
+
+
+def doctor_failing_smi(case):
+    bin_dir = case.path("bin")
+    os.makedirs(bin_dir)
+    script = os.path.join(bin_dir, "nvidia-smi")
+    open(script, "w").write("#!/bin/sh\necho 'NVIDIA-SMI has failed because it couldn'\\''t "
+                            "communicate with the NVIDIA driver.'\nexit 9\n")
+    os.chmod(script, 0o755)
+    proc = subprocess.run([sys.executable, "-m", "dml", "doctor"], capture_output=True, text=True,
+                          env=dict(case.env, PATH=bin_dir + os.pathsep + os.environ["PATH"]),
+                          cwd=case.work, timeout=120)
+    gpu = [l.strip() for l in (proc.stdout + proc.stderr).splitlines()
+           if "nvidia" in l.lower() or "gpu" in l.lower()]
+    return proc.returncode, " / ".join(gpu)[:220] or explain(proc.stderr)
+
+
+def list_file(how):
+    def argv(case, run):
+        photos = _query_images(case)
+        images = sorted(glob.glob(os.path.join(photos, "cat", "*.png")))
+        listing = case.path("list.txt")
+        if how == "bom":
+            open(listing, "wb").write(("\ufeff%s\n%s\n" % (images[0], images[1])).encode())
+        else:
+            open(listing, "w").write("%s\n%s\n" % (images[0], case.path("gone.png")))
+        return ["embed", run, listing, "-o", case.path("l.npy"), "--strict"]
+
+    def note(case, run):
+        import numpy as np
+        path = case.path("l.npy")
+        return "%d of 2 images embedded" % (np.load(path).shape[0] if os.path.exists(path) else 0)
+    return command(argv, note=note)
+
+
+def bomb_strict(case):
+    run = _digits_run(case)
+    if run is None:
+        return None, "(the digits run failed)"
+    from PIL import Image
+    Image.new("RGB", (300, 300)).save(case.path("big.png"))
+    script = ("import sys\nfrom PIL import Image\nImage.MAX_IMAGE_PIXELS = 300 * 300 - 1\n"
+              "from dml.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    code, err, _ = case.run(["-c", script, "embed", run, case.path("big.png"), "-o",
+                             case.path("b.npy"), "--strict"], timeout=300)
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    return code, _tmp(case, "%d lines on stderr; last: %s" % (len(lines), lines[-1][:150]
+                                                              if lines else "-"))
+
+
+def edited_sha256(case):
+    """index.json's checkpoint_sha256 edited: the checkpoint no longer matches it."""
+    import json
+    run = _digits_run(case)
+    if run is None:
+        return None, "(the digits run failed)"
+    ix = index_of(case, run)
+    if ix is None:
+        return None, "(the index failed)"
+    path = os.path.join(ix, "index.json")
+    data = json.load(open(path))
+    data["checkpoint_sha256"] = "0" * 64
+    json.dump(data, open(path, "w"))
+    code, err, _ = case.dml("search", ix, os.path.join(case.path("photos"), "cat", "0.png"),
+                            timeout=300)
+    return code, _tmp(case, explain(err) if code else "searched")
+
+
+def pruned_checkpoint(case):
+    run = _digits_run(case)
+    if run is None:
+        return None, "(the digits run failed)"
+    ix = index_of(case, run)
+    if ix is None:
+        return None, "(the index failed)"
+    for path in glob.glob(os.path.join(run, "params", "net-*.params")):
+        os.remove(path)
+    code, err, _ = case.dml("search", ix, os.path.join(case.path("photos"), "cat", "0.png"),
+                            timeout=300)
+    return code, _tmp(case, explain(err) if code else "searched")
+
+
+def compare_truncated(case):
+    run = _digits_run(case)
+    if run is None:
+        return None, "(the digits run failed)"
+    open(os.path.join(run, "metrics.json"), "w").write('{"map_at_r": 0.8')
+    proc = subprocess.run([sys.executable, "-m", "dml", "compare", case.path("run")],
+                          capture_output=True, text=True, env=case.env, cwd=case.work, timeout=120)
+    warned = [l for l in proc.stderr.splitlines() if "skipping" in l or "WARNING" in l]
+    return proc.returncode, "%d warning lines about the one file" % len(warned)
+
+
 ISSUE_26 = [
     ("OMP_NUM_THREADS=abc", omp_garbage),
     ("bench serve --dim 0", bench_args(["serve", "--dim", "0"])),
@@ -593,6 +966,61 @@ ISSUE_26 = [
     ("run.embed(\"0.png\")", python_embed("'0.png'")),
     ("run.embed(np.zeros((0, 0, 3), np.uint8))", python_embed("np.zeros((0, 0, 3), np.uint8)")),
     ("evaluate --data-root MOVED, MOVED lost a test class", moved_data_lost_a_test_class),
+    ("embed a 16-bit PNG (values 24..65525)", deep_image("png16")),
+    ("embed a float TIFF", deep_image("float")),
+    ("embed RUN_A --checkpoint RUN_B's", other_checkpoint("embed")),
+    ("index RUN_A --checkpoint RUN_B's", other_checkpoint("index")),
+    ("export RUN_A --checkpoint RUN_B's", other_checkpoint("export")),
+    ("compare with a NaN map_at_r (best first)", compare_nan),
+    ("class folders named with a tab and a line break", odd_class_names),
+    ("CUB images.txt with an image id twice", benchmark_file("cub200", "duplicate_id")),
+    ("SOP Ebay_train.txt without its header line", benchmark_file("sop", "no_header")),
+    ("In-Shop count line 9999", benchmark_file("inshop", "count")),
+    ("In-Shop without Img/", benchmark_file("inshop", "no_img")),
+    ("ResNet-18 on --cpus 2 vs 1 (BatchNorm)", two_devices),
+    ("bench train --methods softmax,triplet_semihard,softmax", bench_warm_up),
+    ("embed -o ''", command(lambda c, r: ["embed", r, _query_images(c), "-o", ""])),
+    ("embed -o onto a full disk", full_disk(
+        lambda c, r, d: ["embed", r, _query_images(c), "-o", os.path.join(d, "e.npy")])),
+    ("index -o onto a full disk", full_disk(
+        lambda c, r, d: ["index", r, _query_images(c), "-o", os.path.join(d, "ix")])),
+    ("export --onnx onto a full disk", full_disk(
+        lambda c, r, d: ["export", r, "--onnx", os.path.join(d, "m.onnx")])),
+    ("compare --plot onto a full disk", full_disk(
+        lambda c, r, d: ["compare", os.path.dirname(r), "--plot", os.path.join(d, "c.png")])),
+    ("search --grid onto a full disk", full_disk(
+        lambda c, r, d: ["search", index_of(c, r), os.path.join(c.path("photos"), "cat"),
+                         "--grid", os.path.join(d, "g.png")])),
+    ("embed -o /proc/x.npy", command(lambda c, r: ["embed", r, _query_images(c), "-o",
+                                                   "/proc/x.npy"])),
+    ("two index -o racing for one folder", racing_indexes),
+    ("search, index.faiss claiming 2^37 vectors", huge_faiss),
+    ("an image rewritten with the same size and mtime", same_size_and_time),
+    ("two train --resume of one run at once", two_resumes),
+    ("embed /dev/zero", command(lambda c, r: ["embed", r, "/dev/zero", "-o", c.path("z.npy")],
+                                timeout=60)),
+    ("bench losses --batch-sizes 0", bench_args(["losses", "--batch-sizes", "0"])),
+    ("bench losses --batch-sizes -8", bench_args(["losses", "--batch-sizes=-8"])),
+    ("bench losses --repeats 0", bench_args(["losses", "--repeats", "0"])),
+    ("bench serve --gallery 0", bench_args(["serve", "--gallery", "0"])),
+    ("bench serve --kinds bogus", bench_args(["serve", "--kinds", "bogus"])),
+    ("bench checks --side 0", bench_args(["checks", "--side", "0"])),
+    ("bench train --methods bogus", bench_args(["train", "--methods", "bogus"])),
+    ("bench train --n-classes 0", bench_args(["train", "--n-classes", "0"])),
+    ("bench memory --memory-sizes -5", bench_args(["memory", "--memory-sizes=-5"])),
+    ("SIGTERM twice, 50 ms apart", double_sigterm),
+    ("a benchmark offline without --no-pretrained", offline_benchmark),
+    ("--margin on multi_similarity", refused(["--method", "multi_similarity", "--margin", "0.3"])),
+    ("--resume with --margin on a run whose margin is unset", resume_margin_none),
+    ("embed --gpu 0 on the CPU build", command(
+        lambda c, r: ["embed", r, _query_images(c), "-o", c.path("e.npy"), "--gpu", "0"])),
+    ("doctor with a failing nvidia-smi", doctor_failing_smi),
+    ("a list file naming a missing image", list_file("missing")),
+    ("a list file with a UTF-8 byte order mark", list_file("bom")),
+    ("a decompression bomb under --strict", bomb_strict),
+    ("index.json's checkpoint_sha256 edited", edited_sha256),
+    ("search an index whose checkpoint was pruned", pruned_checkpoint),
+    ("compare with one truncated metrics.json", compare_truncated),
 ]
 
 
@@ -626,6 +1054,8 @@ def main():
             sys.stderr.write("%s: %s / %s\n" % (name, row[1], row[3]))
     finally:
         subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", before])
+        for template in _TRAINED.values():
+            shutil.rmtree(template, ignore_errors=True)
     print("# Hostile input and failures: before and after\n")
     print("Made with `.venv/bin/python scripts/hostile_table.py --before %s%s > doc/hostile%s.md` "
           "(each case a fresh process in a fresh folder; TMP is that folder).\n"

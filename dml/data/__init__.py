@@ -1,11 +1,17 @@
-"""Datasets, samplers and the batch loader."""
+"""Datasets, samplers and the batch loader.
+
+``images`` and ``checks`` (reading and checking image files) <- ``base`` (what a dataset is)
+<- ``benchmarks`` (CUB, Cars196, SOP, In-Shop), ``glyphs`` <- ``datasets`` (digits, CIFAR, MNIST,
+folders, and ``load_dataset`` by name); ``splits`` (the evaluation protocols), ``transforms``,
+``samplers``, ``loader`` and ``tuples`` (what feeds training)."""
+from ..registry import SPLITS
+from .base import DatasetSplits, ImageArrayDataset, ImageFileDataset, default_data_root
 from .benchmarks import BENCHMARKS, load_benchmark
-from .datasets import (SPLITS, DatasetSplits, ImageArrayDataset, ImageFileDataset, apply_split,
-                       check_same_classes, class_subset, default_data_root, hold_out_classes,
-                       load_cifar, load_dataset, load_digits, load_folder, load_mnist,
-                       unseen_class_splits)
+from .datasets import load_cifar, load_dataset, load_digits, load_folder, load_mnist
 from .loader import BatchLoader, SequentialBatches, normalize_batch
 from .samplers import BalancedBatchSampler, ShuffledBatchSampler
+from .splits import (apply_split, check_same_classes, class_subset, hold_out_classes,
+                     unseen_class_splits)
 from .transforms import AUGMENTS, RESIZES, Augment, augment_batch, fit_image
 from .tuples import PairDataset, TripletDataset
 

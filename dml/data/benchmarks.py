@@ -26,9 +26,9 @@ import os
 
 import numpy as np
 
-from .. import DmlError
+from ..errors import DmlError
 from .checks import check_images
-from .datasets import IMAGENET_MEAN, IMAGENET_STD, ImageFileDataset, _splits
+from .base import IMAGENET_MEAN, IMAGENET_STD, ImageFileDataset, _splits, default_data_root
 
 BENCHMARKS = ("cub200", "cars196", "sop", "inshop")
 MAX_LIST_BYTES = 64 << 20  # a list file larger than this is not one of the official ones
@@ -247,8 +247,6 @@ def load_benchmark(name, root=None, image_size=224):
     ``~/.mxnet/datasets/<name>``) as :class:`dml.data.DatasetSplits`: images read lazily and
     evaluated resized to 256/224 of ``image_size`` and centre-cropped; trained with a random
     resized crop and a flip; ImageNet's normalization."""
-    from .datasets import default_data_root
-
     root = os.path.abspath(os.path.expanduser(root or default_data_root(name)))
     if not os.path.isdir(root):
         raise DmlError("%s not found: no folder at %s; put %s there or pass `data_root` "

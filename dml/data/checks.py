@@ -22,7 +22,7 @@ import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import DmlError
+from ..errors import DmlError
 from .images import read_image
 
 log = logging.getLogger("dml.data")

@@ -7,7 +7,6 @@ Nothing here downloads unless the files are missing, and then only one attempt t
 downloader (skipped when ``DML_OFFLINE=1``); a missing or corrupt file is a :class:`dml.DmlError`
 naming the folder and the files looked for.
 """
-import dataclasses
 import gzip
 import logging
 import os
@@ -15,162 +14,28 @@ import pickle
 import struct
 import tarfile
 import zlib
-from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
 
 import numpy as np
-from mxnet import base, gluon
 
-from .. import DmlError
+from ..environ import offline
+from ..errors import DmlError
+from ..registry import DATASETS
+from .base import (IMAGENET_MEAN, IMAGENET_STD, DatasetSplits, ImageArrayDataset,  # noqa: F401
+                   ImageFileDataset, _splits, default_data_root)
+from .benchmarks import BENCHMARKS, load_benchmark
 from .checks import check_images
+from .glyphs import load_glyphs
 from .images import read_image  # noqa: F401  (where it was; dml.data.images owns it)
-from .transforms import Augment
+from .splits import (MIN_UNSEEN_CLASSES, VAL_CLASSES_SEED, apply_split,  # noqa: F401
+                     check_same_classes, class_subset, count_val_classes, hold_out_classes,
+                     unseen_class_splits)
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class DatasetSplits:
-    """A dataset as training and evaluation see it. ``train`` and ``test`` are datasets of
-    ``(uint8 H x W x 3 image, int label)`` in the evaluation geometry (``resize``, see
-    :mod:`dml.data.transforms`); ``augment`` is the dataset's default training augmentation
-    (named ``augment_name``; :meth:`augmentation` gives another by name).
-
-    ``gallery``: when set, ``test`` holds the queries and retrieval is measured for each query
-    against the gallery (In-Shop); otherwise each test image queries the other test images.
-    ``val``: the training-split images of ``val_classes``, training classes held out for model
-    selection (:func:`hold_out_classes`); ``reference``: the images ``knn_accuracy`` votes with
-    (None: the training split)."""
-
-    name: str
-    train: "gluon.data.Dataset"
-    test: "gluon.data.Dataset"
-    class_names: List[str]
-    mean: Tuple[float, float, float]
-    std: Tuple[float, float, float]
-    augment: Augment = field(default_factory=Augment)
-    reference: Optional["gluon.data.Dataset"] = None
-    split: str = "test"
-    train_classes: Optional[List[int]] = None  # None: every class
-    eval_classes: Optional[List[int]] = None
-    augment_name: str = "none"
-    crop_pad: int = 0
-    resize: str = "square"
-    gallery: Optional["gluon.data.Dataset"] = None
-    val: Optional["gluon.data.Dataset"] = None
-    val_classes: Optional[List[int]] = None
-
-    @property
-    def num_classes(self):
-        return len(self.class_names)
-
-    @property
-    def references(self):
-        return self.train if self.reference is None else self.reference
-
-    @property
-    def input_side(self):
-        """The side of the network's square input."""
-        image, _ = self.train[0]
-        return int(np.asarray(image).shape[0])
-
-    def augmentation(self, name=None):
-        """The :class:`Augment` named ``name`` (one of ``none``, ``crop``, ``crop-flip``,
-        ``resized-crop-flip``; None: the dataset's default) with this dataset's crop padding."""
-        return Augment.named(name or self.augment_name, self.crop_pad, self.input_side)
-
-
-def _splits(name, train, test, class_names, mean, std, crop_pad=0, resize="square", **kwargs):
-    """A :class:`DatasetSplits` whose default augmentation is ``name``'s in
-    :data:`dml.registry.DATASET_DEFAULTS`."""
-    from ..registry import DATASET_DEFAULTS
-
-    augment = DATASET_DEFAULTS[name]["augment"]
-    side = int(np.asarray(train[0][0]).shape[0]) if len(train) else 0
-    return DatasetSplits(name=name, train=train, test=test, class_names=class_names, mean=mean,
-                         std=std, augment=Augment.named(augment, crop_pad, side),
-                         augment_name=augment, crop_pad=crop_pad, resize=resize, **kwargs)
-
-
-class ImageArrayDataset(gluon.data.Dataset):
-    """Images held in memory: ``images`` uint8 N x H x W x 3, ``labels`` int N."""
-
-    def __init__(self, images, labels):
-        images = np.ascontiguousarray(images, dtype=np.uint8)
-        labels = np.asarray(labels, dtype=np.int32)
-        if images.ndim != 4 or images.shape[3] != 3 or len(images) != len(labels):
-            raise ValueError("expected N x H x W x 3 images and N labels, got %s and %s"
-                             % (images.shape, labels.shape))
-        self.images = images
-        self.labels = labels
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, idx):
-        return self.images[idx], int(self.labels[idx])
-
-    def batch(self, indices):
-        indices = np.asarray(indices)
-        return self.images[indices], self.labels[indices]
-
-    def subset(self, indices):
-        indices = np.asarray(indices, dtype=np.int64)
-        return ImageArrayDataset(self.images[indices], self.labels[indices])
-
-
-class ImageFileDataset(gluon.data.Dataset):
-    """Images read lazily from files with Pillow, converted to RGB and brought to ``size`` x
-    ``size`` by ``resize`` (``square`` or ``center_crop``: :mod:`dml.data.transforms`).
-    :meth:`raw_batch` gives the whole images instead (decoded at a reduced JPEG scale that keeps
-    them at least twice ``size``), for a random resized crop."""
-
-    def __init__(self, paths, labels, size, resize="square"):
-        self.paths = list(paths)
-        self.labels = np.asarray(labels, dtype=np.int32)
-        self.size = int(size)
-        self.resize = resize
-
-    def __len__(self):
-        return len(self.paths)
-
-    def _load(self, idx):
-        return read_image(self.paths[idx], self.size, self.resize)
-
-    def __getitem__(self, idx):
-        return self._load(idx), int(self.labels[idx])
-
-    def batch(self, indices):
-        indices = np.asarray(indices)
-        return np.stack([self._load(i) for i in indices]), self.labels[indices]
-
-    def raw_batch(self, indices):
-        """``(list of whole uint8 images, labels)``: the training input of a resized crop."""
-        indices = np.asarray(indices)
-        return ([read_image(self.paths[i], draft=2 * self.size) for i in indices],
-                self.labels[indices])
-
-    def subset(self, indices):
-        indices = np.asarray(indices, dtype=np.int64)
-        return ImageFileDataset([self.paths[i] for i in indices], self.labels[indices], self.size,
-                                self.resize)
-
-
-def default_data_root(name):
-    """MXNet's own dataset folder: ``$MXNET_HOME/datasets/<name>`` (``~/.mxnet/datasets/<name>``)."""
-    return os.path.join(base.data_dir(), "datasets", name)
-
-
-def _offline():
-    return os.environ.get("DML_OFFLINE", "") not in ("", "0")
 
 
 def _mxnet_download(namespace, filename, sha1, root):
     """One attempt at MXNet's own download of a dataset file; True when it arrived."""
-    if _offline():
+    if offline():
         return False
     from mxnet.gluon.utils import _get_repo_file_url, download
 
@@ -582,114 +447,8 @@ def load_folder(root, image_size=32):
                    eval_classes=None if eval_classes == every else eval_classes)
 
 
-def class_subset(dataset, classes):
-    """The samples of ``dataset`` whose label is in ``classes`` (labels unchanged)."""
-    return dataset.subset(np.flatnonzero(np.isin(dataset.labels, np.asarray(classes))))
-
-
-from ..registry import SPLITS  # noqa: E402
-MIN_UNSEEN_CLASSES = 4
-
-
-def unseen_class_splits(splits):
-    """The unseen-class protocol: train on the first half of the classes (label order, ``n // 2``
-    of ``n``) and evaluate on the test images of the other half, which training never sees.
-    ``knn_accuracy`` then votes with the training-split images of the unseen classes. Labels keep
-    their values, so class names stay right. A dataset whose test classes differ from its
-    training classes already (the benchmarks, a class-disjoint folder) is refused: its test
-    split is the unseen-class protocol."""
-    n = splits.num_classes
-    if splits.train_classes is not None or splits.gallery is not None:
-        raise DmlError("split=unseen halves the classes of a dataset whose train and test splits "
-                       "share them; %s is class-disjoint already (it trains on %d classes and "
-                       "tests on %d others): use split=test" % (
-                           splits.name, len(splits.train_classes or []),
-                           len(splits.eval_classes or [])))
-    if n < MIN_UNSEEN_CLASSES:
-        raise DmlError("split=unseen needs a dataset with at least %d classes (half to train on, "
-                       "half to evaluate on); %s has %d" % (MIN_UNSEEN_CLASSES, splits.name, n))
-    seen, unseen = list(range(n // 2)), list(range(n // 2, n))
-    out = dataclasses.replace(
-        splits, train=class_subset(splits.train, seen), test=class_subset(splits.test, unseen),
-        reference=class_subset(splits.train, unseen), split="unseen", train_classes=seen,
-        eval_classes=unseen)
-    for what, dataset, classes in (("training", out.train, seen), ("test", out.test, unseen),
-                                   ("training", out.reference, unseen)):
-        if len(np.unique(dataset.labels)) < 2:
-            raise DmlError("split=unseen: the %s split of %s holds fewer than 2 of the classes "
-                           "%s to %s" % (what, splits.name, splits.class_names[classes[0]],
-                                         splits.class_names[classes[-1]]))
-    return out
-
-
-VAL_CLASSES_SEED = 0  # the held-out classes do not depend on --seed: every seed selects alike
-
-
-def count_val_classes(val_classes, num_train_classes):
-    """``val_classes`` (a whole number of classes, or a fraction in (0, 1)) as a count."""
-    if val_classes is None or val_classes == 0:
-        return 0
-    if 0 < val_classes < 1:
-        return int(round(val_classes * num_train_classes))
-    if val_classes != int(val_classes) or val_classes < 0:
-        raise DmlError("val_classes=%g must be a whole number of classes or a fraction between "
-                       "0 and 1" % val_classes)
-    return int(val_classes)
-
-
-def hold_out_classes(splits, val_classes):
-    """``splits`` with ``val_classes`` of its training classes (a count, or a fraction of them)
-    held out: their training images become ``splits.val``, the validation set that model
-    selection (``eval_period``, params/best/) scores, and training never sees them. The classes
-    are a fixed draw (seed 0, whatever the run's seed) among the training classes, never a test
-    class; at least 2 must remain on each side."""
-    present = sorted(int(c) for c in np.unique(splits.train.labels))
-    count = count_val_classes(val_classes, len(present))
-    if not val_classes:
-        return splits
-    if count < 2 or len(present) - count < 2:
-        raise DmlError("val_classes=%g would hold out %d of the %d training classes of %s: "
-                       "validation and training each need at least 2 (choose between 2 and %d)"
-                       % (val_classes, count, len(present), splits.name, len(present) - 2))
-    rng = np.random.default_rng(VAL_CLASSES_SEED)
-    held = sorted(int(c) for c in rng.permutation(present)[:count])
-    kept = [c for c in present if c not in set(held)]
-    return dataclasses.replace(splits, train=class_subset(splits.train, kept),
-                               val=class_subset(splits.train, held), val_classes=held,
-                               train_classes=kept)
-
-
-def check_same_classes(names, splits, run_dir, data_root=None):
-    """The dataset must hold the classes a run was trained with (``names``, config.json's
-    class_names), in the same order: labels are indices into that list."""
-    if names is None or list(names) == list(splits.class_names):
-        return
-    added = sorted(set(splits.class_names) - set(names))
-    missing = sorted(set(names) - set(splits.class_names))
-    detail = "; ".join(part for part in (
-        "%d new (%s)" % (len(added), ", ".join(added[:3])) if added else "",
-        "%d missing (%s)" % (len(missing), ", ".join(missing[:3])) if missing else "",
-    ) if part) or "the same names in another order"
-    raise DmlError("the %s data at %s does not hold the %d classes %s was trained on: %s; point "
-                   "`data_root` at the run's data" % (splits.name, data_root or "the default folder",
-                                                      len(names), run_dir, detail))
-
-
-def apply_split(splits, split):
-    """``splits`` as the ``--split`` protocol sees them: ``test`` (every class, the test split)
-    or ``unseen`` (:func:`unseen_class_splits`)."""
-    if split == "test":
-        return splits
-    if split == "unseen":
-        return unseen_class_splits(splits)
-    raise DmlError("unknown split %r: choose one of %s" % (split, ", ".join(SPLITS)))
-
-
 def load_dataset(name, data_root=None, image_size=32):
     """Load a dataset by its ``--dataset`` name; raises :class:`dml.DmlError` on user errors."""
-    from ..registry import DATASETS
-    from .benchmarks import BENCHMARKS, load_benchmark
-
     if name == "digits":
         return load_digits(image_size=image_size)
     if name in _CIFAR:
@@ -699,8 +458,6 @@ def load_dataset(name, data_root=None, image_size=32):
     if name == "folder":
         return load_folder(data_root, image_size=image_size)
     if name == "glyphs":
-        from .glyphs import load_glyphs
-
         return load_glyphs(data_root, image_size=image_size)
     if name in BENCHMARKS:
         return load_benchmark(name, data_root, image_size=image_size)

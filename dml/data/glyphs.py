@@ -28,7 +28,9 @@ import zlib
 
 import numpy as np
 
-from .. import DmlError
+from ..errors import DmlError
+from .base import ImageArrayDataset, _splits
+from .checks import cache_dir
 
 log = logging.getLogger("dml.data")
 
@@ -213,8 +215,6 @@ def _cache_file(fonts, side):
                                       features.version("freetype2"))).encode())
     for path in fonts:
         key.update(("%s\0%s\0" % (os.path.basename(path), _sha1(path))).encode())
-    from .checks import cache_dir
-
     return os.path.join(cache_dir(), "glyphs-%d-%s.npz" % (side, key.hexdigest()[:20]))
 
 
@@ -274,8 +274,6 @@ def load_glyphs(data_root=None, image_size=32):
     """The glyphs :class:`dml.data.DatasetSplits`: training classes and test classes disjoint
     (:func:`test_class`), grey images repeated over 3 channels, the training split's mean and
     standard deviation."""
-    from .datasets import ImageArrayDataset, _splits
-
     images, labels, codes = glyph_images(int(image_size), data_root)
     is_test = np.array([test_class(c) for c in codes])[labels]
     rgb = np.repeat(images[..., None], 3, axis=3)

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from .. import DmlError
+from ..errors import DmlError
 from .transforms import fit_image, load_side
 
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")

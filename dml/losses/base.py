@@ -5,6 +5,7 @@ import math
 from mxnet import gluon
 
 from .distance import check_distance
+from .indices import GraphOf, _as_arrays, pairs_to_triplets, triplets_to_pairs
 
 
 def check_margin(margin):
@@ -104,8 +105,6 @@ class MinedTuples:
     takes = "triplets"
 
     def _init_mined(self):
-        from .similarity import GraphOf
-
         with self.name_scope():
             if self.takes == "triplets":
                 self.mined = GraphOf(lambda F, x, y, a, p, n: self._triplet_loss(F, x, y, a, p, n))
@@ -116,9 +115,6 @@ class MinedTuples:
     def __call__(self, embeddings, labels, indices=None):
         if indices is None:
             return super().__call__(embeddings, labels)
-        from ..miners import pairs_to_triplets, triplets_to_pairs
-        from .similarity import _as_arrays
-
         if len(indices) not in (3, 4):
             raise ValueError("indices must be a miner's triplets (a, p, n) or pairs (a1, p, a2, "
                              "n), not %d arrays" % len(indices))

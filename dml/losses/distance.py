@@ -1,4 +1,6 @@
-"""Pairwise distance matrices written with ``F`` ops only, so they hybridize.
+"""Pairwise distance matrices written with ``F`` ops only, so they hybridize: the losses' view of
+:mod:`dml.distances`, where each distance is defined (this module keeps the names the losses
+have always imported).
 
 For embeddings x (B x D):
 
@@ -9,53 +11,23 @@ For embeddings x (B x D):
 
 One B x D . D x B product and a few elementwise passes over B x B.
 """
-
-from ..registry import DISTANCES  # noqa: E402
-_NORM_EPS = 1e-12
+from ..distances import NORM_EPS as _NORM_EPS  # noqa: F401  (the losses' old name for it)
+from ..distances import diagonal_mask, get_distance, safe_sqrt  # noqa: F401
+from ..registry import DISTANCES  # noqa: F401  (dml.losses exports it)
 
 
 def check_distance(distance):
-    if distance not in DISTANCES:
-        raise ValueError("distance must be one of %s, not %r" % ("|".join(DISTANCES), distance))
-    return distance
-
-
-def safe_sqrt(F, d2):
-    """sqrt(d2) that is exactly 0 with a zero gradient (not inf) where d2 == 0."""
-    is_zero = d2 <= 0
-    return F.sqrt(d2 + is_zero * 1e-16) * (1 - is_zero)
-
-
-def diagonal_mask(F, square):
-    """Mask of ``square``'s shape and dtype, 1 on the diagonal (no batch size needed up front)."""
-    idx = F.contrib.arange_like(square, axis=0)
-    return F.broadcast_equal(idx.reshape((-1, 1)), idx.reshape((1, -1)))
+    """The name of ``distance`` (a name or a :class:`dml.distances.Distance`); ValueError for
+    an unknown one, listing the valid names."""
+    return get_distance(distance).name
 
 
 def pairwise_distance(F, x, distance="euclidean"):
     """The B x B distance matrix of the rows of ``x``."""
-    if distance == "cosine":
-        unit = F.L2Normalization(x, mode="instance", eps=_NORM_EPS)
-        gram = F.dot(unit, unit, transpose_b=True)
-        return F.relu(1 - gram) * (1 - diagonal_mask(F, gram))
-    sq_norm = F.sum(F.square(x), axis=1)
-    gram = F.dot(x, x, transpose_b=True)
-    off_diagonal = 1 - diagonal_mask(F, gram)
-    d2 = F.broadcast_add(sq_norm.reshape((-1, 1)), sq_norm.reshape((1, -1))) - 2 * gram
-    d2 = F.relu(d2) * off_diagonal
-    if distance == "squared":
-        return d2
-    return safe_sqrt(F, d2)
+    return get_distance(distance).pairwise(F, x)
 
 
 def pair_distance(F, a, b, distance="euclidean"):
     """Row-wise distance d(a_i, b_i) of two B x D arrays (length B), same definitions and the
     same zero-safe square root as :func:`pairwise_distance`."""
-    if distance == "cosine":
-        a = F.L2Normalization(a, mode="instance", eps=_NORM_EPS)
-        b = F.L2Normalization(b, mode="instance", eps=_NORM_EPS)
-        return F.relu(1 - F.sum(a * b, axis=1))
-    d2 = F.sum(F.square(a - b), axis=1)
-    if distance == "squared":
-        return d2
-    return safe_sqrt(F, d2)
+    return get_distance(distance).pair(F, a, b)

@@ -19,9 +19,13 @@ import numba
 import numpy as np
 from numba import prange
 
-EUCLIDEAN, SQUARED, COSINE = 0, 1, 2
-DISTANCE_CODES = {"euclidean": EUCLIDEAN, "squared": SQUARED, "cosine": COSINE}
-_NORM_EPS = 1e-12  # as mxnet's L2Normalization(mode="instance") in distance.py
+from ..distances import COSINE as _COSINE, EUCLIDEAN as _EUCLIDEAN, SQUARED as _SQUARED
+from ..distances import get_distance, unit_rows
+
+_DISTANCES = (_EUCLIDEAN, _SQUARED, _COSINE)
+
+EUCLIDEAN, SQUARED, COSINE = (d.code for d in _DISTANCES)
+DISTANCE_CODES = {d.name: d.code for d in _DISTANCES}
 
 _jit = numba.njit(cache=True)
 _pjit = numba.njit(cache=True, parallel=True)
@@ -52,11 +56,10 @@ def distances(x, distance):
     """The B x B distance matrix of the rows of ``x`` in x's dtype (same definitions as
     ``distance.pairwise_distance``) and what :func:`distance_grad` needs besides (the unit rows
     and norms for cosine, else None)."""
-    code = DISTANCE_CODES[distance]
+    code = get_distance(distance).code
     aux = None
     if code == COSINE:
-        norms = np.sqrt(np.einsum("ij,ij->i", x, x) + _NORM_EPS).astype(x.dtype)
-        x = x / norms[:, None]
+        x, norms = unit_rows(x, return_norms=True)
         aux = (x, norms)
     gram = x @ x.T  # BLAS: the one O(B^2 D) step
     sq = np.einsum("ij,ij->i", x, x)

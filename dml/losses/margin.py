@@ -19,8 +19,9 @@ import math
 from mxnet import gluon
 
 from .base import batch_loss_io, propagate_non_finite
-from .distance import _NORM_EPS, safe_sqrt
-from .similarity import GraphOf, negative_mask, positive_mask
+from ..distances import NORM_EPS, safe_sqrt
+from .indices import GraphOf, _as_arrays, pairs_to_triplets
+from .similarity import negative_mask, positive_mask
 
 
 def gather_pairs(F, matrix, rows, cols):
@@ -81,7 +82,7 @@ class MarginLoss(gluon.HybridBlock):
         return mx.nd.array([self._beta_value], ctx=like.context, dtype=like.dtype)
 
     def _distances(self, F, embeddings):
-        unit = F.L2Normalization(embeddings, mode="instance", eps=_NORM_EPS)
+        unit = F.L2Normalization(embeddings, mode="instance", eps=NORM_EPS)
         gram = F.dot(unit, unit, transpose_b=True)
         return safe_sqrt(F, F.relu(2 - 2 * gram)), gram
 
@@ -122,10 +123,6 @@ class MarginLoss(gluon.HybridBlock):
     def __call__(self, embeddings, labels, indices=None):
         if indices is None:
             return super().__call__(embeddings, labels)
-        from .similarity import _as_arrays
-
-        from ..miners import pairs_to_triplets
-
         if len(indices) not in (3, 4):
             raise ValueError("indices must be the triplets (a, p, n) of a triplet miner or the "
                              "pairs (a1, p, a2, n) of a pair miner, not %d arrays" % len(indices))

@@ -25,13 +25,12 @@ import numpy as np
 from mxnet import gluon
 
 from .contrastive import OnlineContrastiveLoss
-from .distance import _NORM_EPS
+from ..distances import NORM_EPS, get_distance, unit_rows
 from .mining import NoTupleWarnings, closest_pairs
 from .similarity import _SimilarityLoss, NPairsLoss
 
 
-def _unit(x):
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _NORM_EPS)
+_unit = unit_rows
 
 
 def contrastive_memory_loss(x, labels, refs, ref_labels, own, margin=1.0, distance="euclidean",
@@ -63,16 +62,12 @@ def contrastive_memory_loss(x, labels, refs, ref_labels, own, margin=1.0, distan
     refs = np.ascontiguousarray(refs, dtype=x.dtype)
     labels, ref_labels = np.asarray(labels).reshape(-1), np.asarray(ref_labels).reshape(-1)
     rows = np.arange(len(x))
-    if distance == "cosine":
-        norms = np.maximum(np.linalg.norm(x, axis=1), _NORM_EPS)
-        unit, ref_unit = x / norms[:, None], _unit(refs)
+    if get_distance(distance).normalizes:
+        (unit, norms), ref_unit = unit_rows(x, return_norms=True), unit_rows(refs)
         gap = 1 - unit @ ref_unit.T
         d = np.maximum(gap, 0)
     else:
-        d = (x * x).sum(1)[:, None] + (refs * refs).sum(1)[None, :] - 2 * (x @ refs.T)
-        np.maximum(d, 0, out=d)
-        if distance == "euclidean":
-            np.sqrt(d, out=d)
+        d = get_distance(distance).matrix(x, refs)
     if pairs is None:
         same = labels[:, None] == ref_labels[None, :]
         positive, negative = same, ~same
@@ -261,7 +256,7 @@ class CrossBatchMemory(gluon.Block):
         ctx = embeddings.context
         pos, neg = self.masks(x, y, refs, ref_labels, own)
         ref_unit = nd.array(_unit(refs.astype(np.float64)), ctx=ctx, dtype=embeddings.dtype)
-        unit = nd.L2Normalization(embeddings, mode="instance", eps=1e-12)
+        unit = nd.L2Normalization(embeddings, mode="instance", eps=NORM_EPS)
         sim = nd.dot(unit, ref_unit, transpose_b=True)
         return self.loss.score(nd, sim, mx.nd.array(pos, ctx=ctx, dtype=embeddings.dtype),
                                mx.nd.array(neg, ctx=ctx, dtype=embeddings.dtype), embeddings,

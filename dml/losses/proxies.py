@@ -13,7 +13,7 @@ import mxnet as mx
 from mxnet import gluon
 
 from .base import batch_loss_io, propagate_non_finite
-from .distance import _NORM_EPS
+from ..distances import NORM_EPS
 from .similarity import check_positive, masked_logsumexp
 
 
@@ -35,8 +35,8 @@ class _ProxyLoss(gluon.HybridBlock):
                                            init=init, lr_mult=lr_mult)
 
     def hybrid_forward(self, F, embeddings, labels, proxies):
-        unit = F.L2Normalization(embeddings, mode="instance", eps=_NORM_EPS)
-        unit_proxies = F.L2Normalization(proxies, mode="instance", eps=_NORM_EPS)
+        unit = F.L2Normalization(embeddings, mode="instance", eps=NORM_EPS)
+        unit_proxies = F.L2Normalization(proxies, mode="instance", eps=NORM_EPS)
         cos = F.dot(unit, unit_proxies, transpose_b=True)  # B x (C * per_class)
         labels = labels.reshape((-1,))
         loss, class_scores = self._loss(F, cos, labels)

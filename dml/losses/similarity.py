@@ -15,7 +15,8 @@ import math
 from mxnet import gluon
 
 from .base import batch_loss_io, propagate_non_finite
-from .distance import _NORM_EPS, diagonal_mask
+from ..distances import NORM_EPS, diagonal_mask
+from .indices import GraphOf, _as_arrays, triplets_to_pairs  # noqa: F401  (GraphOf: where it was)
 
 _BIG = 1e30
 
@@ -29,7 +30,7 @@ def check_positive(name, value):
 
 def cosine_similarity(F, x):
     """The B x B matrix of cosine similarities of the rows of ``x``."""
-    unit = F.L2Normalization(x, mode="instance", eps=_NORM_EPS)
+    unit = F.L2Normalization(x, mode="instance", eps=NORM_EPS)
     return F.dot(unit, unit, transpose_b=True)
 
 
@@ -98,19 +99,6 @@ def similarity_gap(F, sim, pos, neg):
     return (mean_pos - mean_neg).reshape((1,))
 
 
-class GraphOf(gluon.HybridBlock):
-    """``function(F, *inputs)`` as a block of its own: a loss scored on a miner's index tuples
-    takes more inputs than the loss alone, and a hybridized graph has a fixed number of inputs.
-    (A function, not the owning block: the owner is not registered as a child.)"""
-
-    def __init__(self, function, **kwargs):
-        super().__init__(**kwargs)
-        self._function = function
-
-    def hybrid_forward(self, F, *inputs):
-        return self._function(F, *inputs)
-
-
 class _SimilarityLoss(gluon.loss.Loss):
     """Base of the similarity losses: ``return_stat`` adds the similarity gap as a second
     output; ``loss(embeddings, labels, indices=(a1, p, a2, n))`` restricts the pairs."""
@@ -170,8 +158,6 @@ class _SimilarityLoss(gluon.loss.Loss):
         scored as its pairs (a, p) and (a, n) (PML's ``convert_to_pairs``)."""
         if indices is None:
             return super().__call__(embeddings, labels)
-        from ..miners import triplets_to_pairs
-
         if len(indices) not in (3, 4):
             raise ValueError("indices must be the pairs (a1, p, a2, n) of a pair miner or the "
                              "triplets (a, p, n) of a triplet miner, not %d arrays" % len(indices))
@@ -179,24 +165,6 @@ class _SimilarityLoss(gluon.loss.Loss):
 
     def _loss(self, F, sim, pos, neg):
         raise NotImplementedError
-
-
-def _as_arrays(indices, like, count=4):
-    """A miner's (a1, p, a2, n) (or ``count`` arrays) as NDArrays of ``like``'s dtype and
-    context (one -1 entry for an empty tuple, which selects nothing)."""
-    import mxnet as mx
-    import numpy as np
-
-    if count == 4 and len(indices) != 4:
-        raise ValueError("indices must be the pairs (a1, p, a2, n) of a pair miner, not %d "
-                         "arrays" % len(indices))
-    out = []
-    for index in indices:
-        index = index.asnumpy() if hasattr(index, "asnumpy") else np.asarray(index)
-        index = index.reshape(-1).astype(np.float64)
-        out.append(mx.nd.array(index if len(index) else np.array([-1.0]), ctx=like.context,
-                               dtype=like.dtype))
-    return out
 
 
 @batch_loss_io

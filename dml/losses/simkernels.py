@@ -414,18 +414,3 @@ def symmetrize(G, bs=64):
     nb = (G.shape[0] + bs - 1) // bs
     tile_i, tile_j = np.triu_indices(nb)
     _symmetrize_tiles(G, tile_i.astype(np.int64), tile_j.astype(np.int64), bs)
-
-
-def warm_up():
-    """Compile every kernel for float32 and float64 (``make install`` runs it)."""
-    from . import simop
-
-    rng = np.random.RandomState(0)
-    labels = np.arange(12) % 3
-    for dtype in (np.float32, np.float64):
-        x = rng.normal(size=(12, 4)).astype(dtype)
-        for kind in simop.KINDS:
-            simop.similarity_loss(x, labels, kind, need_grad=True)
-        simop.similarity_loss(x, labels, "multi_similarity", mine_epsilon=0.1, need_grad=True)
-        simop.memory_loss(x, labels, x, labels, np.arange(12), "supcon", mine_epsilon=0.1,
-                          need_grad=True)

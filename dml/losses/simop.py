@@ -16,6 +16,7 @@ import json
 import mxnet as mx
 import numpy as np
 
+from ..distances import unit_rows
 from . import simkernels as K
 from .batch import HostLossProp
 
@@ -29,13 +30,11 @@ DEFAULTS = {
     "npairs": dict(),
     "margin": dict(margin=0.2, beta=1.2, nu=0.0),
 }
-_NORM_EPS = 1e-12  # as mxnet's L2Normalization(mode="instance") of the F-op losses
 _NO_MINING = np.zeros(0, dtype=np.float64)  # no thresholds: every pair counts
 
 
 def _unit(x):
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x) + _NORM_EPS).astype(x.dtype)
-    return x / norms[:, None], norms
+    return unit_rows(x, return_norms=True)
 
 
 def _codes(labels, ref_labels=None):
@@ -274,3 +273,16 @@ class _SimilarityProp(HostLossProp):
 
     def create_operator(self, ctx, shapes, dtypes):
         return _SimilarityOp(self.config, self.learn_beta)
+
+
+def warm_up():
+    """Compile every kernel for float32 and float64 (``make install`` runs it)."""
+    rng = np.random.RandomState(0)
+    labels = np.arange(12) % 3
+    for dtype in (np.float32, np.float64):
+        x = rng.normal(size=(12, 4)).astype(dtype)
+        for kind in KINDS:
+            similarity_loss(x, labels, kind, need_grad=True)
+        similarity_loss(x, labels, "multi_similarity", mine_epsilon=0.1, need_grad=True)
+        memory_loss(x, labels, x, labels, np.arange(12), "supcon", mine_epsilon=0.1,
+                    need_grad=True)

@@ -1,0 +1,199 @@
+"""The package's layers (issue 27): every import of one dml module by another, at the top of a
+file or inside a function, goes to a module of the same layer or of a layer below, and no chain
+of imports leads from a module back to itself. A new module must be given its layer here."""
+import ast
+import os
+import textwrap
+
+import pytest
+
+from runhelpers import ROOT
+
+# Lowest first. A module may import modules of its own layer and of the layers above it in this
+# list (never below it); "dml.x.*" names every module of the subpackage dml.x.
+LAYERS = [
+    ("base: errors, version, environment, names, defaults and the distances",
+     ["dml.errors", "dml.version", "dml.environ", "dml.registry", "dml.argtypes",
+      "dml.distances"]),
+    ("data, networks and the host operators",
+     ["dml.data", "dml.data.*", "dml.nets", "dml.losses.distance", "dml.losses.kernels",
+      "dml.losses.simkernels", "dml.losses.indices", "dml.losses.mining", "dml.losses.batch",
+      "dml.losses.simop"]),
+    ("losses and miners", ["dml.losses", "dml.losses.*", "dml.miners"]),
+    ("evaluation and devices",
+     ["dml.evaluation", "dml.baselines", "dml.health", "dml.index", "dml.gpus"]),
+    ("methods and the checked run configuration", ["dml.methods", "dml.config"]),
+    ("runs: the run folder, its figures, comparing runs",
+     ["dml.runs", "dml.compare", "dml.hparams", "dml.plots"]),
+    ("training: the hooks and the engine", ["dml.hooks", "dml.engine"]),
+    ("serving: a trained run, its index, its export", ["dml.serve", "dml.export"]),
+    ("commands", ["dml", "dml.__main__", "dml.cli", "dml.doctor", "dml.bench",
+                  "dml.bench_serve"]),
+]
+
+
+def module_names(package_dir):
+    """``{module name: file}`` for every .py file under ``package_dir`` (a package ``dml``)."""
+    root = os.path.dirname(package_dir)
+    found = {}
+    for folder, _, files in os.walk(package_dir):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                module = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+                found[module[:-len(".__init__")] if module.endswith(".__init__") else module] = path
+    return found
+
+
+def import_graph(package_dir):
+    """``{module: set of the package's modules it imports}``, every import statement counted:
+    at the top, inside functions, under ``if``. ``from . import x`` counts x when it is a module,
+    else the package; ``from .m import name`` counts m."""
+    modules = module_names(package_dir)
+    top = os.path.basename(package_dir)
+
+    def known(name):
+        while name not in modules and "." in name:
+            name = name.rsplit(".", 1)[0]
+        return name if name in modules else None
+
+    graph = {}
+    for module, path in modules.items():
+        is_package = path.endswith("__init__.py")
+        here = module.split(".") if is_package else module.split(".")[:-1]
+        targets = set()
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = here[:len(here) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                names = [target + "." + alias.name if target + "." + alias.name in modules
+                         else target for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name == top or name.startswith(top + "."):
+                    target = known(name)
+                    if target and target != module:
+                        targets.add(target)
+        graph[module] = targets
+    return graph
+
+
+def cycles(graph):
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index, low, on_stack, stack, found = {}, {}, set(), [], []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def layer_of(module, layers):
+    """The index of ``module``'s layer in ``layers`` (an exact name first, then ``pkg.*``)."""
+    for number, (_, members) in enumerate(layers):
+        if module in members:
+            return number
+    for number, (_, members) in enumerate(layers):
+        if any(m.endswith(".*") and module.startswith(m[:-1]) for m in members):
+            return number
+    return None
+
+
+def upward_imports(graph, layers):
+    """``(importer, imported)`` where the imported module sits in a higher layer."""
+    return sorted((a, b) for a, targets in graph.items() for b in targets
+                  if layer_of(b, layers) > layer_of(a, layers))
+
+
+PACKAGE = os.path.join(ROOT, "dml")
+
+
+def test_dml_has_no_import_cycle():
+    assert cycles(import_graph(PACKAGE)) == []
+
+
+def test_every_module_has_a_layer_and_imports_only_from_its_own_or_below():
+    graph = import_graph(PACKAGE)
+    assert [m for m in sorted(graph) if layer_of(m, LAYERS) is None] == []
+    assert upward_imports(graph, LAYERS) == []
+
+
+def _write(root, files):
+    for name, text in files.items():
+        path = os.path.join(root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(text))
+
+
+def test_the_checks_see_cycles_hidden_inside_functions_and_upward_imports(tmp_path):
+    package = str(tmp_path / "pkg")
+    _write(package, {
+        "__init__.py": "from .errors import Oops\n",
+        "errors.py": "class Oops(Exception):\n    pass\n",
+        "low.py": "from .errors import Oops\n\ndef f():\n    from .high import g\n    return g\n",
+        "high.py": "from . import low\nfrom .sub import leaf\n",
+        "sub/__init__.py": "",
+        "sub/leaf.py": "import pkg.errors\n\ndef h():\n    if True:\n        from .. import high\n",
+    })
+    graph = import_graph(package)
+    assert graph["pkg.low"] == {"pkg.errors", "pkg.high"}
+    assert graph["pkg.high"] == {"pkg.low", "pkg.sub.leaf"}
+    assert graph["pkg.sub.leaf"] == {"pkg.errors", "pkg.high"}
+    assert cycles(graph) == [["pkg.high", "pkg.low", "pkg.sub.leaf"]]
+    layers = [("base", ["pkg.errors"]), ("middle", ["pkg.low", "pkg.sub.*"]),
+              ("top", ["pkg", "pkg.high"])]
+    assert upward_imports(graph, layers) == [("pkg.low", "pkg.high"),
+                                             ("pkg.sub.leaf", "pkg.high")]
+    assert layer_of("pkg.sub", layers) is None  # "pkg.sub.*" names the modules under it only
+
+
+@pytest.mark.parametrize("name", ["dml.DmlError", "dml.WriteFailed"])
+def test_the_errors_keep_their_public_names(name):
+    import pickle
+
+    import dml
+
+    error = getattr(dml, name.split(".")[1])
+    assert "%s.%s" % (error.__module__, error.__name__) == name
+    assert type(pickle.loads(pickle.dumps(error("x")))) is error
+
+
+def test_the_reference_pages_layout_is_the_tree():
+    """doc/reference.md's layout is what scripts/layout.py generates from this tree (run it with
+    --write after adding, moving or redescribing a module)."""
+    import subprocess
+    import sys
+
+    generated = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "layout.py")],
+                               capture_output=True, text=True, check=True).stdout
+    text = open(os.path.join(ROOT, "doc", "reference.md"), encoding="utf-8").read()
+    start = text.index("## Layout\n")
+    assert generated in text[start:]
