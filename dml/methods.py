@@ -121,7 +121,7 @@ class Method:
 
     def build_loss(self, margin=1.0, distance="euclidean", selector=None, miner=None,
                    memory_size=0):
-        kwargs = dict(margin=margin, distance=distance, return_active_fraction=True)
+        kwargs = dict(margin=margin, distance=distance, return_stat=True)
         if self._selector_arg:
             kwargs[self._selector_arg] = selector or self.selectors[0]
         loss = self._loss_cls(**kwargs)
@@ -260,7 +260,7 @@ class _TupleMethod(_PlainBatches):
 
     def build_loss(self, margin=1.0, distance="euclidean", selector=None, miner=None,
                    memory_size=0):
-        return self.tuple_loss(margin=margin, distance=distance, return_active_fraction=True)
+        return self.tuple_loss(margin=margin, distance=distance, return_stat=True)
 
     def train_dataset(self, dataset, seed=0):
         return self.tuple_dataset(dataset, train=True, seed=seed)

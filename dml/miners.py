@@ -57,6 +57,12 @@ class MultiSimilarityMiner:
             raise ValueError("epsilon must be finite, not %r" % (epsilon,))
         self.epsilon = float(epsilon)
 
+    @property
+    def fused_epsilon(self):
+        """The similarity losses' fused operator runs this miner itself, with this epsilon
+        (:meth:`dml.losses.similarity._SimilarityLoss.score_references`)."""
+        return self.epsilon
+
     def __call__(self, embeddings, labels, ref_emb=None, ref_labels=None):
         """The pairs ``(a1, p, a2, n)`` of the batch; with ``ref_emb``/``ref_labels`` (PML's
         reference set, e.g. a cross-batch memory) anchors index the batch and ``p``/``n`` the

@@ -226,7 +226,7 @@ def test_a_contrastive_batch_without_a_pair_trains_nothing_and_says_so(caplog):
     x = np.random.default_rng(0).normal(size=(4, 3))
     loss, fraction, grad = call_pair(xbm, x, np.arange(4))  # 4 classes, an empty memory
     assert loss == 0 and fraction == 0 and not grad.any()
-    assert "forms no positive and negative pair with the memory" in caplog.text
+    assert "forms no positive and negative pair with the references" in caplog.text
     x[1, 2] = np.inf
     loss, fraction, grad = call_pair(xbm, x, np.array([0, 0, 1, 1]))
     assert np.isnan(loss) and np.isnan(fraction) and np.isnan(grad).all()
@@ -365,3 +365,76 @@ def test_memory_bad_input(tmp_path, capsys, extra, message):
     code, err = refused(["train", "--epochs", "1", "--output-root", out] + TINY + extra, capsys)
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
     assert not os.path.exists(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# The losses' own score_references: PML's loss(embeddings, labels, indices_tuple, ref_emb,
+# ref_labels), which CrossBatchMemory calls (it reads nothing else of a loss).
+
+
+def _with_references(loss, x, labels, refs, ref_labels, indices=None):
+    data = mx.nd.array(x, dtype="float64")
+    data.attach_grad()
+    with autograd.record():
+        out = loss(data, mx.nd.array(labels, dtype="float64"), indices, ref_emb=refs,
+                   ref_labels=ref_labels)
+    (out[0] if isinstance(out, (list, tuple)) else out).backward()
+    return out, data.grad.asnumpy()
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_a_pair_loss_scores_a_batch_against_given_references_as_pml_does(name):
+    """Every anchor x reference pair (no anchor is a reference: nothing left out), or a miner's
+    pairs of anchor rows and reference rows: the loop reference, and finite differences."""
+    make, reference = LOSSES[name]
+    rng = np.random.default_rng(21)
+    x, labels = rng.normal(size=(6, 4)), rng.integers(0, 3, size=6)
+    refs, ref_labels = rng.normal(size=(9, 4)), rng.integers(0, 3, size=9).astype(np.float64)
+    nobody = [-1] * 6
+    got, grad = _with_references(make(), x, labels, refs, ref_labels)
+    want = reference(x, labels, refs=refs, ref_labels=ref_labels, own=nobody)
+    assert got.asscalar() == pytest.approx(want, rel=1e-6, abs=1e-9)
+
+    def f(z):
+        return reference(z, labels, refs=refs, ref_labels=ref_labels, own=nobody)
+    if name != "circle":  # PML's circle loss detaches its weights: not the formula's gradient
+        assert np.allclose(grad, numeric_gradient(f, x), atol=1e-5, rtol=1e-4)
+    indices = MultiSimilarityMiner(epsilon=0.3)(x, labels, refs, ref_labels)
+    assert 0 < len(indices[0]) < 6 * 9  # some pairs kept, not all
+    got, _ = _with_references(make(), x, labels, refs, ref_labels, indices)
+    want = reference(x, labels, indices=indices, refs=refs, ref_labels=ref_labels, own=nobody)
+    assert got.asscalar() == pytest.approx(want, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("selector,distance", CONTRASTIVE)
+def test_the_contrastive_loss_scores_a_batch_against_given_references(selector, distance):
+    margin = {"euclidean": 3.0, "squared": 9.0, "cosine": 0.8}[distance]
+    rng = np.random.default_rng(23)
+    x, labels = rng.normal(size=(6, 4)), rng.integers(0, 3, size=6)
+    refs, ref_labels = rng.normal(size=(9, 4)), rng.integers(0, 3, size=9).astype(np.float64)
+    (loss, fraction), grad = _with_references(contrastive(selector, distance, margin), x, labels,
+                                              refs, ref_labels)
+    want, want_fraction = R.contrastive(x, labels, refs, ref_labels, [-1] * 6, margin, distance,
+                                        selector)
+    assert loss.asscalar() == pytest.approx(want, rel=1e-6)
+    assert fraction.asscalar() == pytest.approx(want_fraction)
+
+    def f(z):
+        return R.contrastive(z, labels, refs, ref_labels, [-1] * 6, margin, distance,
+                             selector)[0]
+    assert np.allclose(grad, numeric_gradient(f, x), atol=1e-5, rtol=1e-4)
+
+
+def test_losses_without_references_say_so_and_return_stat_is_one_name():
+    from dml.losses import OnlineContrastiveLoss, TripletMarginLoss, TripletSemiHardLoss
+
+    x, labels = mx.nd.array(np.random.default_rng(0).normal(size=(6, 4))), mx.nd.arange(6) % 2
+    with pytest.raises(ValueError, match="NPairsLoss picks its own pairs .* no reference"):
+        NPairsLoss()(x, labels, ref_emb=x, ref_labels=labels)
+    with pytest.raises(ValueError, match="TripletMarginLoss scores the tuples of a batch"):
+        TripletMarginLoss()(x, labels, ref_emb=x, ref_labels=labels)
+    for loss in (OnlineContrastiveLoss(return_stat=True), TripletSemiHardLoss(return_stat=True),
+                 OnlineContrastiveLoss(return_active_fraction=True), MultiSimilarityLoss(
+                     return_stat=True)):
+        assert loss.return_stat is True and len(loss(x, labels)) == 2
+    assert TripletSemiHardLoss().return_stat is False

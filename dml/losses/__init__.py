@@ -3,7 +3,7 @@
 The batch losses are called as ``loss(embeddings, labels)``; :class:`ContrastiveLoss` as
 ``loss(x1, x2, same_class)`` and :class:`TripletMarginLoss` as ``loss(anchor, positive, negative)``.
 Every loss takes ``margin=`` and ``distance='euclidean'|'squared'|'cosine'`` and returns the batch
-loss as a 1-element NDArray (with ``return_active_fraction=True``: ``(loss, fraction)``).
+loss as a 1-element NDArray (with ``return_stat=True``: ``(loss, fraction)``).
 The margin-softmax heads (:class:`ArcFace`, :class:`CosFace`, :class:`SphereFace`) are called as
 ``head(embeddings, labels)`` and return logits for softmax cross-entropy.
 The similarity losses (:mod:`.similarity`: multi-similarity, circle, SupCon, NT-Xent, lifted

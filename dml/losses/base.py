@@ -43,7 +43,7 @@ _BATCH_IO = """
     Outputs:
         - **loss**: (1,), the batch mean (train with ``trainer.step(1)``, not the batch size);
           NaN, with a NaN gradient, when an embedding holds a NaN or an infinity.
-        - **fraction** (with ``return_active_fraction=True``): (1,), no gradient.
+        - **fraction** (with ``return_stat=True``): (1,), no gradient.
 """
 
 
@@ -56,15 +56,18 @@ def batch_loss_io(cls):
 
 
 class BaseLoss(gluon.loss.Loss):
-    """Base of the dml losses: ``margin`` (> 0, else ``ValueError``), ``distance``
-    ('euclidean'|'squared'|'cosine') and ``return_active_fraction``: when True a loss returns
-    ``(loss, fraction)``, else the loss alone."""
+    """Base of the dml losses: ``margin`` (> 0, else ``ValueError``), ``distance`` (a name,
+    'euclidean'|'squared'|'cosine', or a :class:`dml.distances.Distance`) and ``return_stat``:
+    when True a loss returns ``(loss, fraction)``, else the loss alone (``return_stat``, as every
+    dml loss names it; ``return_active_fraction``, its older name, is still accepted)."""
 
-    def __init__(self, margin=1.0, distance="euclidean", return_active_fraction=False, **kwargs):
+    def __init__(self, margin=1.0, distance="euclidean", return_stat=False,
+                 return_active_fraction=None, **kwargs):
         super().__init__(weight=None, batch_axis=0, **kwargs)
         self._margin = check_margin(margin)
         self._distance = check_distance(distance)
-        self._return_active_fraction = return_active_fraction
+        self.return_stat = bool(return_stat if return_active_fraction is None
+                                else return_active_fraction)
         self._warn_key = "%s-%d" % (type(self).__name__, next(_instances))
 
     def _host(self, F, embeddings, labels, kind):
@@ -81,7 +84,7 @@ class BaseLoss(gluon.loss.Loss):
         if inputs:
             loss = propagate_non_finite(F, loss, *inputs)
             fraction = propagate_non_finite(F, fraction, *inputs)
-        return (loss, fraction) if self._return_active_fraction else loss
+        return (loss, fraction) if self.return_stat else loss
 
 
 def take_pairs(F, matrix, rows, cols):
@@ -112,7 +115,12 @@ class MinedTuples:
                 self.mined = GraphOf(lambda F, x, y, a1, p, a2, n: self._pair_loss(F, x, y, a1, p,
                                                                                    a2, n))
 
-    def __call__(self, embeddings, labels, indices=None):
+    def __call__(self, embeddings, labels, indices=None, ref_emb=None, ref_labels=None):
+        if ref_emb is not None:
+            if not getattr(self, "scores_references", False):
+                raise ValueError("%s scores the tuples of a batch; reference embeddings "
+                                 "(ref_emb) are for the pair losses" % type(self).__name__)
+            return self.score_references(embeddings, labels, ref_emb, ref_labels, indices)
         if indices is None:
             return super().__call__(embeddings, labels)
         if len(indices) not in (3, 4):
@@ -158,11 +166,13 @@ class GivenOrMined(MinedTuples):
     score those; called as ``loss(embeddings, labels, indices=miner(embeddings, labels))`` they
     score a miner's tuples as the fused losses do (:class:`MinedTuples`)."""
 
-    def __init__(self, margin=1.0, distance="euclidean", return_active_fraction=False, **kwargs):
-        super().__init__(margin, distance, return_active_fraction, **kwargs)
+    def __init__(self, margin=1.0, distance="euclidean", return_stat=False,
+                 return_active_fraction=None, **kwargs):
+        super().__init__(margin, distance, return_stat, return_active_fraction, **kwargs)
         self._init_mined()
 
-    def __call__(self, *args, indices=None):
-        if indices is None:
+    def __call__(self, *args, indices=None, ref_emb=None, ref_labels=None):
+        if indices is None and ref_emb is None:
             return BaseLoss.__call__(self, *args)  # the given tuples' embeddings
-        return MinedTuples.__call__(self, *args, indices=indices)  # (embeddings, labels)
+        return MinedTuples.__call__(self, *args, indices=indices, ref_emb=ref_emb,
+                                    ref_labels=ref_labels)  # (embeddings, labels)

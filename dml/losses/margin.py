@@ -45,7 +45,7 @@ class MarginLoss(gluon.HybridBlock):
             raise ValueError("margin must be a finite number >= 0, not %r" % (margin,))
         if not math.isfinite(beta) or not (nu >= 0 and math.isfinite(nu)):
             raise ValueError("beta must be finite and nu finite and >= 0")
-        self._margin, self._nu, self._return_stat = float(margin), float(nu), return_stat
+        self._margin, self._nu, self.return_stat = float(margin), float(nu), return_stat
         import mxnet as mx
 
         self._beta_value, self._learn_beta = float(beta), bool(learn_beta)
@@ -64,7 +64,7 @@ class MarginLoss(gluon.HybridBlock):
 
         loss, stat = host_similarity(F, embeddings, labels, "margin", dict(
             margin=self._margin, beta=self._beta_value, nu=self._nu), beta=beta)
-        return (loss, stat) if self._return_stat else loss
+        return (loss, stat) if self.return_stat else loss
 
     def all_triplets_in_operators(self, F, embeddings, labels, beta=None):
         """The same loss over every triplet in MXNet operators (B x B passes): the reference the
@@ -115,7 +115,7 @@ class MarginLoss(gluon.HybridBlock):
         if self._nu:
             loss = loss + self._nu * F.sum(beta) * (triplet_count > 0) / F.maximum(active, 1)
         loss = propagate_non_finite(F, loss.reshape((1,)), embeddings, labels)
-        if self._return_stat:
+        if self.return_stat:
             fraction = F.BlockGrad(active / F.maximum(count, 1)).reshape((1,))
             return loss, propagate_non_finite(F, fraction, embeddings)
         return loss

@@ -28,7 +28,7 @@ class _ProxyLoss(gluon.HybridBlock):
         if int(num_classes) < 1 or int(embedding_dim) < 1:
             raise ValueError("num_classes and embedding_dim must be >= 1")
         self.num_classes, self.embedding_dim = int(num_classes), int(embedding_dim)
-        self._per_class, self._return_stat = int(per_class), return_stat
+        self._per_class, self.return_stat = int(per_class), return_stat
         with self.name_scope():
             self.proxies = self.params.get("proxies", shape=(self.num_classes * self._per_class,
                                                               self.embedding_dim),
@@ -41,7 +41,7 @@ class _ProxyLoss(gluon.HybridBlock):
         labels = labels.reshape((-1,))
         loss, class_scores = self._loss(F, cos, labels)
         loss = propagate_non_finite(F, loss.reshape((1,)), embeddings, proxies)
-        if not self._return_stat:
+        if not self.return_stat:
             return loss
         correct = F.argmax(F.BlockGrad(class_scores), axis=1) == labels
         return loss, propagate_non_finite(F, F.mean(correct).reshape((1,)), embeddings)

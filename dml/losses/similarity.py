@@ -12,10 +12,11 @@ entries of the row (and a 0 entry with ``add_one``), 0 for a row that keeps none
 """
 import math
 
+import numpy as np
 from mxnet import gluon
 
+from ..distances import NORM_EPS, diagonal_mask, unit_rows
 from .base import batch_loss_io, propagate_non_finite
-from ..distances import NORM_EPS, diagonal_mask
 from .indices import GraphOf, _as_arrays, triplets_to_pairs  # noqa: F401  (GraphOf: where it was)
 
 _BIG = 1e30
@@ -105,12 +106,13 @@ class _SimilarityLoss(gluon.loss.Loss):
 
     def __init__(self, return_stat=False, **kwargs):
         super().__init__(weight=None, batch_axis=0, **kwargs)
-        self._return_stat = return_stat
+        self.return_stat = return_stat
         with self.name_scope():
             self.mined = GraphOf(lambda F, x, y, a1, p, a2, n: self._forward(F, x, y,
                                                                             (a1, p, a2, n)))
 
     kind = None  # the fused host operator's name of the loss (dml.losses.simop)
+    scores_references = True  # score_references below: CrossBatchMemory can wrap it
 
     def host_params(self):
         """The loss's parameters, as the fused host operator takes them."""
@@ -122,12 +124,48 @@ class _SimilarityLoss(gluon.loss.Loss):
         :meth:`_forward` and :meth:`score`, the same formulas in MXNet operators."""
         return self._host(F, embeddings, labels)
 
+    def score_references(self, embeddings, labels, ref_emb, ref_labels, indices=None, own=None,
+                         miner=None):
+        """The loss of ``embeddings`` (A x D anchors, with gradient) against fixed reference
+        embeddings ``ref_emb`` (M x D) and ``ref_labels``, PML's ``loss(embeddings, labels,
+        indices_tuple, ref_emb, ref_labels)``: the anchors x references similarities, every
+        pair of one label a positive and of two labels a negative, or ``indices``, a pair
+        miner's ``(a1, p, a2, n)`` of anchor rows and reference rows, or the pairs ``miner``
+        keeps (called as ``miner(embeddings, labels, ref_emb, ref_labels)``); never anchor i's
+        own copy ``own[i]`` (a memory holds the anchors too). Every pair, and the
+        multi-similarity miner's, go through the fused host operator
+        (:func:`dml.losses.simop.memory_loss`: one A x M product and one pass); other pairs
+        through :meth:`score` in MXNet operators. Returns what the loss returns."""
+        from mxnet import nd
+
+        from .references import host_array, recorded, reference_masks
+        from .simop import memory_loss
+
+        x = host_array(embeddings)
+        y = host_array(labels, np.float64).reshape(-1)
+        refs, ref_y = host_array(ref_emb), host_array(ref_labels, np.float64).reshape(-1)
+        own = np.full(len(x), -1, np.int64) if own is None else np.asarray(own, np.int64)
+        epsilon = getattr(miner, "fused_epsilon", None)  # a miner the operator runs itself
+        if miner is not None and epsilon is None and indices is None:
+            indices = miner(x, y, refs, ref_y)
+        if indices is None:
+            return recorded(embeddings, lambda z, need_grad: memory_loss(
+                z, y, refs, ref_y, own, self.kind, self.host_params(), epsilon,
+                need_grad=need_grad), self.return_stat)
+        ctx, dtype = embeddings.context, embeddings.dtype
+        pos, neg = reference_masks(y, ref_y, own, indices)
+        unit = nd.L2Normalization(embeddings, mode="instance", eps=NORM_EPS)
+        ref_unit = nd.array(unit_rows(refs.astype(np.float64)), ctx=ctx, dtype=dtype)
+        sim = nd.dot(unit, ref_unit, transpose_b=True)
+        return self.score(nd, sim, nd.array(pos, ctx=ctx, dtype=dtype),
+                          nd.array(neg, ctx=ctx, dtype=dtype), embeddings, labels)
+
     def _host(self, F, embeddings, labels, mine_epsilon=None):
         from .simop import host_similarity
 
         loss, stat = host_similarity(F, embeddings, labels, self.kind, self.host_params(),
                                      mine_epsilon=mine_epsilon)
-        return (loss, stat) if self._return_stat else loss
+        return (loss, stat) if self.return_stat else loss
 
     def mined_by_multi_similarity(self, embeddings, labels, epsilon):
         """The loss on the pairs :class:`dml.miners.MultiSimilarityMiner` (``epsilon``) keeps,
@@ -149,13 +187,17 @@ class _SimilarityLoss(gluon.loss.Loss):
         ``inputs`` hold a NaN or an infinity."""
         loss = self._loss(F, sim, pos, neg) * _enough_pairs(F, pos, neg)
         loss = propagate_non_finite(F, loss.reshape((1,)), *inputs)
-        if self._return_stat:
+        if self.return_stat:
             return loss, propagate_non_finite(F, similarity_gap(F, sim, pos, neg), inputs[0])
         return loss
 
-    def __call__(self, embeddings, labels, indices=None):
+    def __call__(self, embeddings, labels, indices=None, ref_emb=None, ref_labels=None):
         """``indices``: a pair miner's ``(a1, p, a2, n)``, or a triplet miner's ``(a, p, n)``
-        scored as its pairs (a, p) and (a, n) (PML's ``convert_to_pairs``)."""
+        scored as its pairs (a, p) and (a, n) (PML's ``convert_to_pairs``). ``ref_emb`` and
+        ``ref_labels``: score the batch against these references instead of itself
+        (:meth:`score_references`; ``indices`` then pair anchor rows with reference rows)."""
+        if ref_emb is not None:
+            return self.score_references(embeddings, labels, ref_emb, ref_labels, indices)
         if indices is None:
             return super().__call__(embeddings, labels)
         if len(indices) not in (3, 4):
@@ -371,13 +413,15 @@ class NPairsLoss(_SimilarityLoss):
         per_anchor = (masked_logsumexp(F, sim, columns) - target) * anchors
         loss = F.sum(per_anchor) / F.maximum(F.sum(anchors), 1)
         loss = propagate_non_finite(F, loss.reshape((1,)), embeddings, labels)
-        if self._return_stat:
+        if self.return_stat:
             pos, neg = positive_mask(F, labels, sim), negative_mask(F, labels, sim)
             return loss, propagate_non_finite(F, similarity_gap(F, sim, pos, neg), embeddings)
         return loss
 
-    def __call__(self, embeddings, labels, indices=None):
-        if indices is not None:
-            raise ValueError("NPairsLoss picks its own pairs (one per class); it takes no "
-                             "indices")
+    scores_references = False  # one (anchor, positive) pair per class of the batch itself
+
+    def __call__(self, embeddings, labels, indices=None, ref_emb=None, ref_labels=None):
+        if indices is not None or ref_emb is not None:
+            raise ValueError("NPairsLoss picks its own pairs (one per class of the batch); it "
+                             "takes no indices and no reference embeddings")
         return super().__call__(embeddings, labels)

@@ -27,7 +27,7 @@ class TripletSemiHardLoss(_MinedTripletLoss):
     O(B^2 log P), no B x B x B tensor; the gradient flows through the chosen d(a, p), d(a, n*).
 
     Called as ``loss(embeddings, labels)`` it returns the batch loss as a 1-element array; with
-    ``return_active_fraction=True`` it returns ``(loss, active_fraction)``, the fraction of P with
+    ``return_stat=True`` it returns ``(loss, active_fraction)``, the fraction of P with
     non-zero loss.
 
     """
@@ -42,7 +42,7 @@ class TripletMarginLoss(GivenOrMined, BaseLoss):
     .. math:: L = \frac{1}{B} \sum_i \max(d(a_i, p_i) - d(a_i, n_i) + m, 0)
 
     Called as ``loss(anchor, positive, negative)`` (three B x D arrays), it returns the batch loss
-    as a 1-element array, plus with ``return_active_fraction=True`` the fraction of triplets with
+    as a 1-element array, plus with ``return_stat=True`` the fraction of triplets with
     non-zero loss.
 
     Inputs:
@@ -53,7 +53,7 @@ class TripletMarginLoss(GivenOrMined, BaseLoss):
           NaN, with a NaN gradient, when an embedding holds a NaN or an infinity. Unlike
           ``mxnet.gluon.loss.TripletLoss`` (per-sample squared distances), it takes ``distance``
           and returns the mean.
-        - **fraction** (with ``return_active_fraction=True``): (1,), no gradient.
+        - **fraction** (with ``return_stat=True``): (1,), no gradient.
 
     Called as ``loss(embeddings, labels, indices=miner(embeddings, labels))`` it scores a
     miner's triplets ``(a, p, n)`` (or a pair miner's pairs as triplets) with the same terms and
@@ -129,8 +129,8 @@ class OnlineTripletLoss(_MinedTripletLoss):
     """
 
     def __init__(self, margin=1.0, selector="random_hard", distance="euclidean",
-                 return_active_fraction=False, **kwargs):
-        super().__init__(margin, distance, return_active_fraction, **kwargs)
+                 return_stat=False, return_active_fraction=None, **kwargs):
+        super().__init__(margin, distance, return_stat, return_active_fraction, **kwargs)
         if selector not in ONLINE_TRIPLET_SELECTORS:
             raise ValueError("selector must be one of %s, not %r"
                              % ("|".join(ONLINE_TRIPLET_SELECTORS), selector))
