@@ -27,7 +27,7 @@ LAYERS = [
      ["dml.runs", "dml.compare", "dml.hparams", "dml.plots"]),
     ("training: the hooks and the engine", ["dml.hooks", "dml.engine"]),
     ("serving: a trained run, its index, its export", ["dml.serve", "dml.export"]),
-    ("commands", ["dml", "dml.__main__", "dml.cli", "dml.doctor", "dml.bench",
+    ("commands", ["dml", "dml.__main__", "dml.cli", "dml.cli.*", "dml.doctor", "dml.bench",
                   "dml.bench_serve"]),
 ]
 
