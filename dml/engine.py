@@ -23,7 +23,7 @@ from .hooks import (Hooks, NonFiniteLoss, RunRecorder, StopGuard, TensorBoardLog
 from .methods import get_method
 from .nets import EmbeddingNet
 from .config import validate
-from .runs import RunDir, settle
+from .runs import RunDir, wait_for_mxnet
 
 log = logging.getLogger("dml")
 
@@ -276,7 +276,7 @@ def eval_loader(cfg, splits, dataset):
 
 def validation_loss(method, model, loss_fn, loader, ctx):
     """Mean loss over a fixed tuple set (inference mode: BatchNorm uses running statistics)."""
-    settle()
+    wait_for_mxnet()
     total = count = 0.0
     for batch in loader:
         for arrays in split_batch(batch, ctx):
@@ -310,7 +310,7 @@ def evaluate_net(net, splits, ctx, distance="euclidean", full=True, pairs=None, 
     ``pairs`` (fixed ``(i, j, same)`` test pairs), ``verification_auc``; otherwise only the
     retrieval metrics (cheap enough for every evaluation period). With ``splits.gallery`` the
     test images are queries retrieved against the gallery (which is embedded too)."""
-    settle()
+    wait_for_mxnet()
 
     def embedded(dataset, desc):
         loader = BatchLoader(dataset, SequentialBatches(len(dataset), batch_size), splits.mean,

@@ -81,7 +81,7 @@ def export_onnx(run, out_path, tolerance=1e-4, check_batch=None):
     ort = _require("onnxruntime", "onnxruntime==1.16.3")
     from mxnet import onnx as mx_onnx
 
-    from .runs import settle, write_atomic
+    from .runs import wait_for_mxnet, write_atomic
 
     height, width = run.input_size
     if check_batch is None:
@@ -89,7 +89,7 @@ def export_onnx(run, out_path, tolerance=1e-4, check_batch=None):
         check_batch = run.preprocess(list(rng.integers(0, 256, (4, height, width, 3),
                                                        dtype=np.uint8)))
     expected = run.net(mx.nd.array(check_batch, ctx=run.ctx)).asnumpy()
-    settle()
+    wait_for_mxnet()
     with tempfile.TemporaryDirectory(prefix="dml-export-") as tmp:
         prefix = os.path.join(tmp, "net")
         run.net.export(prefix)

@@ -352,8 +352,9 @@ class MinedLoss(gluon.Block):
         return self.loss(embeddings, labels, indices=self.miner(embeddings, labels))
 
 
-MINERS = {"none": None, "multi_similarity": MultiSimilarityMiner,
-          "distance_weighted": DistanceWeightedMiner}
+MINER_CLASSES = {"none": None, "multi_similarity": MultiSimilarityMiner,
+                 "distance_weighted": DistanceWeightedMiner}
+MINERS = MINER_CLASSES  # its older name (dml.registry.MINERS is the tuple of the names)
 
 
 def _margin_kwargs(margin_arg, margin):
@@ -379,7 +380,7 @@ class PairLossMethod(Method):
         """The loss; with ``memory_size`` wrapped in a :class:`CrossBatchMemory` (the miner then
         mines the batch against the memory)."""
         loss = self._loss_cls(return_stat=True, **_margin_kwargs(self.margin_arg, margin))
-        mine = None if miner in (None, "none") else MINERS[miner]()
+        mine = get_miner(miner)
         if memory_size:
             return CrossBatchMemory(loss, memory_size, miner=mine)
         return loss if mine is None else MinedLoss(loss, mine)
@@ -496,17 +497,30 @@ METHODS = {m.name: m for m in [
 ]}
 
 
-assert tuple(METHODS) == registry.METHODS, "dml.registry.METHODS and the methods table differ"
-assert tuple(m for m in METHODS if METHODS[m].pk_batches) == registry.PK_METHODS
-assert {m: METHODS[m].selectors for m in METHODS if METHODS[m].selectors} == \
-    registry.METHOD_SELECTORS
-assert tuple(m for m in METHODS if getattr(METHODS[m], "takes_miner", False)) == \
-    registry.MINER_METHODS
-assert tuple(m for m in METHODS if isinstance(METHODS[m], ProxyMethod)) == registry.PROXY_METHODS
-assert tuple(MINERS) == registry.MINERS
-assert tuple(m for m in METHODS if getattr(METHODS[m], "takes_memory", False)) == \
-    registry.MEMORY_METHODS
+# dml.registry lists the same names for the CLI without importing MXNet:
+# tests/test_layers.py::test_the_registry_and_the_methods_table_name_the_same_things keeps them
+# in step.
+
+
+def _unknown(kind, name, names):
+    return ValueError("unknown %s %r: choose one of %s" % (kind, name, ", ".join(names)))
 
 
 def get_method(name):
-    return METHODS[name]
+    """The :class:`Method` named ``name`` (GluonCV's ``get_model`` style: an unknown name is a
+    ValueError listing the valid ones)."""
+    try:
+        return METHODS[name]
+    except (KeyError, TypeError):
+        raise _unknown("method", name, METHODS) from None
+
+
+def get_miner(name):
+    """A new miner named ``name`` (``none`` or None: no miner); an unknown name is a ValueError
+    listing the valid ones."""
+    if name is None or name == "none":
+        return None
+    try:
+        return MINER_CLASSES[name]()
+    except (KeyError, TypeError):
+        raise _unknown("miner", name, MINER_CLASSES) from None

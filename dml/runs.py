@@ -301,7 +301,7 @@ def _save_npz(path, arrays):
         np.savez(f, **arrays)
 
 
-def settle():
+def wait_for_mxnet():
     """Wait for every pending MXNet operation before a network's state is read (saved,
     exported or evaluated).
 
@@ -317,6 +317,9 @@ def settle():
     mx.nd.waitall()
 
 
+settle = wait_for_mxnet  # its older name
+
+
 def _exportable(net, input_shape=None):
     """What ``net.export`` can write: the one-device form of ``net`` (``deployable()``: plain
     BatchNorm for a net trained with SyncBatchNorm) with its hybridized graph built. A net
@@ -324,7 +327,7 @@ def _exportable(net, input_shape=None):
     of ``input_shape`` (C x H x W) in inference mode, which changes no state."""
     import mxnet as mx
 
-    settle()
+    wait_for_mxnet()
     net = net.deployable() if hasattr(net, "deployable") else net
     if not net._cached_graph:  # pylint: disable=protected-access
         if input_shape is None:
@@ -332,7 +335,7 @@ def _exportable(net, input_shape=None):
                              "input_shape")
         ctx = net.collect_params().list_ctx()[0]
         net(mx.nd.zeros((1,) + tuple(input_shape), ctx=ctx))
-        settle()
+        wait_for_mxnet()
     return net
 
 
@@ -533,7 +536,7 @@ class RunDir:
         previous checkpoint intact and this one ignored. ``net_file``: a file that already holds
         exactly these weights (the final export), hard-linked instead of a second copy
         (:func:`dml.nets.load_weights` reads both formats). Returns the id."""
-        settle()
+        wait_for_mxnet()
         cid = checkpoint_id(epoch, batch)
 
         def save_net(tmp):
@@ -628,7 +631,7 @@ class RunDir:
         ``final_cid``: the id of the final checkpoint when it holds this very network (its net
         file is the export of ``epoch``): both are hard-linked instead of written again.
         ``input_shape``: one image's C x H x W, for a net whose graph is not built yet."""
-        settle()
+        wait_for_mxnet()
         os.makedirs(self.best_dir, exist_ok=True)
         best_export = os.path.join(self.best_dir, self.EXPORT_PREFIX + "-0000.params")
         final = self._param("net", final_cid) if final_cid else None

@@ -197,3 +197,37 @@ def test_the_reference_pages_layout_is_the_tree():
     text = open(os.path.join(ROOT, "doc", "reference.md"), encoding="utf-8").read()
     start = text.index("## Layout\n")
     assert generated in text[start:]
+
+
+def test_the_registry_and_the_methods_table_name_the_same_things():
+    """dml.registry (no MXNet: the CLI checks names before MXNet loads) and dml.methods (the
+    classes) list the same methods, in the same order, with the same properties."""
+    from dml import methods, registry
+
+    table = methods.METHODS
+    assert tuple(table) == registry.METHODS
+    assert tuple(m for m in table if table[m].pk_batches) == registry.PK_METHODS
+    assert {m: table[m].selectors for m in table if table[m].selectors} == \
+        registry.METHOD_SELECTORS
+    assert tuple(m for m in table if getattr(table[m], "takes_miner", False)) == \
+        registry.MINER_METHODS
+    assert tuple(m for m in table if isinstance(table[m], methods.ProxyMethod)) == \
+        registry.PROXY_METHODS
+    assert tuple(methods.MINER_CLASSES) == registry.MINERS
+    assert tuple(m for m in table if getattr(table[m], "takes_memory", False)) == \
+        registry.MEMORY_METHODS
+
+
+def test_registries_return_by_name_and_list_the_valid_names_of_an_unknown_one():
+    from dml.methods import get_method, get_miner
+    from dml.miners import MultiSimilarityMiner
+
+    assert get_method("triplet_semihard").pk_batches
+    assert isinstance(get_miner("multi_similarity"), MultiSimilarityMiner)
+    assert get_miner("none") is None and get_miner(None) is None
+    with pytest.raises(ValueError, match="unknown method 'tripletsemihard': choose one of "
+                                         "siamese, triplet, triplet_semihard, "):
+        get_method("tripletsemihard")
+    with pytest.raises(ValueError, match="unknown miner 'hard': choose one of none, "
+                                         "multi_similarity, distance_weighted"):
+        get_miner("hard")
