@@ -88,6 +88,139 @@ def defaults_for(method, dataset):
     return values
 
 
+def check_workers(cfg, splits, workers):
+    """The checks that need the job's number of ``workers`` (kvstore ranks): every worker's
+    cross-batch memory holds every worker's batch, and every worker needs a batch of images."""
+    from .errors import DmlError
+
+    per_batch = cfg.n_classes * cfg.n_samples * workers
+    if cfg.memory_size and cfg.memory_size < per_batch:
+        raise DmlError("memory_size=%d is smaller than the %d workers' batches (%d images): every "
+                       "worker's memory holds every worker's batch" % (
+                           cfg.memory_size, workers, per_batch))
+    if workers > 1 and cfg.batch_size == 0 and per_batch > len(splits.train):
+        raise DmlError("%d workers need %d training images for a batch each; %s has %d"
+                       % (workers, per_batch, cfg.dataset, len(splits.train)))
+
+
+# What resuming a run lets change: its length and where it runs; everything else is the run's.
+RESUME_MAY_CHANGE = ("epochs", "gpus", "cpus", "kvstore", "num_workers", "data_root")
+
+
+def _shown(value):
+    if value is None:
+        return "unset (none)"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "''"
+    return str(value)
+
+
+def absolute_data_root(data_root):
+    """``data_root`` as an absolute path (None stays None), so that a run's data is found from
+    any folder (evaluate, resume)."""
+    import os
+
+    return os.path.abspath(os.path.expanduser(data_root)) if data_root else data_root
+
+
+def from_options(options, default_gpus=None):
+    """The checked :class:`RunConfig` of a new run from the options a user gave (``options``:
+    RunConfig field names; a value of None or a missing key takes the method's and dataset's
+    default). An option the method does not take is a :class:`dml.DmlError` naming it;
+    ``default_gpus()``: the GPUs when ``gpus`` is not given (None: none). This is where the
+    CLI's ``dml train`` options are checked: it only parses them and shows the parameter names
+    as flags."""
+    from .errors import DmlError
+    from .methods import get_method
+    from .registry import (DATASETS, LOSS_PARAMETERS, MARGIN_HEAD_METHODS, METHOD_MINERS,
+                           METHODS, MINER_METHODS, PROXY_METHODS)
+
+    given = {k: v for k, v in options.items() if v is not None}
+    method_name = given.get("method") or "triplet_semihard"
+    dataset = given.get("dataset") or "digits"
+    if method_name not in METHODS:
+        raise DmlError("unknown method %r: choose one of %s" % (method_name, ", ".join(METHODS)))
+    if dataset not in DATASETS:
+        raise DmlError("unknown dataset %r: choose one of %s" % (dataset, ", ".join(DATASETS)))
+    method = get_method(method_name)
+    if "selector" in given and not method.selectors:
+        raise DmlError("`selector` applies to online_triplet and online_contrastive, not %s"
+                       % method_name)
+    if "selector" in given and given["selector"] not in method.selectors:
+        raise DmlError("unknown selector %r for %s: choose one of %s"
+                       % (given["selector"], method_name, ", ".join(method.selectors)))
+    if method.pk_batches and "batch_size" in given:
+        raise DmlError("%s batches `n_classes` x `n_samples` images; `batch_size` applies to "
+                       "siamese, triplet and softmax" % method_name)
+    if not method.pk_batches and ("n_classes" in given or "n_samples" in given):
+        raise DmlError("%s takes `batch_size`; `n_classes` and `n_samples` apply to the "
+                       "online-mining methods" % method_name)
+    if "scale" in given and not method.scaled:
+        raise DmlError("`scale` applies to %s, not %s" % (", ".join(MARGIN_HEAD_METHODS),
+                                                         method_name))
+    if "miner" in given and method_name not in MINER_METHODS:
+        raise DmlError("`miner` applies to %s, not %s" % (", ".join(MINER_METHODS), method_name))
+    if "miner" in given and given["miner"] not in METHOD_MINERS[method_name]:
+        raise DmlError("miner=%s does not apply to %s: choose %s" % (
+            given["miner"], method_name, " or ".join(METHOD_MINERS[method_name])))
+    if "loss_lr_mult" in given and method_name not in PROXY_METHODS:
+        raise DmlError("`loss_lr_mult` applies to the proxy methods (%s), not %s"
+                       % (", ".join(PROXY_METHODS), method_name))
+    values = defaults_for(method_name, dataset)
+    if "margin" in given and values["margin"] is None:
+        raise DmlError("`margin` does not apply to %s: its loss has no margin (%s)"
+                       % (method_name, LOSS_PARAMETERS[method_name]))
+    values.update({k: v for k, v in given.items() if k in values})
+    values.update(method=method_name, dataset=dataset,
+                  data_root=absolute_data_root(values.get("data_root")))
+    if given.get("val_classes") and "eval_period" not in given:
+        values["eval_period"] = 1  # validation classes are there to select on
+    values["stem"] = resolve_stem(values.get("stem", "auto"), values["image_size"],
+                                  values["pretrained"], values["backbone"])
+    if "gpus" not in given:
+        values["gpus"] = list(default_gpus()) if default_gpus else []
+    cfg = RunConfig.from_dict(values)
+    validate(cfg)
+    return cfg
+
+
+def resumed(run_dir, options):
+    """The checked :class:`RunConfig` of resuming ``run_dir``: its stored config.json with the
+    options of :data:`RESUME_MAY_CHANGE` given in ``options``; any other option given must
+    agree with the run's (a :class:`dml.DmlError` naming it otherwise)."""
+    import os
+
+    from .errors import DmlError
+    from .runs import RunDir
+
+    if not os.path.isdir(run_dir):
+        raise DmlError("resume=%s: no such run folder" % run_dir)
+    given = {k: v for k, v in options.items() if v is not None and k != "resume"}
+    if "data_root" in given:
+        given["data_root"] = absolute_data_root(given["data_root"])
+    stored = RunConfig.from_dict(RunDir(run_dir).read(RunDir.CONFIG)).to_dict()
+    values = dict(stored)
+    for key, value in given.items():
+        if key not in stored:
+            continue
+        if key in RESUME_MAY_CHANGE:
+            values[key] = value
+        elif key == "method" and value != stored[key]:
+            raise DmlError("resume=%s is a %s run, not %s" % (run_dir, stored[key], value))
+        elif value != stored[key]:
+            raise DmlError("resume=%s: the run has `%s` %s; a resumed run keeps its settings "
+                           "(only %s may change)" % (
+                               run_dir, key, _shown(stored[key]),
+                               ", ".join("`%s`" % k for k in RESUME_MAY_CHANGE)))
+    if "cpus" in given and "gpus" not in given:
+        values["gpus"] = []
+    if "gpus" in given and "cpus" not in given:
+        values["cpus"] = 0
+    cfg = RunConfig.from_dict(values)
+    validate(cfg)
+    return cfg
+
+
 def _physical_memory():
     """Bytes of RAM (0 when the system does not say)."""
     import os

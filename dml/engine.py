@@ -5,6 +5,7 @@ Data flows one way: dataset -> sampler -> :class:`dml.data.BatchLoader` -> net (
 loss (hybridized) -> ``gluon.Trainer`` -> hooks (:mod:`dml.hooks`: stop guard, run recorder,
 TensorBoard logger) -> run folder (:class:`dml.runs.RunDir`, the only owner of its files).
 """
+import dataclasses
 import logging
 import math
 import os
@@ -22,7 +23,7 @@ from .hooks import (Hooks, NonFiniteLoss, RunRecorder, StopGuard, TensorBoardLog
                     TrainingInterrupted, TrainState, set_rng_state)
 from .methods import get_method
 from .nets import EmbeddingNet
-from .config import validate
+from .config import check_workers, validate
 from .runs import RunDir, wait_for_mxnet
 
 log = logging.getLogger("dml")
@@ -596,9 +597,8 @@ def open_run(run_dir):
         raise DmlError("no run folder at %s" % run_dir)
     run = RunDir(run_dir)
     stored = run.read(run.CONFIG)
-    cfg = RunConfig.from_dict(stored)
-    cfg.pretrained = False  # every weight comes from the checkpoint
-    return run, stored, cfg
+    # every weight comes from the checkpoint
+    return run, stored, dataclasses.replace(RunConfig.from_dict(stored), pretrained=False)
 
 
 def reported_checkpoint(run):
@@ -649,7 +649,7 @@ def evaluate_run(run_dir, checkpoint=None, split=None, gpus=None, data_root=None
 
     run, stored, cfg = open_run(run_dir)
     if data_root:
-        cfg.data_root = data_root
+        cfg = dataclasses.replace(cfg, data_root=data_root)
     split = split or cfg.split
     if split == "unseen" and cfg.split != "unseen":
         raise DmlError("%s trained on every class: split=unseen needs a run trained with "
@@ -663,7 +663,7 @@ def evaluate_run(run_dir, checkpoint=None, split=None, gpus=None, data_root=None
 
     ctx = make_contexts(usable_gpus(mx.context.num_gpus()) if gpus is None else gpus)
     net = load_net(cfg, kind, path, ctx)
-    cfg.split = split
+    cfg = dataclasses.replace(cfg, split=split)
     splits = load_dataset(cfg.dataset, cfg.data_root, cfg.image_size)
     check_same_classes(stored.get("class_names"), splits, run.path, cfg.data_root)
     # the run's own training split (its kNN references) lacks its validation classes
@@ -706,8 +706,9 @@ def evaluate_run(run_dir, checkpoint=None, split=None, gpus=None, data_root=None
 
 
 class Job:
-    """What :func:`prepare` checked and built: ``ctx``, ``net``, ``splits``, ``workers``, the
-    ``resume`` checkpoint state (or None), and once :func:`run` made it, ``run_dir``."""
+    """What :func:`prepare` checked and built: the ``cfg`` to train with (the given one with its
+    derived values), ``ctx``, ``net``, ``splits``, ``workers``, the ``resume`` checkpoint state
+    (or None), and once :func:`run` made it, ``run_dir``."""
 
     def __init__(self, **kwargs):
         self.run_dir = self.lock = None
@@ -738,7 +739,9 @@ def _resume_point(run_dir, cfg):
 def prepare(cfg, resume_dir=None, fit_classes=True):
     """Check everything a run needs and build what can fail (devices, backbone, dataset, the
     kvstore) before any folder exists: a problem is a :class:`DmlError`. ``fit_classes``: under
-    the unseen split, lower ``cfg.n_classes`` to the training classes (it was not given)."""
+    the unseen split, lower ``n_classes`` to the training classes (it was not given). ``cfg`` is
+    left as it is: the job's ``cfg`` is the one the run trains with (and config.json records),
+    the derived values in it."""
     from .data import apply_split, check_same_classes, hold_out_classes, load_dataset
 
     resume = _resume_point(resume_dir, cfg) if resume_dir else None
@@ -761,24 +764,15 @@ def prepare(cfg, resume_dir=None, fit_classes=True):
             # class-disjoint data (--split unseen, or a folder whose test classes differ)
             log.info("the training split holds %d classes, so batches take %d classes "
                      "(n_classes) x %d images", present, present, cfg.n_samples)
-            cfg.n_classes = present
+            cfg = dataclasses.replace(cfg, n_classes=present)
         validate(cfg, splits)
     if not cfg.batch_size:
         _warn_repeats(splits.train.labels, cfg.n_samples)
     workers = Workers(make_kvstore(cfg.kvstore))
-    if cfg.memory_size and cfg.memory_size < cfg.n_classes * cfg.n_samples * workers.count:
-        raise DmlError("memory_size=%d is smaller than the %d workers' batches (%d images): every "
-                       "worker's memory holds every worker's batch" % (
-                           cfg.memory_size, workers.count,
-                           cfg.n_classes * cfg.n_samples * workers.count))
-    if workers.count > 1 and cfg.batch_size == 0 and cfg.n_classes * cfg.n_samples * \
-            workers.count > len(splits.train):
-        raise DmlError("%d workers need %d training images for a batch each; %s has %d"
-                       % (workers.count, cfg.n_classes * cfg.n_samples * workers.count,
-                          cfg.dataset, len(splits.train)))
+    check_workers(cfg, splits, workers.count)
     # last: held from here until run() ends (released there, or when the process exits)
     lock = RunDir(resume_dir).lock() if resume_dir and workers.writes else None
-    return Job(ctx=ctx, net=net, splits=splits, workers=workers, resume=resume,
+    return Job(cfg=cfg, ctx=ctx, net=net, splits=splits, workers=workers, resume=resume,
                resume_dir=resume_dir, lock=lock)
 
 

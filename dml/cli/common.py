@@ -187,14 +187,6 @@ def _absolute_data_root(args):
         args.data_root = os.path.abspath(os.path.expanduser(args.data_root))
 
 
-def _shown(value):
-    if value is None:
-        return "unset (none)"
-    if isinstance(value, list):
-        return ",".join(map(str, value)) or "''"
-    return str(value)
-
-
 def _all_gpus():
     """Every GPU mxnet sees that the installed build can run (the others with a warning)."""
     import mxnet as mx

@@ -1,16 +1,10 @@
 """``dml train``: the options as a checked RunConfig (a new run's, or --resume's stored one), the run, and what a user sees when it stops early."""
-import os
 import sys
 
-from ..errors import DmlError, WriteFailed, error_summary
-from ..registry import (DATASETS, MARGIN_HEAD_METHODS, METHOD_MINERS, METHODS, MINER_METHODS,
-                        PROXY_METHODS)
+from ..config import RESUME_MAY_CHANGE  # noqa: F401  (dml.cli.RESUME_MAY_CHANGE)
+from ..errors import WriteFailed, error_summary
 from . import train_options
-from .common import (_absolute_data_root, _all_gpus, _check_gpus, _metrics_table, _shown,
-                     _shown_metrics, log)
-
-# what --resume lets change: the run's length and where it runs; everything else is the run's
-RESUME_MAY_CHANGE = ("epochs", "gpus", "cpus", "kvstore", "num_workers", "data_root")
+from .common import _all_gpus, _check_gpus, _metrics_table, _shown_metrics, log
 
 
 
@@ -20,97 +14,22 @@ def add_parser(sub):
 
 
 def config_from_args(args):
-    from ..config import RunConfig, defaults_for, validate
+    """The checked RunConfig of ``dml train``'s options (:func:`dml.config.from_options`, or
+    :func:`dml.config.resumed` with ``--resume``): the checks live there, with the parameters'
+    names, which :func:`dml.cli.as_flags` shows as flags."""
+    from ..config import from_options, resumed
 
+    options = vars(args)
     if args.resume is not None:
-        return resume_config(args)
-    args.method = args.method or "triplet_semihard"
-    args.dataset = args.dataset or "digits"
-    if args.method not in METHODS:
-        raise DmlError("unknown method %r: choose one of %s" % (args.method, ", ".join(METHODS)))
-    if args.dataset not in DATASETS:
-        raise DmlError("unknown dataset %r: choose one of %s" % (args.dataset, ", ".join(DATASETS)))
-    from ..methods import get_method
-
-    method = get_method(args.method)
-    if args.selector is not None and not method.selectors:
-        raise DmlError("--selector applies to online_triplet and online_contrastive, not %s"
-                       % args.method)
-    if args.selector is not None and args.selector not in method.selectors:
-        raise DmlError("unknown selector %r for %s: choose one of %s"
-                       % (args.selector, args.method, ", ".join(method.selectors)))
-    if method.pk_batches and args.batch_size is not None:
-        raise DmlError("%s batches --n-classes x --n-samples images; --batch-size applies to "
-                       "siamese, triplet and softmax" % args.method)
-    if not method.pk_batches and (args.n_classes is not None or args.n_samples is not None):
-        raise DmlError("%s takes --batch-size; --n-classes and --n-samples apply to the "
-                       "online-mining methods" % args.method)
-    if args.scale is not None and not method.scaled:
-        raise DmlError("--scale applies to %s, not %s" % (", ".join(MARGIN_HEAD_METHODS),
-                                                           args.method))
-    if args.miner is not None and args.method not in MINER_METHODS:
-        raise DmlError("--miner applies to %s, not %s" % (", ".join(MINER_METHODS), args.method))
-    if args.miner is not None and args.miner not in METHOD_MINERS[args.method]:
-        raise DmlError("--miner %s does not apply to %s: choose %s" % (
-            args.miner, args.method, " or ".join(METHOD_MINERS[args.method])))
-    if args.loss_lr_mult is not None and args.method not in PROXY_METHODS:
-        raise DmlError("--loss-lr-mult applies to the proxy methods (%s), not %s"
-                       % (", ".join(PROXY_METHODS), args.method))
-    _absolute_data_root(args)
-    values = defaults_for(args.method, args.dataset)
-    if args.margin is not None and values["margin"] is None:
-        from ..registry import LOSS_PARAMETERS
-
-        raise DmlError("--margin does not apply to %s: its loss has no margin (%s)"
-                       % (args.method, LOSS_PARAMETERS[args.method]))
-    for key in values:
-        given = getattr(args, key, None)
-        if given is not None:
-            values[key] = given
-    if args.val_classes and args.eval_period is None:
-        values["eval_period"] = 1  # validation classes are there to select on
-    from ..config import resolve_stem
-
-    values["stem"] = resolve_stem(values.get("stem", "auto"), values["image_size"],
-                                  values["pretrained"], values["backbone"])
-    if args.gpus is None:
-        values["gpus"] = _all_gpus()
-    cfg = RunConfig.from_dict(values)
-    validate(cfg)
-    return cfg
+        return resumed(args.resume, options)
+    return from_options(options, default_gpus=_all_gpus)
 
 
 def resume_config(args):
-    """The stored config of ``--resume RUN_DIR`` with the options that may change; any other
-    option given must agree with the run's."""
-    from ..config import RunConfig, validate
-    from ..runs import RunDir
+    """``--resume RUN_DIR``'s config (:func:`dml.config.resumed`)."""
+    from ..config import resumed
 
-    run_dir = args.resume
-    if not os.path.isdir(run_dir):
-        raise DmlError("--resume %s: no such run folder" % run_dir)
-    _absolute_data_root(args)
-    stored = RunDir(run_dir).read(RunDir.CONFIG)
-    cfg = RunConfig.from_dict(stored)
-    stored = cfg.to_dict()
-    for key, value in vars(args).items():
-        if key not in stored or value is None:
-            continue
-        if key in RESUME_MAY_CHANGE:
-            setattr(cfg, key, value)
-        elif key == "method" and value != stored[key]:
-            raise DmlError("--resume %s is a %s run, not %s" % (run_dir, stored[key], value))
-        elif value != stored[key]:
-            raise DmlError("--resume %s: the run has --%s %s; a resumed run keeps its settings "
-                           "(only %s may change)" % (
-                               run_dir, key.replace("_", "-"), _shown(stored[key]),
-                               ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)))
-    if args.cpus is not None and args.gpus is None:
-        cfg.gpus = []
-    if args.gpus is not None and args.cpus is None:
-        cfg.cpus = 0
-    validate(cfg)
-    return cfg
+    return resumed(args.resume, vars(args))
 
 
 def _allocation_failure(err):
@@ -129,6 +48,7 @@ def cmd_train(args):
     _check_gpus(cfg.gpus)
     # Everything that can be wrong with the input fails here, before the run folder exists.
     job = prepare(cfg, resume_dir=args.resume, fit_classes=args.n_classes is None)
+    cfg = job.cfg  # with the values prepare derived from the data (a shrunk n_classes)
     try:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
