@@ -658,7 +658,7 @@ def compare_nan(case):
             data = json.load(open(path))
             data[key] = new
             json.dump(data, open(path, "w"))
-    proc = subprocess.run([sys.executable, "-m", "dml", "compare", parent, "--by", "run"],
+    proc = subprocess.run([sys.executable, "-m", "dml", "compare", parent, "--runs"],
                           capture_output=True, text=True, env=case.env, cwd=case.work, timeout=120)
     if proc.returncode:
         return proc.returncode, explain(proc.stderr)
