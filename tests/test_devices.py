@@ -299,7 +299,7 @@ def _cli_run(tiny_cifar, out, *extra, engine_threads=None):
     if engine_threads is not None:
         env["MXNET_CPU_WORKER_NTHREADS"] = str(engine_threads)
     proc = subprocess.run([sys.executable, "-m", "dml", "train", "--dataset", "cifar10",
-                           "--data-root", tiny_cifar, "--epochs", "2", "--output-root", out]
+                           "--data-root", tiny_cifar, "--epochs", "1", "--output-root", out]
                           + TINY + list(extra), capture_output=True, text=True, env=env,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
