@@ -714,7 +714,8 @@ def two_devices(case):
                                 "--embedding-dim", "16", "--num-workers", "1", timeout=600)
         if code:
             return code, explain(err)
-        history = json.load(open(os.path.join(case.run_dir(out, "digits"), "history.json")))
+        history = json.load(open(os.path.join(case.run_dir(out, "digits"), "logs",
+                                              "history.json")))
         epochs = history if isinstance(history, list) else history.get("epochs", [])
         losses.append(epochs[-1].get("train_loss", epochs[-1].get("loss")))
     return 0, "epoch-1 loss %.4f on 1 context, %.4f on 2" % tuple(losses)
