@@ -1,5 +1,5 @@
 """The training engine: devices and workers, one ``train_step``, the ``fit`` loop and
-``evaluate_run``.
+``reevaluate``.
 
 Data flows one way: dataset -> sampler -> :class:`dml.data.BatchLoader` -> net (hybridized) ->
 loss (hybridized) -> ``gluon.Trainer`` -> hooks (:mod:`dml.hooks`: stop guard, run recorder,
@@ -304,7 +304,7 @@ def check_embeddings(embeddings, what):
                     "backbone", len(embeddings), what)
 
 
-def evaluate_net(net, splits, ctx, distance="euclidean", full=True, pairs=None, seed=0,
+def embed_and_score(net, splits, ctx, distance="euclidean", full=True, pairs=None, seed=0,
                  batch_size=256, num_workers=2):
     """Embed ``splits.test`` and score it -> ``(metrics, embeddings, labels)``. ``full`` adds the
     clustering metrics, ``knn_accuracy`` (which embeds ``splits.references`` too) and, with
@@ -352,18 +352,18 @@ def validation_splits(splits):
                                reference=None)
 
 
-def run_evaluation(cfg, splits, net, ctx, full=True, on="test"):
-    """:func:`evaluate_net` with a run's settings (its distance, seed, batch size, loaders, and
+def score_for_run(cfg, splits, net, ctx, full=True, on="test"):
+    """:func:`embed_and_score` with a run's settings (its distance, seed, batch size, loaders, and
     the siamese method's fixed verification pairs); ``on="val"``: the retrieval metrics of the
     validation classes (model selection) instead of the test split."""
     if on == "val":
-        return evaluate_net(net, validation_splits(splits), ctx, cfg.distance, full=False,
+        return embed_and_score(net, validation_splits(splits), ctx, cfg.distance, full=False,
                             seed=cfg.seed, batch_size=cfg.eval_batch_size,
                             num_workers=cfg.num_workers)
     method = get_method(cfg.method)
     pairs = method.val_dataset(splits.test, cfg.seed).tuples if full and method.verification \
         else None
-    return evaluate_net(net, splits, ctx, cfg.distance, full=full, pairs=pairs, seed=cfg.seed,
+    return embed_and_score(net, splits, ctx, cfg.distance, full=full, pairs=pairs, seed=cfg.seed,
                         batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers)
 
 
@@ -509,7 +509,7 @@ def default_hooks(cfg, splits, run_dir, state, extra=None):
         val_loader = eval_loader(cfg, splits, val_set)
         val_loss = lambda s: validation_loss(s.method, s.model, s.loss_fn, val_loader, s.ctx)  # noqa: E731
     recorder = RunRecorder(
-        run_dir, cfg, lambda s, full, on="test": run_evaluation(cfg, splits, s.net, s.ctx, full,
+        run_dir, cfg, lambda s, full, on="test": score_for_run(cfg, splits, s.net, s.ctx, full,
                                                                 on=on),
         val_loss, select_on=selection_split(cfg, splits))
     logger = TensorBoardLogger(run_dir, cfg, writes=state.workers.writes)
@@ -633,7 +633,7 @@ def check_same_images(stored, splits, run_dir, data_root=None):
                            if missing else ""))
 
 
-def evaluate_run(run_dir, checkpoint=None, split=None, gpus=None, data_root=None,
+def reevaluate(run_dir, checkpoint=None, split=None, gpus=None, data_root=None,
                  verification=False):
     """Re-evaluate a run folder's checkpoint (``last``, ``best`` or a file in its params/; None:
     the one its training reported, metrics.json's ``checkpoint``) on ``split`` (default: the
@@ -673,7 +673,7 @@ def evaluate_run(run_dir, checkpoint=None, split=None, gpus=None, data_root=None
     log.info("evaluating %s (epoch %d) on the %s split of %s: %d images", path, epoch, split,
              cfg.dataset, len(splits.test))
     try:
-        metrics, embeddings, labels = run_evaluation(cfg, splits, net, ctx, full=True)
+        metrics, embeddings, labels = score_for_run(cfg, splits, net, ctx, full=True)
     except NonFiniteLoss as err:
         raise DmlError("%s: %s" % (path, err)) from None
     if verification:
@@ -708,7 +708,7 @@ def evaluate_run(run_dir, checkpoint=None, split=None, gpus=None, data_root=None
 class Job:
     """What :func:`prepare` checked and built: the ``cfg`` to train with (the given one with its
     derived values), ``ctx``, ``net``, ``splits``, ``workers``, the ``resume`` checkpoint state
-    (or None), and once :func:`run` made it, ``run_dir``."""
+    (or None), and once :func:`train_job` made it, ``run_dir``."""
 
     def __init__(self, **kwargs):
         self.run_dir = self.lock = None
@@ -795,7 +795,7 @@ def _some(names, shown=5):
                                        else "")
 
 
-def run(cfg, job, argv=()):
+def train_job(cfg, job, argv=()):
     """Create the run folder (rank 0; or reuse the resumed one), write config.json and
     logs/train.log, and :func:`fit` -> the final metrics (None on other workers). ``job.run_dir``
     is set before training starts, for the caller's messages."""
@@ -831,3 +831,8 @@ def run(cfg, job, argv=()):
         if getattr(job, "lock", None) is not None:
             os.close(job.lock)
             job.lock = None
+
+
+# The names these had before each said what it does (dml.evaluation.evaluate is the public one).
+evaluate_net, run_evaluation, evaluate_run = embed_and_score, score_for_run, reevaluate
+run = train_job  # ("run" now means a run folder only)

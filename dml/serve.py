@@ -601,7 +601,7 @@ def check_query_gallery_classes(query, gallery, query_dir, gallery_dir):
                            "same classes" % (len(only), side, other, ", ".join(only[:3])))
 
 
-def evaluate_query_gallery(run, query_dir, gallery_dir, batch_size=256, strict=False):
+def query_gallery_metrics(run, query_dir, gallery_dir, batch_size=256, strict=False):
     """Every retrieval metric (and the clustering of the queries, and ``knn_accuracy`` voting
     among the gallery) of the images in ``query_dir`` retrieved against those in
     ``gallery_dir``, embedded by ``run`` (a :class:`LoadedRun`): the definitions of
@@ -623,3 +623,6 @@ def evaluate_query_gallery(run, query_dir, gallery_dir, batch_size=256, strict=F
                    query=os.path.abspath(query_dir), gallery=os.path.abspath(gallery_dir),
                    checkpoint=run.checkpoint)
     return metrics
+
+
+evaluate_query_gallery = query_gallery_metrics  # its name before "evaluate" meant one function

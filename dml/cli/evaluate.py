@@ -52,13 +52,13 @@ def cmd_evaluate(args):
     _absolute_data_root(args)
     if args.query is not None or args.gallery is not None or args.out is not None:
         return _evaluate_folders(args)
-    from ..engine import evaluate_run
+    from ..engine import reevaluate
 
     gpus = None
     if args.gpus is not None:
         _check_gpus(args.gpus)
         gpus = args.gpus
-    metrics, figures, run = evaluate_run(args.run_dir, args.checkpoint, args.split, gpus,
+    metrics, figures, run = reevaluate(args.run_dir, args.checkpoint, args.split, gpus,
                                          args.data_root, verification=args.verification)
     print(_metrics_table(metrics, _shown_metrics(metrics)))
     if args.verification:
@@ -72,7 +72,7 @@ def cmd_evaluate(args):
 def _evaluate_folders(args):
     """``dml evaluate RUN --query DIR --gallery DIR [--out FILE.json]``."""
     from ..runs import write_json
-    from ..serve import check_writable, evaluate_query_gallery, load_run
+    from ..serve import check_writable, query_gallery_metrics, load_run
 
     if args.query is None or args.gallery is None:
         raise DmlError("--query and --gallery go together (--out only with them)")
@@ -93,7 +93,7 @@ def _evaluate_folders(args):
     import mxnet as mx
 
     run = load_run(args.run_dir, args.checkpoint, mx.gpu(gpus[0]) if gpus else mx.cpu())
-    metrics = evaluate_query_gallery(run, args.query, args.gallery)
+    metrics = query_gallery_metrics(run, args.query, args.gallery)
     print(_metrics_table(metrics, _shown_metrics(metrics)))
     print("queries: %d, gallery: %d images" % (metrics["num_queries"], metrics["num_gallery"]))
     if args.out is not None:

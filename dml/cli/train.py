@@ -43,7 +43,7 @@ def cmd_train(args):
     cfg = config_from_args(args)  # the MXNet imports below stay lazy: OMP_NUM_THREADS is set first
     import signal
 
-    from ..engine import NonFiniteLoss, TrainingInterrupted, prepare, run
+    from ..engine import NonFiniteLoss, TrainingInterrupted, prepare, train_job
 
     _check_gpus(cfg.gpus)
     # Everything that can be wrong with the input fails here, before the run folder exists.
@@ -53,7 +53,7 @@ def cmd_train(args):
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         with logging_redirect_tqdm(loggers=[log]):
-            metrics = run(cfg, job, argv=sys.argv[1:])
+            metrics = train_job(cfg, job, argv=sys.argv[1:])
     except TrainingInterrupted as stop:
         what = "interrupted" if stop.signum == signal.SIGINT else "stopped by SIGTERM"
         if stop.at_once:
