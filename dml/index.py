@@ -12,7 +12,10 @@ brute force), ``ivf`` (an inverted file of ``nlist`` k-means cells, ``nprobe`` o
 query) and ``hnsw`` (a graph of ``M`` links per vector, ``ef`` candidates per query): the
 approximate kinds trade recall for speed on large galleries (see doc/serving.md).
 """
+import contextlib
 import math
+import os
+import sys
 
 import numpy as np
 
@@ -36,6 +39,23 @@ def default_nlist(n):
     """IVF cells for ``n`` vectors: about 4 sqrt(n) (faiss' guideline), and at least 39 training
     vectors per cell (fewer make k-means warn and its cells meaningless)."""
     return int(max(1, min(round(4 * math.sqrt(n)), n // 39)))
+
+
+@contextlib.contextmanager
+def _native_stderr():
+    """Collect what native code writes to file descriptor 2 while the block runs (Python's own
+    ``sys.stderr`` is untouched): yields a function returning it, stripped."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lambda: (sink.seek(0), sink.read().decode("utf-8", "replace").strip())[1]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def default_nprobe(nlist):
@@ -115,7 +135,16 @@ class SearchIndex:
         return dist, indices.astype(np.int64)
 
     def save(self, path):
-        _faiss().write_index(self.index, path)
+        """Write the index to ``path``. faiss reports a failed write on the process's stderr
+        itself (a C++ line without a newline) before raising: that line is kept off the
+        terminal, where it would be glued in front of dml's one-line error, and put in the
+        exception instead."""
+        with _native_stderr() as said:
+            try:
+                _faiss().write_index(self.index, path)
+            except RuntimeError as err:
+                raise OSError("%s%s" % (err, (" (faiss: %s)" % said()) if said() else "")) \
+                    from None
 
     @classmethod
     def load(cls, path, distance, kind, nlist=None, count=None, dim=None):

@@ -264,6 +264,20 @@ def test_write_failures_outside_train_are_one_line(runs, photos, index, full_dis
     assert "cannot write /proc/x.npy" in line and "space" not in line
 
 
+def test_faiss_own_message_of_a_failed_write_is_not_glued_to_dmls_line(runs, photos, full_disk,
+                                                                       capfd):
+    """faiss writes "... close error: No space left on device" to file descriptor 2 itself, with
+    no newline: dml's one line must be all the terminal shows."""
+    code = main(["index", runs[0], os.path.join(photos, "test", "cat"), "-o",
+                 os.path.join(full_disk, "ix")])
+    err = capfd.readouterr().err
+    assert code == 1
+    assert err.strip().splitlines() == [
+        "dml index: error: no space left on the device of %s (writing ix): free some space, or "
+        "write the run elsewhere" % full_disk], err
+    assert sorted(os.listdir(full_disk)) == ["filler"]
+
+
 def test_temporary_files_never_follow_a_planted_link(runs, photos, tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
