@@ -1071,7 +1071,8 @@ def main():
         subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", before])
         for template in _TRAINED.values():
             shutil.rmtree(template, ignore_errors=True)
-    print("# Hostile input and failures: before and after\n")
+    print("# Hostile input and failures%s: before and after\n"
+          % (" of issue 26 (every command)" if args.issue_26 else ""))
     print("Made with `.venv/bin/python scripts/hostile_table.py --before %s%s > doc/hostile%s.md` "
           "(each case a fresh process in a fresh folder; TMP is that folder).\n"
           % (args.before, " --issue-26" if args.issue_26 else "", "-26" if args.issue_26 else ""))
