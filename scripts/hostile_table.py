@@ -380,8 +380,9 @@ _TRAINED = {}  # tree -> a folder holding one trained digits run, copied into ea
 
 
 def _digits_run(case, name="run"):
-    """A 1-epoch digits run (tiny batches) in this case's folder ``name``: its run folder, or None.
-    Trained once per tree, then copied (a copy is another run folder of the same network)."""
+    """A 1-epoch digits run (tiny batches) in this case's folder ``name``: its run folder.
+    Trained once per tree, then copied (a copy is another run folder of the same network); a
+    failed training raises (main() shows the case as failed)."""
     template = _TRAINED.get(case.tree)
     if template is None:
         template = tempfile.mkdtemp(prefix="dml-digits-")
@@ -389,7 +390,7 @@ def _digits_run(case, name="run"):
                               template, *TINY, timeout=600)
         if code != 0:
             shutil.rmtree(template, ignore_errors=True)
-            return None
+            raise RuntimeError("the digits run failed")
         _TRAINED[case.tree] = template
     out = case.path(name)
     shutil.copytree(template, out, symlinks=True)
@@ -440,8 +441,6 @@ def huge_memory(case):
 
 def embed_fifo(case):
     run = _digits_run(case)
-    if run is None:
-        return None, "(the digits run failed)"
     fifo = case.path("x.png")
     os.mkfifo(fifo)
     code, err, _ = case.dml("embed", run, fifo, "-o", case.path("e.npy"), timeout=60)
@@ -450,8 +449,6 @@ def embed_fifo(case):
 
 def embed_onto_folder(case):
     run = _digits_run(case)
-    if run is None:
-        return None, "(the digits run failed)"
     os.makedirs(case.path("taken.npy"))
     code, err, _ = case.dml("embed", run, _query_images(case), "-o", case.path("taken.npy"),
                             timeout=120)
@@ -460,8 +457,6 @@ def embed_onto_folder(case):
 
 def embed_through_link(case):
     run = _digits_run(case)
-    if run is None:
-        return None, "(the digits run failed)"
     victim = case.path("victim.txt")
     open(victim, "w").write("precious\n")
     os.symlink(victim, case.path("out.npy.tmp"))
@@ -472,29 +467,87 @@ def embed_through_link(case):
                                         "untouched" if kept else "OVERWRITTEN")
 
 
-def swapped_faiss(case):
-    """index.faiss replaced by another index of the same size and dimension."""
-    run = _digits_run(case)
-    if run is None:
-        return None, "(the digits run failed)"
-    photos = _query_images(case)
-    code, err, _ = case.dml("index", run, photos, "-o", case.path("a"), timeout=120)
+def index_of(case, run, folder="ix"):
+    """``dml index`` of the case's query images with ``run`` into ``folder``: its path (a failed
+    build raises: main() shows the case as failed)."""
+    code, err, _ = case.dml("index", run, _query_images(case), "-o", case.path(folder),
+                            timeout=300)
     if code:
-        return code, explain(err)
+        raise RuntimeError("dml index failed: %s" % explain(err))
+    return case.path(folder)
+
+
+def damaged_index(damage, folder="ix", searched="searched"):
+    """A case: the index of a digits run, ``damage(case, index_dir, run)``, then ``dml search``
+    of one of its images (-k 2: the index holds 4)."""
+    def case_fn(case):
+        run = _digits_run(case)
+        ix = index_of(case, run, folder)
+        damage(case, ix, run)
+        code, err, _ = case.dml("search", ix, os.path.join(case.path("photos"), "cat", "0.png"),
+                                "-k", "2", timeout=300)
+        return code, _tmp(case, explain(err) if code else searched)
+    return case_fn
+
+
+def _edit_json(path, change):
+    import json
+    data = json.load(open(path))
+    change(data)
+    json.dump(data, open(path, "w"))
+
+
+def half_index_json(case, ix, run):
+    raw = open(os.path.join(ix, "index.json")).read()
+    open(os.path.join(ix, "index.json"), "w").write(raw[:len(raw) // 2])
+
+
+def hnsw_kind(case, ix, run):
+    _edit_json(os.path.join(ix, "index.json"), lambda meta: meta.update(kind="hnsw"))
+
+
+def items_header(case, ix, run):
+    items = os.path.join(ix, "items.csv")
+    lines = open(items).read().splitlines()
+    open(items, "w").write("\n".join(["idx,where,label"] + lines[1:]) + "\n")
+
+
+def swap_faiss(case, ix, run):
+    """index.faiss replaced by another index of the same size and dimension."""
     import faiss
     import numpy as np
-    other = faiss.IndexFlatL2(faiss.read_index(case.path("a", "index.faiss")).d)
+    other = faiss.IndexFlatL2(faiss.read_index(os.path.join(ix, "index.faiss")).d)
     other.add(np.random.default_rng(0).normal(size=(4, other.d)).astype(np.float32))
-    faiss.write_index(other, case.path("a", "index.faiss"))
-    code, err, _ = case.dml("search", case.path("a"), os.path.join(photos, "cat", "0.png"),
-                            "-k", "2", timeout=120)
-    return code, explain(err).replace(case.work, "TMP") if code else "searched the swapped index"
+    faiss.write_index(other, os.path.join(ix, "index.faiss"))
+
+
+def claim_2_37(case, ix, run):
+    """IndexFlat's header: "IxF2", d (int32), ntotal (int64): claim 2^37 vectors, with
+    index.json's hash brought in step, as an attacker would."""
+    import hashlib
+    path = os.path.join(ix, "index.faiss")
+    data = bytearray(open(path, "rb").read())
+    data[8:16] = struct.pack("<q", 1 << 37)
+    open(path, "wb").write(bytes(data))
+
+    def rehash(meta):
+        if isinstance(meta.get("files"), dict):
+            meta["files"]["index.faiss"] = hashlib.sha256(bytes(data)).hexdigest()
+    _edit_json(os.path.join(ix, "index.json"), rehash)
+
+
+def edit_checkpoint_sha256(case, ix, run):
+    _edit_json(os.path.join(ix, "index.json"),
+               lambda meta: meta.update(checkpoint_sha256="0" * 64))
+
+
+def prune_checkpoints(case, ix, run):
+    for path in glob.glob(os.path.join(run, "params", "net-*.params")):
+        os.remove(path)
 
 
 def copied_run_compare(case):
     run = _digits_run(case)
-    if run is None:
-        return None, "(the digits run failed)"
     shutil.copytree(run, run + "-copy")
     proc = subprocess.run([sys.executable, "-m", "dml", "compare", case.path("run")],
                           capture_output=True, text=True, env=case.env, cwd=case.work, timeout=120)
@@ -524,43 +577,9 @@ def cub_outside(case):
                                             case.files(out))
 
 
-def _index(case):
-    run = _digits_run(case)
-    if run is None:
-        return None, None
-    photos = _query_images(case)
-    code, _, _ = case.dml("index", run, photos, "-o", case.path("ix"), timeout=120)
-    return (photos if code == 0 else None), run
-
-
-def index_damaged(how):
-    def case_fn(case):
-        import json
-        photos, _ = _index(case)
-        if photos is None:
-            return None, "(the digits run or its index failed)"
-        meta, items = case.path("ix", "index.json"), case.path("ix", "items.csv")
-        if how == "half":
-            raw = open(meta).read()
-            open(meta, "w").write(raw[:len(raw) // 2])
-        elif how == "hnsw":
-            data = json.load(open(meta))
-            data["kind"] = "hnsw"
-            json.dump(data, open(meta, "w"))
-        else:
-            lines = open(items).read().splitlines()
-            open(items, "w").write("\n".join(["idx,where,label"] + lines[1:]) + "\n")
-        code, err, _ = case.dml("search", case.path("ix"), os.path.join(photos, "cat", "0.png"),
-                                "-k", "2", timeout=120)
-        return code, explain(err).replace(case.work, "TMP") if code else "searched"
-    return case_fn
-
-
 def python_embed(expression):
     def case_fn(case):
         run = _digits_run(case)
-        if run is None:
-            return None, "(the digits run failed)"
         _query_images(case)
         script = ("import numpy as np, dml\nrun = dml.load_run(%r)\nout = run.embed(%s)\n"
                   "print('embedding of shape', out.shape)" % (run, expression))
@@ -595,8 +614,6 @@ def command(argv_fn, timeout=300, env=None, note=None):
     ``note(case, run)`` adds what the exit code cannot show (e.g. what a file holds)."""
     def case_fn(case):
         run = _digits_run(case)
-        if run is None:
-            return None, "(the digits run failed)"
         argv = argv_fn(case, run)
         code, err, _ = case.dml(*argv, timeout=timeout,
                                 env=dict(case.env, **env) if env else None)
@@ -647,8 +664,6 @@ def other_checkpoint(what):
 def compare_nan(case):
     import json
     run = _digits_run(case)
-    if run is None:
-        return None, "(the digits run failed)"
     parent = os.path.dirname(run)
     for seed, value in ((7, float("nan")), (8, 0.01)):
         copy = "%s-seed%d" % (run, seed)
@@ -736,8 +751,6 @@ def full_disk(argv_fn):
     """A command writing onto a full 64 KB tmpfs: what it says and what it leaves there."""
     def case_fn(case):
         run = _digits_run(case)
-        if run is None:
-            return None, "(the digits run failed)"
         mount = case.path("disk")
         os.makedirs(mount)
         if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mount]).returncode:
@@ -754,15 +767,8 @@ def full_disk(argv_fn):
     return case_fn
 
 
-def index_of(case, run):
-    code, _, _ = case.dml("index", run, _query_images(case), "-o", case.path("ix"), timeout=300)
-    return case.path("ix") if code == 0 else None
-
-
 def racing_indexes(case):
     run = _digits_run(case)
-    if run is None:
-        return None, "(the digits run failed)"
     photos = _query_images(case, 40)
     argv = [sys.executable, "-m", "dml", "index", run, photos, "-o", case.path("ix")]
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -772,30 +778,6 @@ def racing_indexes(case):
     loser = [err for code, err in results if code]
     return codes[-1], _tmp(case, "exit codes %s%s" % (
         " and ".join(map(str, codes)), "; " + explain(loser[0]) if loser else ""))
-
-
-def huge_faiss(case):
-    run = _digits_run(case)
-    if run is None:
-        return None, "(the digits run failed)"
-    ix = index_of(case, run)
-    if ix is None:
-        return None, "(the index failed)"
-    path = os.path.join(ix, "index.faiss")
-    data = bytearray(open(path, "rb").read())
-    # IndexFlat's header: "IxF2", d (int32), ntotal (int64): claim 2^37 vectors
-    data[8:16] = struct.pack("<q", 1 << 37)
-    open(path, "wb").write(bytes(data))
-    import hashlib
-    import json
-    meta_path = os.path.join(ix, "index.json")
-    meta = json.load(open(meta_path))
-    if isinstance(meta.get("files"), dict):  # the hash brought in step, as an attacker would
-        meta["files"]["index.faiss"] = hashlib.sha256(bytes(data)).hexdigest()
-        json.dump(meta, open(meta_path, "w"))
-    code, err, _ = case.dml("search", ix, os.path.join(case.path("photos"), "cat", "0.png"),
-                            "-k", "2", timeout=300)
-    return code, _tmp(case, explain(err) if code else "searched")
 
 
 def same_size_and_time(case):
@@ -820,8 +802,6 @@ def same_size_and_time(case):
 
 def two_resumes(case):
     run = _digits_run(case)
-    if run is None:
-        return None, "(the digits run failed)"
     argv = [sys.executable, "-m", "dml", "train", "--resume", run, "--epochs", "3"]
     first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=case.env, cwd=case.work)
@@ -859,8 +839,6 @@ def offline_benchmark(case):
 def resume_margin_none(case):
     import json
     run = _digits_run(case)
-    if run is None:
-        return None, "(the digits run failed)"
     path = os.path.join(run, "config.json")
     config = json.load(open(path))
     config["margin"] = None
@@ -904,8 +882,6 @@ def list_file(how):
 
 def bomb_strict(case):
     run = _digits_run(case)
-    if run is None:
-        return None, "(the digits run failed)"
     from PIL import Image
     Image.new("RGB", (300, 300)).save(case.path("big.png"))
     script = ("import sys\nfrom PIL import Image\nImage.MAX_IMAGE_PIXELS = 300 * 300 - 1\n"
@@ -917,42 +893,8 @@ def bomb_strict(case):
                                                               if lines else "-"))
 
 
-def edited_sha256(case):
-    """index.json's checkpoint_sha256 edited: the checkpoint no longer matches it."""
-    import json
-    run = _digits_run(case)
-    if run is None:
-        return None, "(the digits run failed)"
-    ix = index_of(case, run)
-    if ix is None:
-        return None, "(the index failed)"
-    path = os.path.join(ix, "index.json")
-    data = json.load(open(path))
-    data["checkpoint_sha256"] = "0" * 64
-    json.dump(data, open(path, "w"))
-    code, err, _ = case.dml("search", ix, os.path.join(case.path("photos"), "cat", "0.png"),
-                            "-k", "2", timeout=300)
-    return code, _tmp(case, explain(err) if code else "searched")
-
-
-def pruned_checkpoint(case):
-    run = _digits_run(case)
-    if run is None:
-        return None, "(the digits run failed)"
-    ix = index_of(case, run)
-    if ix is None:
-        return None, "(the index failed)"
-    for path in glob.glob(os.path.join(run, "params", "net-*.params")):
-        os.remove(path)
-    code, err, _ = case.dml("search", ix, os.path.join(case.path("photos"), "cat", "0.png"),
-                            "-k", "2", timeout=300)
-    return code, _tmp(case, explain(err) if code else "searched")
-
-
 def compare_truncated(case):
     run = _digits_run(case)
-    if run is None:
-        return None, "(the digits run failed)"
     shutil.copytree(run, run + "-cut")
     open(os.path.join(run + "-cut", "metrics.json"), "w").write('{"map_at_r": 0.8')
     proc = subprocess.run([sys.executable, "-m", "dml", "compare", case.path("run")],
@@ -971,12 +913,13 @@ ISSUE_26 = [
     ("embed a FIFO named x.png", embed_fifo),
     ("embed -o onto a folder", embed_onto_folder),
     ("embed -o out.npy, out.npy.tmp a planted link", embed_through_link),
-    ("search an index whose index.faiss was swapped", swapped_faiss),
+    ("search an index whose index.faiss was swapped",
+     damaged_index(swap_faiss, folder="a", searched="searched the swapped index")),
     ("compare a copied run folder", copied_run_compare),
     ("CUB images.txt path ../../etc/hostname", cub_outside),
-    ("search with index.json cut in half", index_damaged("half")),
-    ("search, index.json kind hnsw on a flat index", index_damaged("hnsw")),
-    ("search, items.csv header edited", index_damaged("header")),
+    ("search with index.json cut in half", damaged_index(half_index_json)),
+    ("search, index.json kind hnsw on a flat index", damaged_index(hnsw_kind)),
+    ("search, items.csv header edited", damaged_index(items_header)),
     ("run.embed(\"0.png\")", python_embed("'0.png'")),
     ("run.embed(np.zeros((0, 0, 3), np.uint8))", python_embed("np.zeros((0, 0, 3), np.uint8)")),
     ("evaluate --data-root MOVED, MOVED lost a test class", moved_data_lost_a_test_class),
@@ -1008,7 +951,7 @@ ISSUE_26 = [
     ("embed -o /proc/x.npy", command(lambda c, r: ["embed", r, _query_images(c), "-o",
                                                    "/proc/x.npy"])),
     ("two index -o racing for one folder", racing_indexes),
-    ("search, index.faiss claiming 2^37 vectors", huge_faiss),
+    ("search, index.faiss claiming 2^37 vectors", damaged_index(claim_2_37)),
     ("an image rewritten with the same size and mtime", same_size_and_time),
     ("two train --resume of one run at once", two_resumes),
     ("embed /dev/zero", command(lambda c, r: ["embed", r, "/dev/zero", "-o", c.path("z.npy")],
@@ -1032,8 +975,8 @@ ISSUE_26 = [
     ("a list file naming a missing image", list_file("missing")),
     ("a list file with a UTF-8 byte order mark", list_file("bom")),
     ("a decompression bomb under --strict", bomb_strict),
-    ("index.json's checkpoint_sha256 edited", edited_sha256),
-    ("search an index whose checkpoint was pruned", pruned_checkpoint),
+    ("index.json's checkpoint_sha256 edited", damaged_index(edit_checkpoint_sha256)),
+    ("search an index whose checkpoint was pruned", damaged_index(prune_checkpoints)),
     ("compare with one truncated metrics.json", compare_truncated),
 ]
 
