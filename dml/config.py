@@ -133,16 +133,17 @@ def from_options(options, default_gpus=None):
     from .errors import DmlError
     from .methods import get_method
     from .registry import (DATASETS, LOSS_PARAMETERS, MARGIN_HEAD_METHODS, METHOD_MINERS,
-                           METHODS, MINER_METHODS, PROXY_METHODS)
+                           MINER_METHODS, PROXY_METHODS)
 
     given = {k: v for k, v in options.items() if v is not None}
     method_name = given.get("method") or "triplet_semihard"
     dataset = given.get("dataset") or "digits"
-    if method_name not in METHODS:
-        raise DmlError("unknown method %r: choose one of %s" % (method_name, ", ".join(METHODS)))
+    try:
+        method = get_method(method_name)  # an unknown name lists the valid ones
+    except ValueError as err:
+        raise DmlError(str(err)) from None
     if dataset not in DATASETS:
         raise DmlError("unknown dataset %r: choose one of %s" % (dataset, ", ".join(DATASETS)))
-    method = get_method(method_name)
     if "selector" in given and not method.selectors:
         raise DmlError("`selector` applies to online_triplet and online_contrastive, not %s"
                        % method_name)

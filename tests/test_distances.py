@@ -84,6 +84,9 @@ def test_names_and_objects_are_interchangeable_and_an_unknown_name_lists_the_val
     from dml.losses import TripletSemiHardLoss
     from dml.miners import TripletSemiHardMiner
 
+    from dml.registry import DISTANCES
+
+    assert [get_distance(name).name for name in DISTANCES] == list(DISTANCES)
     assert get_distance("cosine") is COSINE and get_distance(COSINE) is COSINE
     assert (EUCLIDEAN.code, SQUARED.code, COSINE.code) == (0, 1, 2)
     assert COSINE == "cosine" and "squared" == SQUARED and COSINE != EUCLIDEAN

@@ -2,7 +2,6 @@
 commands, the device checks, the console log and the metrics table."""
 import argparse
 import logging
-import os
 import sys
 
 from ..argtypes import finite_float as _finite_float
@@ -181,10 +180,11 @@ def _report_problems(problems, total):
 
 
 def _absolute_data_root(args):
-    """``--data-root`` as an absolute path, so that evaluate and --resume find the data from any
-    folder."""
-    if getattr(args, "data_root", None):
-        args.data_root = os.path.abspath(os.path.expanduser(args.data_root))
+    """``--data-root`` as an absolute path (:func:`dml.config.absolute_data_root`), so that
+    evaluate finds the data from any folder."""
+    from ..config import absolute_data_root
+
+    args.data_root = absolute_data_root(getattr(args, "data_root", None))
 
 
 def _all_gpus():

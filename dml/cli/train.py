@@ -17,12 +17,11 @@ def config_from_args(args):
     """The checked RunConfig of ``dml train``'s options (:func:`dml.config.from_options`, or
     :func:`dml.config.resumed` with ``--resume``): the checks live there, with the parameters'
     names, which :func:`dml.cli.as_flags` shows as flags."""
-    from ..config import from_options, resumed
+    from ..config import from_options
 
-    options = vars(args)
     if args.resume is not None:
-        return resumed(args.resume, options)
-    return from_options(options, default_gpus=_all_gpus)
+        return resume_config(args)
+    return from_options(vars(args), default_gpus=_all_gpus)
 
 
 def resume_config(args):
