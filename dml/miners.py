@@ -21,11 +21,8 @@ def _host(embeddings, labels):
     return np.asarray(x, dtype=np.float64), np.asarray(y).reshape(-1)
 
 
-unit_rows_np = unit_rows  # dml.distances defines the unit rows, once
-
-
 def cosine_similarity_np(x):
-    unit = unit_rows_np(x)
+    unit = unit_rows(x)
     return unit @ unit.T
 
 
@@ -74,7 +71,7 @@ class MultiSimilarityMiner:
             positive, negative = pair_masks_np(y)
         else:
             refs, ref_y = _host(ref_emb, ref_labels)
-            sim = unit_rows_np(x) @ unit_rows_np(refs).T
+            sim = unit_rows(x) @ unit_rows(refs).T
             positive = y[:, None] == ref_y[None, :]
             negative = ~positive
         return self.mine(sim, positive, negative)

@@ -24,13 +24,9 @@ worker order, so all memories are equal; each worker's anchors are its own share
 import numpy as np
 from mxnet import gluon
 
-from ..distances import unit_rows
-from .references import HostScore, contrastive_reference_loss, reference_masks
+from .references import contrastive_reference_loss, reference_masks
 
-# Their names before dml.distances and dml.losses.references held them.
-_unit = unit_rows
-contrastive_memory_loss = contrastive_reference_loss
-_MemoryScore = HostScore
+contrastive_memory_loss = contrastive_reference_loss  # its name before dml.losses.references
 
 
 class CrossBatchMemory(gluon.Block):

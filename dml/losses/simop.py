@@ -33,10 +33,6 @@ DEFAULTS = {
 _NO_MINING = np.zeros(0, dtype=np.float64)  # no thresholds: every pair counts
 
 
-def _unit(x):
-    return unit_rows(x, return_norms=True)
-
-
 def _codes(labels, ref_labels=None):
     labels = np.asarray(labels).reshape(-1)
     if ref_labels is None:
@@ -157,7 +153,7 @@ def similarity_loss(x, labels, kind, params=None, mine_epsilon=None, need_grad=F
     if not np.isfinite(x).all():
         return _nan_result(x, need_grad)
     p = _params(kind, params)
-    U, norms = _unit(x)
+    U, norms = unit_rows(x, return_norms=True)
     S = U @ U.T
     codes, _ = _codes(labels)
     own = np.arange(len(x), dtype=np.int64)
@@ -184,8 +180,8 @@ def memory_loss(x, labels, refs, ref_labels, own, kind, params=None, mine_epsilo
     if not np.isfinite(x).all():
         return _nan_result(x, need_grad)[:3]
     p = _params(kind, params)
-    U, norms = _unit(x)
-    R, _ = _unit(np.ascontiguousarray(refs, dtype=x.dtype))
+    U, norms = unit_rows(x, return_norms=True)
+    R = unit_rows(np.ascontiguousarray(refs, dtype=x.dtype))
     S = U @ R.T
     codes, ref_codes = _codes(labels, ref_labels)
     own = np.asarray(own, dtype=np.int64)
