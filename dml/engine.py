@@ -19,8 +19,8 @@ from tqdm import tqdm
 from .errors import DmlError, error_summary
 from .data import BatchLoader, SequentialBatches
 from .evaluation import all_metrics, embed, retrieval_metrics
-from .hooks import (Hooks, NonFiniteLoss, RunRecorder, StopGuard, TensorBoardLogger,
-                    TrainingInterrupted, TrainState, set_rng_state)
+from .hooks import (Hooks, NonFiniteLoss, RunCompleter, RunRecorder, StopGuard,
+                    TensorBoardLogger, TrainingInterrupted, TrainState, set_rng_state)
 from .methods import get_method
 from .nets import EmbeddingNet
 from .config import check_workers, validate
@@ -384,59 +384,60 @@ def fit(cfg, splits, run_dir, net=None, ctx=None, resume=None, workers=None, hoo
     """Train ``cfg.method`` on ``splits.train``, record everything in ``run_dir`` (a path or a
     :class:`dml.runs.RunDir`) and return the final metrics (None on workers other than rank 0).
 
-    The loop: for each epoch, set the learning rate, then for each batch ``train_step`` and the
-    hooks' ``batch_end``; at the epoch's end the hooks' ``epoch_end``; after the last epoch
-    ``train_end``. The default hooks (:func:`default_hooks`) are the stop guard, the run recorder
-    and the TensorBoard logger; ``hooks`` adds more after them. ``resume``: a complete checkpoint's
-    state (:meth:`dml.runs.RunDir.complete_checkpoints`) to continue from, exactly.
+    The loop: the hooks' ``train_start``; for each epoch, set the learning rate and call
+    ``epoch_begin``, then for each batch ``train_step`` and ``batch_end``; at the epoch's end
+    ``epoch_end``; after the last epoch ``train_end``, and once the hooks are left ``fit_end``
+    (:mod:`dml.events`). The default hooks (:func:`default_hooks`) are the stop guard, the health
+    monitor, the run recorder, the TensorBoard logger and what writes metrics.json; ``hooks``
+    adds more, placed among them by their ``priority`` (0, the recorder's, by default: after it,
+    before the logger). ``resume``: a complete checkpoint's state
+    (:meth:`dml.runs.RunDir.complete_checkpoints`) to continue from, exactly.
 
     Raises :class:`dml.hooks.TrainingInterrupted` after Ctrl-C or SIGTERM (a checkpoint written)
     and :class:`dml.hooks.NonFiniteLoss` when the loss or the weights are NaN or infinite
     (nothing written after the last good checkpoint)."""
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     state, loader = prepare_training(cfg, splits, net, ctx, workers)
-    recorder, logger, chain = default_hooks(cfg, splits, run_dir, state, hooks)
+    chain = default_hooks(cfg, splits, run_dir, state, hooks)
     if resume is not None:
         resume_state(run_dir, state, loader, resume)
     cosine = cfg.lr_schedule == "cosine"
-    try:
-        with chain:
-            chain.train_start(state)
-            for epoch in range(state.epoch + (state.skip == 0), cfg.epochs + 1):
-                state.trainer.set_learning_rate(learning_rate_at(cfg, epoch))
-                loader.set_epoch(epoch - 1, skip=state.skip)
-                state.begin_epoch(epoch, len(loader))
-                with tqdm(total=len(loader), initial=state.skip, desc="epoch %d/%d" % (
-                        epoch, cfg.epochs), unit="batch", disable=None, leave=False,
-                          dynamic_ncols=True) as bar:
-                    state.skip = 0
-                    for batch in loader:
-                        if cosine:  # (per batch: from the step, so a resumed run is the same)
-                            state.trainer.set_learning_rate(learning_rate_at(
-                                cfg, epoch, state.step, cfg.epochs * len(loader)))
-                        state.input_shape = batch[0].shape[1:]
-                        state.add_batch(*train_step(state.method, state.model, state.loss_fn,
-                                                    state.trainer, batch, state.ctx,
-                                                    state.workers, state.parallel))
-                        chain.batch_end(state)
-                        if state.checked_loss is not None:
-                            bar.set_postfix(loss="%.4f" % (state.epoch_loss.asscalar() / state.seen))
-                        bar.update(1)
-                chain.epoch_end(state)
-                log.info("epoch %d/%d: %s, %.0f s", epoch, cfg.epochs, _epoch_summary(state),
-                         state.elapsed())
-                if state.guard.requested and epoch < cfg.epochs:
-                    raise TrainingInterrupted(state.last_good, state.guard.requested)
-            # a worker's last gradient push must reach the servers before it exits (MXNet stops
-            # its engine at exit without finishing it, and the other workers would wait for ever)
-            mx.nd.waitall()
-            state.train_seconds = state.elapsed()
-            if not state.workers.writes:
-                return None
-            chain.train_end(state)
-    finally:
-        logger.close()
-    recorder.finish(state)
+    with chain:  # (leaving it restores the signal handlers and closes TensorBoard's files)
+        chain.train_start(state)
+        for epoch in range(state.epoch + (state.skip == 0), cfg.epochs + 1):
+            state.trainer.set_learning_rate(learning_rate_at(cfg, epoch))
+            loader.set_epoch(epoch - 1, skip=state.skip)
+            state.begin_epoch(epoch, len(loader))
+            chain.epoch_begin(state)
+            with tqdm(total=len(loader), initial=state.skip, desc="epoch %d/%d" % (
+                    epoch, cfg.epochs), unit="batch", disable=None, leave=False,
+                      dynamic_ncols=True) as bar:
+                state.skip = 0
+                for batch in loader:
+                    if cosine:  # (per batch: from the step, so a resumed run is the same)
+                        state.trainer.set_learning_rate(learning_rate_at(
+                            cfg, epoch, state.step, cfg.epochs * len(loader)))
+                    state.input_shape = batch[0].shape[1:]
+                    state.add_batch(*train_step(state.method, state.model, state.loss_fn,
+                                                state.trainer, batch, state.ctx,
+                                                state.workers, state.parallel))
+                    chain.batch_end(state)
+                    if state.checked_loss is not None:
+                        bar.set_postfix(loss="%.4f" % (state.epoch_loss.asscalar() / state.seen))
+                    bar.update(1)
+            chain.epoch_end(state)
+            log.info("epoch %d/%d: %s, %.0f s", epoch, cfg.epochs, _epoch_summary(state),
+                     state.elapsed())
+            if state.guard.requested and epoch < cfg.epochs:
+                raise TrainingInterrupted(state.last_good, state.guard.requested)
+        # a worker's last gradient push must reach the servers before it exits (MXNet stops
+        # its engine at exit without finishing it, and the other workers would wait for ever)
+        mx.nd.waitall()
+        state.train_seconds = state.elapsed()
+        if not state.workers.writes:
+            return None
+        chain.train_end(state)
+    chain.fit_end(state)  # metrics.json, after the figures and TensorBoard's files are closed
     return state.metrics
 
 
@@ -498,8 +499,9 @@ def selection_split(cfg, splits):
 
 
 def default_hooks(cfg, splits, run_dir, state, extra=None):
-    """``(recorder, logger, hooks)``: the stop guard, the :class:`dml.hooks.RunRecorder` and the
-    :class:`dml.hooks.TensorBoardLogger` of ``run_dir``, then ``extra``."""
+    """The :class:`dml.hooks.Hooks` of a run of ``cfg``: the stop guard, the health monitor, the
+    :class:`dml.hooks.RunRecorder` and the :class:`dml.hooks.TensorBoardLogger` of ``run_dir``,
+    with ``extra``, in the order of their priorities."""
     method = state.method
     state.guard = StopGuard(state.model, cfg.log_interval)
     # the validation loss of siamese/triplet: on the held-out classes when there are some
@@ -509,12 +511,30 @@ def default_hooks(cfg, splits, run_dir, state, extra=None):
         val_loader = eval_loader(cfg, splits, val_set)
         val_loss = lambda s: validation_loss(s.method, s.model, s.loss_fn, val_loader, s.ctx)  # noqa: E731
     recorder = RunRecorder(
-        run_dir, cfg, lambda s, full, on="test": score_for_run(cfg, splits, s.net, s.ctx, full,
-                                                                on=on),
-        val_loss, select_on=selection_split(cfg, splits))
-    logger = TensorBoardLogger(run_dir, cfg, writes=state.workers.writes)
+        run_dir, lambda s, full, on="test": score_for_run(cfg, splits, s.net, s.ctx, full, on=on),
+        cfg.method, cfg.embedding_dim, save_period=cfg.save_period, eval_period=cfg.eval_period,
+        keep_checkpoints=cfg.keep_checkpoints, val_loss=val_loss,
+        select_on=selection_split(cfg, splits))
+    logger = tensorboard_logger(run_dir, cfg, writes=state.workers.writes)
     health = [health_monitor(cfg, splits)] if state.workers.writes else []
-    return recorder, logger, Hooks([state.guard] + health + [recorder, logger] + list(extra or []))
+    completer = [RunCompleter(run_dir)] if state.workers.writes else []
+    return Hooks([state.guard] + health + [recorder, logger] + completer + list(extra or []))
+
+
+def experiment_hparams(cfg):
+    """The options of ``cfg`` that define the experiment (the seed too): what TensorBoard's
+    HParams tab lists for the run."""
+    from .compare import NOT_THE_EXPERIMENT
+
+    return {key: value for key, value in cfg.to_dict().items()
+            if key not in NOT_THE_EXPERIMENT or key == "seed"}
+
+
+def tensorboard_logger(run_dir, cfg, writes=True):
+    """The :class:`dml.hooks.TensorBoardLogger` of a run of ``cfg`` in ``run_dir``."""
+    return TensorBoardLogger(run_dir, cfg.epochs, title="%s on %s" % (cfg.method, cfg.dataset),
+                             hparams=experiment_hparams(cfg), distance=cfg.distance,
+                             projector_points=cfg.projector_points, seed=cfg.seed, writes=writes)
 
 
 def health_monitor(cfg, splits):
@@ -681,12 +701,9 @@ def reevaluate(run_dir, checkpoint=None, split=None, gpus=None, data_root=None,
 
         metrics.update(verification_thresholds(embeddings, labels, cfg.distance))
 
-    logger = TensorBoardLogger(run, cfg)
-    try:
+    with tensorboard_logger(run, cfg) as logger:
         logger.add_projector(embeddings, labels, splits, epoch, tag="%s_embedding" % split)
         figures = logger.figures(splits, embeddings, labels, history, epoch)
-    finally:
-        logger.close()
     metrics.update(embedding_dim=cfg.embedding_dim, epochs=epoch,
                    checkpoint=checkpoint if checkpoint in ("last", "best") else path)
     for key in ("selected_on", "val_map_at_r"):  # how training chose this checkpoint

@@ -26,6 +26,8 @@ import logging
 
 import numpy as np
 
+from .events import MEASURE, EpochEnd, TrainStart
+
 log = logging.getLogger("dml")
 
 HEALTH_KEYS = ("map_at_r", "precision_at_1", "spread", "effective_rank", "spectral_decay")
@@ -108,17 +110,39 @@ def heldout_sample(dataset, max_points=MAX_POINTS, seed=0):
     return np.flatnonzero(np.isin(labels, chosen))
 
 
-class HealthMonitor:
+def _embedder(mean, std, batch_size):
+    """``embed(net, dataset)`` on the contexts of ``net``'s parameters."""
+    if mean is None or std is None:
+        raise ValueError("HealthMonitor needs embed, or the normalization's mean and std")
+
+    def embed(net, dataset):
+        from .data import BatchLoader, SequentialBatches
+        from .evaluation import embed as embed_loader
+
+        ctx = next(iter(net.collect_params().values())).list_ctx()
+        return embed_loader(net, BatchLoader(dataset, SequentialBatches(len(dataset), batch_size),
+                                             mean, std, num_workers=0), ctx)
+    return embed
+
+
+class HealthMonitor(TrainStart, EpochEnd):
     """The training-health hook (module docstring). ``dataset``: the held-out images (a dml
     dataset of uint8 images and labels: the validation classes, or a sample of the training
     split, :func:`heldout_sample`); ``what`` names it in messages; ``embed(net, dataset)`` returns
-    ``(embeddings, labels)`` as evaluation embeds them. Statistics go to ``state.health`` (the
+    ``(embeddings, labels)`` as evaluation embeds them (without it: the images normalized with
+    ``mean`` and ``std``, as :func:`dml.evaluation.evaluate` does). Statistics go to ``state.health`` (the
     epoch's, as ``health_<key>`` entries of the history) and ``state.health_baseline`` (the
-    untrained network's, kept in checkpoints)."""
+    untrained network's, kept in checkpoints). It measures after the stop guard and before the
+    recorder (``MEASURE``), which copies ``state.health`` into the epoch's history."""
+    priority = MEASURE
 
-    def __init__(self, dataset, embed, distance="euclidean", what="held-out classes"):
+    def __init__(self, dataset, embed=None, distance="euclidean", what="held-out classes",
+                 mean=None, std=None, batch_size=256):
+        if embed is None:  # as dml.evaluation.evaluate embeds, normalized with mean and std
+            embed = _embedder(mean, std, batch_size)
         self.dataset, self.embed, self.distance, self.what = dataset, embed, distance, what
         self._warned_collapse = False
+        self._records = []  # this process's epochs (a user's loop keeps no history)
 
     def measure(self, net):
         embeddings, labels = self.embed(net, self.dataset)
@@ -138,11 +162,12 @@ class HealthMonitor:
                                        if state.epoch_zero is not None else 0.0)
         state.health = {"health_" + k: v for k, v in health.items()}
         self._warn(state, health)
+        self._records.append({"epoch": state.epoch, "health_map_at_r": health["map_at_r"]})
 
     def _below_since(self, state, health):
         """The first epoch of the current stretch of epochs below the untrained network."""
         since = state.epoch
-        for record in reversed(state.history):
+        for record in reversed(state.history or self._records):
             value = record.get("health_map_at_r")
             if value is None or value >= health["untrained_map_at_r"]:
                 break

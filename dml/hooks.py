@@ -1,15 +1,25 @@
-"""What hangs off the training loop (:func:`dml.engine.fit`), as named hooks in the manner of
-pytorch-metric-learning's hook container and GluonCV's ``train()``:
+"""What hangs off the training loop (:func:`dml.engine.fit`), as hooks in the manner of MXNet's
+``gluon.contrib.estimator.event_handler``: a hook declares the events it handles by the mixins it
+inherits (:class:`TrainStart`, :class:`EpochBegin`, :class:`BatchEnd`, :class:`EpochEnd`,
+:class:`TrainEnd`, :class:`FitEnd`), takes what it needs as constructor arguments, and has a
+``priority`` (smaller first; ties keep the order given). :class:`Hooks` calls them with the
+:class:`TrainState`; a user's own loop can drive them too (``examples/train_loop.py``).
 
-- :class:`StopGuard`: signals (Ctrl-C, SIGTERM) and the one non-finite check;
-- :class:`RunRecorder`: checkpoints, history, periodic evaluation and the best checkpoint, the
-  export and metrics.json, all through :class:`dml.runs.RunDir`;
-- :class:`TensorBoardLogger`: scalars, the projector, the session start of a resumed run and the
-  figures.
+The built-in hooks, in the order their priorities give:
 
-Each hook has ``train_start``, ``batch_end``, ``epoch_end`` and ``train_end`` (any may be left
-out); :class:`Hooks` calls them in list order with the :class:`TrainState`. A hook can be used
-without the CLI (see ``examples/train_loop.py``).
+- :class:`StopGuard` (``GUARD``): signals (Ctrl-C, SIGTERM) and the one non-finite check; sets
+  ``state.checked_loss`` and ``state.mean_loss``;
+- :class:`dml.health.HealthMonitor` (``MEASURE``): held-out retrieval beside the untrained
+  network; sets ``state.health``;
+- :class:`RunRecorder` (``RECORD``): checkpoints, history, periodic evaluation and the best
+  checkpoint, the final evaluation; sets ``state.record``, ``state.evaluation``,
+  ``state.metrics``;
+- :class:`TensorBoardLogger` (``REPORT``): scalars, the projector, the session start of a
+  resumed run and the figures, from what the hooks before it set;
+- :class:`RunCompleter` (``COMPLETE``): at :class:`FitEnd`, metrics.json, last of all.
+
+A hook without mixins that has methods of the events' names is still called (duck typing), at
+priority 0.
 """
 import logging
 import signal
@@ -20,9 +30,18 @@ import mxnet as mx
 import numpy as np
 
 from .evaluation import METRIC_KEYS, RETRIEVAL_KEYS
+from .events import (COMPLETE, EVENTS, GUARD, MEASURE, RECORD, REPORT, BatchEnd, EpochBegin,
+                     EpochEnd, FitEnd, Hook, Hooks, TrainEnd, TrainStart, handles)
 from .runs import checkpoint_id as _checkpoint_id
 
 log = logging.getLogger("dml")
+
+__all__ = ["COMPLETE", "EVENTS", "GUARD", "MEASURE", "RECORD", "REPORT", "BatchEnd", "EpochBegin",
+           "EpochEnd", "FitEnd", "Hook", "Hooks", "TrainEnd", "TrainStart", "handles", "TrainState",
+           "TrainingInterrupted", "NonFiniteLoss", "StopGuard", "RunRecorder", "RunCompleter",
+           "TensorBoardLogger",
+           "non_finite_parameters", "rng_state", "set_rng_state", "warn_below_baselines",
+           "tsv_cell", "projector_sample"]
 
 
 class TrainingInterrupted(Exception):
@@ -49,10 +68,15 @@ class TrainState:
     """What the loop and its hooks share: the pieces being trained and where training stands.
     ``epoch_loss``/``epoch_stat`` are the running sums (1-element arrays) over the ``seen``
     batches of ``epoch``; ``record`` the finished epoch's history entry; ``evaluation`` the
-    latest ``(metrics, embeddings, labels)``."""
+    latest ``(metrics, embeddings, labels)``.
 
-    def __init__(self, cfg, splits, net, model, loss_fn, trainer, method, ctx, workers):
+    A user's own loop builds it with what its hooks read (``TrainState(net=net, epochs=3)`` for
+    the health monitor) and calls :meth:`begin_epoch` and :meth:`add_batch`."""
+
+    def __init__(self, cfg=None, splits=None, net=None, model=None, loss_fn=None, trainer=None,
+                 method=None, ctx=None, workers=None, epochs=None):
         self.cfg, self.splits, self.net, self.model = cfg, splits, net, model
+        self.epochs = epochs if epochs is not None else cfg.epochs  # the run's last epoch
         self.loss_fn, self.trainer, self.method, self.ctx, self.workers = (
             loss_fn, trainer, method, ctx, workers)
         # devices sharing BatchNorm statistics: each device's passes in a thread of their own
@@ -79,7 +103,9 @@ class TrainState:
         """Training seconds, the stopped processes' included."""
         return self.done_seconds + time.time() - self.started
 
-    def add_batch(self, loss, stat):
+    def add_batch(self, loss, stat=None):
+        """One step's ``loss`` (1-element array) and the loss's ``stat`` (or None)."""
+        stat = loss * 0 if stat is None else stat
         self.step += 1
         self.seen += 1
         self.batch_loss = loss
@@ -103,38 +129,7 @@ class TrainState:
 
     @property
     def final_epoch(self):
-        return self.epoch == self.cfg.epochs
-
-
-class Hooks:
-    """Calls each hook's ``train_start``/``batch_end``/``epoch_end``/``train_end`` in order;
-    entering it enters every hook that is a context manager (the stop guard's signal
-    handlers)."""
-
-    def __init__(self, hooks):
-        self.hooks = list(hooks)
-
-    def __enter__(self):
-        for hook in self.hooks:
-            if hasattr(hook, "__enter__"):
-                hook.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        for hook in reversed(self.hooks):
-            if hasattr(hook, "__exit__"):
-                hook.__exit__(*exc)
-        return False
-
-    def __getattr__(self, event):
-        if event not in ("train_start", "batch_end", "epoch_end", "train_end"):
-            raise AttributeError(event)
-
-        def call(state):
-            for hook in self.hooks:
-                if hasattr(hook, event):
-                    getattr(hook, event)(state)
-        return call
+        return self.epoch == self.epochs
 
 
 def non_finite_parameters(block):
@@ -153,7 +148,7 @@ def non_finite_parameters(block):
 _STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
-class StopGuard:
+class StopGuard(TrainStart, BatchEnd, EpochEnd):
     """What stops a run early: a signal, or a value that is no longer finite.
 
     While active, Ctrl-C (SIGINT) and SIGTERM (what Slurm, Kubernetes and ``timeout`` send before
@@ -165,8 +160,9 @@ class StopGuard:
     :meth:`check` is the one non-finite check: the loss (NaN whenever an embedding is, see
     :func:`dml.losses.base.propagate_non_finite`) and every parameter of ``model``; it runs every
     ``log_interval`` steps (the only host synchronisation of the loop) and at each epoch's end,
-    before its checkpoint.
+    before its checkpoint. It is ``state.guard`` (the recorder reads ``requested``).
     """
+    priority = GUARD
 
     def __init__(self, model, log_interval=10):
         self.model, self.log_interval = model, log_interval
@@ -176,6 +172,7 @@ class StopGuard:
 
     def train_start(self, state):
         self._state = state
+        state.guard = self
 
     def _handle(self, signum, frame):
         if self.requested is not None:  # the second signal: stop now, nothing more written
@@ -238,7 +235,7 @@ def set_rng_state(state):
     random.setstate((version, tuple(internal), gauss_next))
 
 
-class RunRecorder:
+class RunRecorder(TrainStart, BatchEnd, EpochEnd, TrainEnd):
     """Everything a run keeps on disk, through its :class:`dml.runs.RunDir`: a checkpoint every
     ``save_period`` epochs, at the end and when a stop is requested (a partial-epoch one when it
     comes mid-epoch); ``logs/history.json``; model selection; at the end the full evaluation,
@@ -255,16 +252,25 @@ class RunRecorder:
     - ``"test"``: the test split itself (explicit test-set feedback); metrics.json reports the
       final epoch.
     - None: no periodic evaluation; the final epoch is the model and ``params/best/``.
-    """
 
-    def __init__(self, run_dir, cfg, evaluate, val_loss=None, select_on=None, baselines=True):
-        self.run_dir, self.cfg, self.evaluate, self.val_loss = run_dir, cfg, evaluate, val_loss
+    ``method`` (its name) and ``embedding_dim`` are recorded in checkpoints and metrics.json;
+    ``keep_checkpoints`` complete checkpoints are kept. Its final metrics (``state.metrics``)
+    reach metrics.json through :class:`RunCompleter`, last of all.
+    """
+    priority = RECORD
+
+    def __init__(self, run_dir, evaluate, method, embedding_dim, save_period=1, eval_period=0,
+                 keep_checkpoints=1, val_loss=None, select_on=None, baselines=True):
+        self.run_dir, self.evaluate, self.val_loss = run_dir, evaluate, val_loss
+        self.method, self.embedding_dim = method, embedding_dim
+        self.save_period, self.eval_period = save_period, eval_period
+        self.keep_checkpoints = keep_checkpoints
         self.select_on, self.baselines = select_on, baselines
 
     def _state(self, state, epoch_sums=None):
         return {"step": state.step, "best_map": state.best_map, "history": state.history,
                 "rng": rng_state(), "train_seconds": round(state.elapsed(), 3),
-                "method": self.cfg.method, "partial": epoch_sums,
+                "method": self.method, "partial": epoch_sums,
                 "health_baseline": state.health_baseline, "baselines": state.baselines}
 
     def train_start(self, state):
@@ -298,7 +304,7 @@ class RunRecorder:
                                            self._state(state, epoch_sums), batch=batch,
                                            save_trainer=state.workers.saves_trainer,
                                            net_file=net_file, memory=memory)
-        self.run_dir.prune(self.cfg.keep_checkpoints)
+        self.run_dir.prune(self.keep_checkpoints)
         return cid
 
     def batch_end(self, state):
@@ -330,7 +336,7 @@ class RunRecorder:
         return metrics
 
     def epoch_end(self, state):
-        cfg, stat = self.cfg, state.method.stat
+        stat = state.method.stat
         state.record = record = {"epoch": state.epoch, "train_loss": state.mean_loss,
                                  stat: state.epoch_stat.asscalar() / max(state.seen, 1),
                                  "learning_rate": state.trainer.learning_rate}
@@ -338,28 +344,28 @@ class RunRecorder:
         if self.val_loss is not None:
             record["val_loss"] = self.val_loss(state)
         state.evaluation = None
-        if (state.workers.writes and self.select_on and cfg.eval_period
-                and state.epoch % cfg.eval_period == 0 and not state.final_epoch):
+        if (state.workers.writes and self.select_on and self.eval_period
+                and state.epoch % self.eval_period == 0 and not state.final_epoch):
             self._select(state, state.epoch)  # the last epoch is scored at the end
         state.history.append(record)
-        if ((cfg.save_period and state.epoch % cfg.save_period == 0) or state.final_epoch
+        if ((self.save_period and state.epoch % self.save_period == 0) or state.final_epoch
                 or state.guard.requested):
             state.last_good = self.checkpoint(state)
         if state.workers.writes:
             self.run_dir.write_history(state.history)
 
     def train_end(self, state):
-        cfg = self.cfg
-        final = state.last_good if state.last_good == _checkpoint_id(cfg.epochs) else None
-        reported, checkpoint = cfg.epochs, "last"
+        epochs = state.epochs
+        final = state.last_good if state.last_good == _checkpoint_id(epochs) else None
+        reported, checkpoint = epochs, "last"
         extra = {}
         if self.select_on == "val":
             state.record = state.history[-1]
-            self._select(state, cfg.epochs, final_cid=final)
+            self._select(state, epochs, final_cid=final)
             best = self.run_dir.read_best()
             reported, checkpoint = int(best["epoch"]), "best"
             extra = dict(selected_on="validation", val_map_at_r=best["val_map_at_r"])
-            if reported != cfg.epochs:  # the test split is scored with the selected weights
+            if reported != epochs:  # the test split is scored with the selected weights
                 from .nets import load_weights
 
                 load_weights(state.net, self.run_dir.best_file, ctx=state.ctx)
@@ -367,20 +373,29 @@ class RunRecorder:
                          "is scored with its weights", reported, best["val_map_at_r"])
         state.evaluation = metrics, _, _ = self.evaluate(state, full=True)
         if self.select_on != "val" and metrics["map_at_r"] > state.best_map:
-            self.run_dir.save_best(state.net, cfg.epochs, metrics, final_cid=final,
+            self.run_dir.save_best(state.net, epochs, metrics, final_cid=final,
                                    input_shape=state.input_shape)
         record = next(h for h in state.history if h["epoch"] == reported)
         record.update((k, metrics[k]) for k in METRIC_KEYS if k in metrics)
         self.run_dir.write_history(state.history)
-        metrics.update(embedding_dim=cfg.embedding_dim, epochs=reported, checkpoint=checkpoint,
+        metrics.update(embedding_dim=self.embedding_dim, epochs=reported, checkpoint=checkpoint,
                        train_seconds=round(state.train_seconds, 2), **extra)
         metrics.update(state.baselines or {})
         warn_below_baselines(metrics, state.splits.split)
         state.metrics = metrics
         state.reported_epoch = reported
 
-    def finish(self, state):
-        """metrics.json, written last (after the figures): a run folder with it is complete."""
+
+
+class RunCompleter(FitEnd):
+    """metrics.json (``state.metrics``), written at the end of ``fit``, after every other hook
+    (``COMPLETE``): a run folder with it is complete."""
+    priority = COMPLETE
+
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+
+    def fit_end(self, state):
         self.run_dir.write(self.run_dir.METRICS, state.metrics)
 
 
@@ -404,15 +419,23 @@ class _NullWriter:
         return lambda *args, **kwargs: None
 
 
-class TensorBoardLogger:
+class TensorBoardLogger(TrainStart, BatchEnd, EpochEnd, TrainEnd):
     """mxboard scalars (``train/batch_loss`` every ``log_interval`` steps; per epoch the loss,
     learning rate, the method's stat, ``val/loss`` and ``eval/*``), the projector at each
     evaluation, the figures at the end, and on resume a ``SessionLog.START`` at the first new
     step, so TensorBoard drops what the stopped process logged after its checkpoint. Epoch
-    scalars are logged after the epoch's checkpoint: a resumed run never logs an epoch twice."""
+    scalars are logged after the epoch's checkpoint: a resumed run never logs an epoch twice.
 
-    def __init__(self, run_dir, cfg, writes=True):
-        self.run_dir, self.cfg = run_dir, cfg
+    ``title`` names the run in figures (``"triplet_semihard on digits"``); ``hparams`` are the
+    options TensorBoard's HParams tab lists (:func:`dml.engine.experiment_hparams`);
+    ``distance`` ranks the retrieval figure; ``projector_points`` and ``seed`` choose the pictured
+    embeddings. It closes its writer when the hooks are left (a context manager)."""
+    priority = REPORT
+
+    def __init__(self, run_dir, epochs, title="", hparams=None, distance="euclidean",
+                 projector_points=2000, seed=0, writes=True):
+        self.run_dir, self.epochs, self.title, self.options = run_dir, epochs, title, hparams
+        self.distance, self.projector_points, self.seed = distance, projector_points, seed
         if writes:
             from mxboard import SummaryWriter
 
@@ -422,6 +445,13 @@ class TensorBoardLogger:
 
     def close(self):
         self.writer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
     def train_start(self, state):
         if state.step:  # resumed
@@ -446,11 +476,11 @@ class TensorBoardLogger:
 
     def train_end(self, state):
         metrics, embeddings, labels = state.evaluation
-        epoch = state.reported_epoch or self.cfg.epochs
+        epoch = state.reported_epoch or self.epochs
         for key in RETRIEVAL_KEYS:  # the final epoch's validation score (train_end computes it)
             if "val_" + key in state.history[-1]:
                 self.writer.add_scalar("val/" + key, state.history[-1]["val_" + key],
-                                       global_step=self.cfg.epochs)
+                                       global_step=self.epochs)
         self.log_eval(metrics, epoch, METRIC_KEYS + ("verification_auc",))
         self.add_projector(embeddings, labels, state.splits, epoch,
                            tag="%s_embedding" % state.splits.split)
@@ -480,14 +510,10 @@ class TensorBoardLogger:
         self.writer.flush()
 
     def hparams(self):
-        """The run's options as TensorBoard's HParams tab shows them: every option that defines
-        the experiment (the seed too), numbers, booleans and strings (lists and None as text)."""
-        from .compare import NOT_THE_EXPERIMENT
-
+        """The options TensorBoard's HParams tab shows: numbers, booleans and strings (lists and
+        None as text)."""
         shown = {}
-        for key, value in self.cfg.to_dict().items():
-            if key in NOT_THE_EXPERIMENT and key != "seed":
-                continue
+        for key, value in (self.options or {}).items():
             if isinstance(value, (list, tuple)):
                 value = ",".join(map(str, value))
             shown[key] = "none" if value is None else value
@@ -497,7 +523,7 @@ class TensorBoardLogger:
         """The HParams plugin's session start (the run's options, :meth:`hparams`), in an event
         file of its own (:mod:`dml.hparams`): TensorBoard lists every run of a logdir with its
         options and the last value of each scalar (``eval/*``: the final metrics)."""
-        if isinstance(self.writer, _NullWriter):
+        if isinstance(self.writer, _NullWriter) or self.options is None:
             return
         from . import hparams
 
@@ -505,7 +531,7 @@ class TensorBoardLogger:
             hparams.session_start(self.hparams(), group_name=self.run_dir.path)])
 
     def hparams_end(self):
-        if isinstance(self.writer, _NullWriter):
+        if isinstance(self.writer, _NullWriter) or self.options is None:
             return
         from . import hparams
 
@@ -527,7 +553,7 @@ class TensorBoardLogger:
         names and sprite images (an earlier entry of the same name is replaced)."""
         if isinstance(self.writer, _NullWriter):
             return
-        chosen = projector_sample(len(labels), self.cfg.projector_points, self.cfg.seed)
+        chosen = projector_sample(len(labels), self.projector_points, self.seed)
         self.run_dir.drop_projector_entry("%s_%s" % (tag, str(step).zfill(6)))
         images, _ = splits.test.batch(chosen)
         self.writer.add_embedding(tag, embeddings[chosen],
@@ -540,19 +566,18 @@ class TensorBoardLogger:
         in TensorBoard's image tab. Returns the paths written."""
         from . import plots
 
-        cfg, written = self.cfg, []
+        written = []
         if history:
             written.append(("plots/loss", plots.loss_curve(
-                history, self.run_dir.plot("loss"),
-                title="%s on %s: training loss" % (cfg.method, cfg.dataset))))
-        chosen = projector_sample(len(labels), cfg.projector_points, cfg.seed)
+                history, self.run_dir.plot("loss"), title="%s: training loss" % self.title)))
+        chosen = projector_sample(len(labels), self.projector_points, self.seed)
         how = "t-SNE of the" if embeddings.shape[1] > 2 else "the"
-        points = plots.embedding_2d(embeddings[chosen], seed=cfg.seed)
+        points = plots.embedding_2d(embeddings[chosen], seed=self.seed)
         written.append(("plots/embedding_" + splits.split, plots.embedding_scatter(
             points, labels[chosen], splits.class_names,
             self.run_dir.plot("embedding_" + splits.split),
-            title="%s on %s: %s %d-D %s embedding (epoch %d)" % (
-                cfg.method, cfg.dataset, how, embeddings.shape[1], splits.split, step))))
+            title="%s: %s %d-D %s embedding (epoch %d)" % (
+                self.title, how, embeddings.shape[1], splits.split, step))))
         written.append(("plots/retrieval_" + splits.split, self.retrieval_figure(
             splits, embeddings, labels, step)))
         for tag, path in written:
@@ -567,25 +592,24 @@ class TensorBoardLogger:
         from . import plots
         from .evaluation import _neighbor_chunks, pairwise_distances_np
 
-        cfg = self.cfg
-        queries = plots.retrieval_queries(labels, seed=cfg.seed)
+        queries = plots.retrieval_queries(labels, seed=self.seed)
         k = min(self.RETRIEVAL_NEIGHBOURS, len(labels) - 1)
         neighbours = np.concatenate([nn for _, _, nn in _neighbor_chunks(
             np.asarray(embeddings, dtype=np.float64)[queries],
-            np.asarray(embeddings, dtype=np.float64), k + 1, cfg.distance,
+            np.asarray(embeddings, dtype=np.float64), k + 1, self.distance,
             exclude_self=False)])
         names = splits.class_names
         rows = []
         for q, nn in zip(queries, neighbours):
             nn = [int(i) for i in nn if i != q][:k]
             d = pairwise_distances_np(embeddings[q:q + 1].astype(np.float64),
-                                      embeddings[nn].astype(np.float64), cfg.distance)[0]
+                                      embeddings[nn].astype(np.float64), self.distance)[0]
             rows.append(dict(query=splits.test[int(q)][0], query_label=names[int(labels[q])],
                              neighbours=[(splits.test[i][0], names[int(labels[i])], dist)
                                          for i, dist in zip(nn, d)]))
         return plots.neighbour_grid(rows, self.run_dir.plot("retrieval_" + splits.split),
-                                    title="%s on %s: nearest %s images (epoch %d, %s distance)"
-                                    % (cfg.method, cfg.dataset, splits.split, step, cfg.distance))
+                                    title="%s: nearest %s images (epoch %d, %s distance)"
+                                    % (self.title, splits.split, step, self.distance))
 
 
 def tsv_cell(text):

@@ -12,9 +12,9 @@ from runhelpers import ROOT
 # Lowest first. A module may import modules of its own layer and of the layers above it in this
 # list (never below it); "dml.x.*" names every module of the subpackage dml.x.
 LAYERS = [
-    ("base: errors, version, environment, names, defaults and the distances",
+    ("base: errors, version, environment, names, defaults, the distances, the loop's events",
      ["dml.errors", "dml.version", "dml.environ", "dml.registry", "dml.argtypes",
-      "dml.distances"]),
+      "dml.distances", "dml.events"]),
     ("data, networks and the host operators",
      ["dml.data", "dml.data.*", "dml.nets", "dml.losses.distance", "dml.losses.kernels",
       "dml.losses.simkernels", "dml.losses.indices", "dml.losses.mining", "dml.losses.batch",
