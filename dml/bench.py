@@ -250,8 +250,10 @@ def cmd_train(args):
 
     from .config import RunConfig, defaults_for
     from .data import load_digits
-    from .engine import (build_loss, build_net, build_train_loader, build_trainer, net_options,
-                         make_contexts, seed_everything, train_step)
+    from .train.builders import (build_loss, build_net, build_train_loader, build_trainer,
+                                 net_options)
+    from .train.devices import make_contexts, seed_everything
+    from .train.loop import train_step
     from .methods import get_method
 
     methods = args.methods

@@ -26,7 +26,7 @@ def _images_per_second(size, batch, repeats, train=False):
     import mxnet as mx
     from mxnet import autograd, gluon
 
-    from .engine import build_net
+    from .train.builders import build_net
     from .losses import TripletSemiHardLoss
 
     ctx = mx.cpu()

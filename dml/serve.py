@@ -103,7 +103,7 @@ def load_run(run_dir, checkpoint=None, ctx=None):
     ``ctx`` an MXNet context (default the CPU). Returns a :class:`LoadedRun`."""
     import mxnet as mx
 
-    from .engine import load_net, open_run, reported_checkpoint
+    from .train.job import load_net, open_run, reported_checkpoint
 
     run, stored, cfg = open_run(run_dir)
     kind, path, _ = run.resolve(checkpoint or reported_checkpoint(run))

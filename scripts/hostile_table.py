@@ -120,7 +120,8 @@ def checkpoint_vs_evaluated(case):
 
 
 def sigterm_then_resume(case):
-    script = ("import os, signal, sys\nimport dml.engine as e\nn, c, s = 3, [0], e.train_step\n"
+    script = ("import os, signal, sys\ntry:\n    import dml.train.loop as e\nexcept ImportError:  # "
+              "before dml.train\n    import dml.engine as e\nn, c, s = 3, [0], e.train_step\n"
               "def t(*a, **k):\n    c[0] += 1\n    if c[0] == n: os.kill(os.getpid(), "
               "signal.SIGTERM)\n    return s(*a, **k)\ne.train_step = t\nfrom dml.cli import main\n"
               "sys.exit(main(sys.argv[1:]))\n")

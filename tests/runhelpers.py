@@ -69,7 +69,7 @@ def signal_at_step(name, again_after=None):
              % (again_after, name) if again_after is not None else "")
     return """
 import os, signal, sys, threading
-import dml.engine as engine
+import dml.train.loop as engine
 n, calls, step = int(sys.argv[1]), [0], engine.train_step
 def train_step(*args, **kwargs):
     calls[0] += 1

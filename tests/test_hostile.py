@@ -356,7 +356,7 @@ def test_bad_numbers_are_refused_before_anything_is_written(tmp_path, capsys, ar
 def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch, error):
     import mxnet as mx
 
-    import dml.engine
+    import dml.train.job
 
     def fit(*args, **kwargs):
         if error == "MemoryError":
@@ -365,7 +365,7 @@ def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch, error):
                                  "./cpu_device_storage.h\", line 74\nMXNetError: Failed to "
                                  "allocate CPU Memory")
 
-    monkeypatch.setattr(dml.engine, "fit", fit)
+    monkeypatch.setattr(dml.train.job, "fit", fit)
     code, err = refused(["train", "--epochs", "1", "--output-root", str(tmp_path)] + TINY, capsys)
     assert code == 1
     line = err.splitlines()[-1]

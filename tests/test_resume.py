@@ -202,7 +202,7 @@ def test_ctrl_c_mid_epoch_writes_a_partial_checkpoint(tiny_cifar, reference, tmp
                                                       monkeypatch, capsys):
     """SIGINT during the 3rd batch of epoch 2 (the real handler, in this process): checkpoint
     0002-b000003, exit 130; --resume continues from batch 4 and ends as the uninterrupted run."""
-    import dml.engine as engine
+    import dml.train.loop as engine
 
     real_step = engine.train_step
     calls = [0]
@@ -232,7 +232,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cifar, tmp_path,
                                                            capsys):
     import mxnet as mx
 
-    import dml.engine as engine
+    import dml.train.loop as engine
 
     real_step = engine.train_step
     calls = [0]

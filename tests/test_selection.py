@@ -52,9 +52,9 @@ def test_hold_out_classes_takes_training_classes_only():
 def selected_run(tiny_cifar, tmp_path_factory):
     """A 3-epoch digits run whose validation scores are scripted (0.5, 0.9, 0.3): epoch 2 must
     be selected, and the test split scored with epoch 2's weights."""
-    import dml.engine
+    import dml.train.loop
 
-    real = dml.engine.score_for_run
+    real = dml.train.loop.score_for_run
     scripted = iter([0.5, 0.9, 0.3])
     seen = []
 
@@ -66,12 +66,12 @@ def selected_run(tiny_cifar, tmp_path_factory):
         return result
 
     out = str(tmp_path_factory.mktemp("selected"))
-    dml.engine.score_for_run = scripted_evaluation
+    dml.train.loop.score_for_run = scripted_evaluation
     try:
         code, printed = run(["train", "--epochs", "3", "--val-classes", "2", "--keep-checkpoints",
                              "0", "--output-root", out] + tiny_cifar_args(tiny_cifar))
     finally:
-        dml.engine.score_for_run = real
+        dml.train.loop.score_for_run = real
     assert code == 0
     return only_run_dir(out, "cifar10", "triplet_semihard"), seen, printed
 

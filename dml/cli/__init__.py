@@ -83,7 +83,7 @@ def main(argv=None):
     if _several_cpu_contexts(sys.argv[1:] if argv is None else argv) and \
             "mxnet" not in sys.modules:
         # SyncBatchNorm over CPU contexts needs MXNet's engine to run several threads per device,
-        # read once, when MXNet loads (so only before it loads): see dml.engine.CPU_SYNC_NOTE
+        # read once, when MXNet loads (so only before it loads): see dml.train.devices.CPU_SYNC_NOTE
         os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "4")
     _setup_console_logging()
     parser = build_parser()

@@ -52,7 +52,7 @@ def cmd_evaluate(args):
     _absolute_data_root(args)
     if args.query is not None or args.gallery is not None or args.out is not None:
         return _evaluate_folders(args)
-    from ..engine import reevaluate
+    from ..train.job import reevaluate
 
     gpus = None
     if args.gpus is not None:

@@ -42,7 +42,7 @@ def cmd_train(args):
     cfg = config_from_args(args)  # the MXNet imports below stay lazy: OMP_NUM_THREADS is set first
     import signal
 
-    from ..engine import NonFiniteLoss, TrainingInterrupted, prepare, train_job
+    from ..train import NonFiniteLoss, TrainingInterrupted, prepare, train_job
 
     _check_gpus(cfg.gpus)
     # Everything that can be wrong with the input fails here, before the run folder exists.

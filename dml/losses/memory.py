@@ -18,7 +18,7 @@ loss's distance (:func:`dml.losses.references.contrastive_reference_loss`).
 
 Several devices: the engine gathers the devices' embeddings into one batch before the loss, so the
 memory holds the whole batch. Several workers (``dist_sync``): ``gather`` (the engine's
-:meth:`dml.engine.Workers.all_gather`) makes every worker write every worker's embeddings, in
+:meth:`dml.train.Workers.all_gather`) makes every worker write every worker's embeddings, in
 worker order, so all memories are equal; each worker's anchors are its own share of the batch.
 """
 import numpy as np
