@@ -1,88 +1,15 @@
-"""Run folders: ``<output-root>/<dataset>/<method>/<YYYYmmddHHMM>[-N]/`` with ``logs/``,
-``params/``, ``config.json`` and ``metrics.json``. An existing folder is never reused."""
-import errno
-import json
+"""The run folder and :class:`RunDir`, the only code that names a file inside it; finding runs.
+"""
 import os
-import re
 import shutil
 import time
 
-from .errors import DmlError, WriteFailed
-
-_LOW_SPACE = 64 << 20  # bytes: below this, a write that failed without saying why hit a full disk
-
-
-def write_failure(path, err):
-    """The :class:`WriteFailed` for a failed write of ``path``. MXNet's file writer reports a
-    full disk only as "Write incomplete" (no errno), so such a failure with little free space
-    left counts as one; an error that names its cause (permission denied, a read-only or
-    pseudo file system such as /proc, which always shows no free space) is reported as it is."""
-    folder = os.path.dirname(os.path.abspath(path))
-    code = getattr(err, "errno", None)
-    full = code in (errno.ENOSPC, errno.EDQUOT)
-    if not full and code is None:
-        try:
-            full = shutil.disk_usage(folder).free < _LOW_SPACE
-        except OSError:
-            pass
-    if full:
-        return WriteFailed("no space left on the device of %s (writing %s): free some space, or "
-                           "write the run elsewhere" % (folder, os.path.basename(path)))
-    detail = str(getattr(err, "strerror", None) or err).strip().splitlines()
-    return WriteFailed("cannot write %s (%s)" % (path, detail[0][:200] if detail else
-                                                  type(err).__name__))
-
-
-def _remove_quietly(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file
-
-
-def temporary_file(path):
-    """A new, empty temporary file beside ``path`` (``.NAME.XXXXXXXX.tmp``), created with
-    ``O_EXCL`` under a random name: a link planted at a predictable name cannot redirect the
-    write. Its mode is what ``open`` would give ``path``."""
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".%s." % os.path.basename(path), suffix=".tmp")
-    try:
-        os.fchmod(fd, _FILE_MODE)
-    finally:
-        os.close(fd)
-    return tmp
-
-
-def write_atomic(save, path):
-    """``save(tmp)`` then rename ``tmp`` to ``path``: a reader (or a kill) never sees half a file,
-    and the temporary file is a new one (:func:`temporary_file`), never a link someone planted.
-    A failed write leaves no temporary file and raises :class:`dml.WriteFailed`; ``path`` naming
-    a folder is a :class:`dml.DmlError`."""
-    if os.path.isdir(path):
-        raise DmlError("cannot write %s: it is a folder (name a file)" % path)
-    try:
-        tmp = temporary_file(path)
-    except OSError as err:
-        raise write_failure(path, err) from None
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    except Exception as err:  # OSError, MXNetError ("Write incomplete"), matplotlib's errors
-        _remove_quietly(tmp)
-        if isinstance(err, (DmlError, WriteFailed)):
-            raise
-        raise write_failure(path, err) from None
+from ..errors import DmlError
+from .files import (_FILE_MODE, _link, _listdir, _save_npz, read_json, write_atomic, write_failure,
+                    write_json)
+from .checkpoints import (_EXPORT_PARAMS, _exportable, checkpoint_id, complete_checkpoints,
+                          prune_checkpoints, remove_partial_files, resolve_checkpoint,
+                          wait_for_mxnet)
 
 
 def create_run_dir(output_root, dataset, method, now=None):
@@ -112,20 +39,6 @@ def create_run_dir(output_root, dataset, method, now=None):
         return path
 
 
-def write_json(path, data):
-    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
-    def save(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-    write_atomic(save, path)
-
-
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def read_run_json(run_dir, name):
     """``run_dir/name`` parsed; a missing or unreadable file is a :class:`DmlError`."""
     path = os.path.join(run_dir, name)
@@ -149,84 +62,6 @@ def find_runs(root):
     return sorted(found)
 
 
-_NET_PARAMS = re.compile(r"^net-(\d+)\.params$")
-_EXPORT_PARAMS = re.compile(r"^embedding-(\d+)\.params$")
-
-
-def resolve_checkpoint(run_dir, checkpoint):
-    """``checkpoint`` (``last``, ``best`` or a path) -> ``(kind, params_file, epoch)``, kind
-    ``"net"`` (``save_parameters`` of the EmbeddingNet) or ``"export"`` (``net.export``'s params,
-    with ``embedding-symbol.json`` beside it)."""
-    params_dir = os.path.join(run_dir, "params")
-    if checkpoint == "last":
-        epochs = sorted(int(m.group(1)) for m in map(_NET_PARAMS.match, _listdir(params_dir)) if m)
-        if not epochs:
-            raise DmlError("%s holds no checkpoint (params/net-<epoch>.params): the run saved none "
-                           "yet" % run_dir)
-        return "net", os.path.join(params_dir, "net-%04d.params" % epochs[-1]), epochs[-1]
-    if checkpoint == "best":
-        path = os.path.join(params_dir, "best", "net.params")
-        info = os.path.join(params_dir, "best", "best.json")
-        if not (os.path.isfile(path) and os.path.isfile(info)):
-            raise DmlError("%s holds no best checkpoint (params/best/): it is written when a run "
-                           "finishes or evaluates (`eval_period`)" % run_dir)
-        return "net", path, int(read_json(info)["epoch"])
-    if not os.path.isfile(checkpoint):
-        raise DmlError("checkpoint=%s: no such file (pass last, best or a .params file)"
-                       % checkpoint)
-    name = os.path.basename(checkpoint)
-    export = _EXPORT_PARAMS.match(name)
-    if export:
-        symbol = os.path.join(os.path.dirname(checkpoint), "embedding-symbol.json")
-        if not os.path.isfile(symbol):
-            raise DmlError("checkpoint=%s is a net.export file but %s is missing"
-                           % (checkpoint, symbol))
-        return "export", checkpoint, int(export.group(1))
-    net = _NET_PARAMS.match(name)
-    return "net", checkpoint, int(net.group(1)) if net else 0
-
-
-def _listdir(path):
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
-
-
-# Training checkpoints. A checkpoint is the files ``net-<id>.params``, ``trainer-<id>.states``
-# (and ``classifier-<id>.params`` for the classifier methods) and, written last, ``state-<id>.json``:
-# epoch, global step, RNG states, best metric, history and the size of every file. The state file
-# is the commit mark: a checkpoint without one, or whose files do not match it, is incomplete and
-# ignored. ``<id>`` is the epoch (``0003``) after a whole epoch, or ``0004-b000017`` when a run
-# stopped (Ctrl-C) after 17 batches of epoch 4.
-_STATE = re.compile(r"^state-(\d{4,})(?:-b(\d+))?\.json$")
-
-
-def checkpoint_id(epoch, batch=None):
-    return "%04d" % epoch if batch is None else "%04d-b%06d" % (epoch, batch)
-
-
-def complete_checkpoints(run_dir):
-    """The complete checkpoints of ``run_dir``, oldest first: a list of state dicts, each with its
-    ``id``. A state file that cannot be parsed, or whose files are missing or of another size (a
-    kill while it was being replaced), does not count."""
-    params_dir = os.path.join(run_dir, "params")
-    found = []
-    for name in _listdir(params_dir):
-        if not _STATE.match(name):
-            continue
-        try:
-            state = read_json(os.path.join(params_dir, name))
-            files = state["files"]
-            ok = all(os.path.getsize(os.path.join(params_dir, f)) == size
-                     for f, size in files.items())
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if ok:
-            found.append(state)
-    return sorted(found, key=lambda s: (s["step"], s["id"]))
-
-
 def evaluated_images(splits):
     """What a run evaluates, to recognise the same data later: the image count of its evaluated
     split (and gallery), its classes, and a digest of each class's count (``dml evaluate`` on data
@@ -244,116 +79,6 @@ def evaluated_images(splits):
         out[name] = dict(images=int(len(dataset)), classes=int(len(classes)),
                          digest=hashlib.sha1("\n".join(pairs).encode("utf-8")).hexdigest())
     return out
-
-
-def partial_files(root):
-    """The temporary files (``*.tmp``) and folders (``.tmp-*``) below ``root`` that a write
-    which never reached its rename left, hidden ones included."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        for name in dirs:
-            if name.startswith(".tmp-"):
-                found.append(os.path.join(folder, name))
-        dirs[:] = [d for d in dirs if not d.startswith(".tmp-")]
-        found.extend(os.path.join(folder, name) for name in files
-                     if name.endswith(".tmp") or name.startswith(".tmp-"))
-    return found
-
-
-def remove_partial_files(run_dir):
-    """Delete what :func:`partial_files` finds (a killed run's unfinished writes)."""
-    removed = []
-    for path in partial_files(run_dir):
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            _remove_quietly(path)
-        removed.append(path)
-    return removed
-
-
-def prune_checkpoints(run_dir, keep):
-    """Keep the newest ``keep`` complete whole-epoch checkpoints (0: all) and the newest one of
-    any kind; drop the others, each state file first (the checkpoint then counts as incomplete)
-    and its files after, so a kill here leaves only complete or ignored checkpoints."""
-    states = complete_checkpoints(run_dir)
-    if not states:
-        return
-    params_dir = os.path.join(run_dir, "params")
-    newest = states[-1]
-    epochs = [s for s in states if s.get("batch") is None]
-    kept = {s["id"] for s in (epochs[-keep:] if keep else epochs)} | {newest["id"]}
-    for state in states:
-        if state["id"] in kept:
-            continue
-        os.remove(os.path.join(params_dir, "state-%s.json" % state["id"]))
-        for name in state["files"]:  # named by the checkpoint's id: never another's
-            try:
-                os.remove(os.path.join(params_dir, name))
-            except OSError:
-                pass
-
-
-def _save_npz(path, arrays):
-    import numpy as np
-
-    with open(path, "wb") as f:  # (np.savez would append .npz to a temporary name)
-        np.savez(f, **arrays)
-
-
-def wait_for_mxnet():
-    """Wait for every pending MXNet operation before a network's state is read (saved,
-    exported or evaluated).
-
-    Why: MXNet 1.9's BatchNorm updates its moving mean and variance in its *backward* operator,
-    and the engine does not order later readers of those arrays after that write. Without this
-    wait, ``save_parameters`` right after a training step stored the moving statistics of an
-    earlier step (32-40 arrays of ResNet-18 differed from the network that was then evaluated,
-    and a resumed run diverged). The wait is global: no per-array wait covers an untracked
-    write.
-    """
-    import mxnet as mx
-
-    mx.nd.waitall()
-
-
-settle = wait_for_mxnet  # its older name
-
-
-def _exportable(net, input_shape=None):
-    """What ``net.export`` can write: the one-device form of ``net`` (``deployable()``: plain
-    BatchNorm for a net trained with SyncBatchNorm) with its hybridized graph built. A net
-    trained inside a wrapper (SiameseNet, ClassifierNet) or a twin first embeds one blank image
-    of ``input_shape`` (C x H x W) in inference mode, which changes no state."""
-    import mxnet as mx
-
-    wait_for_mxnet()
-    net = net.deployable() if hasattr(net, "deployable") else net
-    if not net._cached_graph:  # pylint: disable=protected-access
-        if input_shape is None:
-            raise ValueError("export: the net has not run a hybridized forward pass; pass "
-                             "input_shape")
-        ctx = net.collect_params().list_ctx()[0]
-        net(mx.nd.zeros((1,) + tuple(input_shape), ctx=ctx))
-        wait_for_mxnet()
-    return net
-
-
-def _link(source, path):
-    """``path`` as a hard link to ``source`` (no second copy of the bytes on disk), replacing
-    any earlier file atomically; False where the file system has no hard links."""
-    tmp = path + ".tmp"
-    try:
-        if os.path.exists(path) and os.path.samefile(source, path):
-            return True  # linked already (a resumed run); rename() of two links to one file
-            # would do nothing and leave the temporary link behind
-        if os.path.lexists(tmp):
-            os.remove(tmp)  # (a link planted there is removed, not followed)
-        os.link(source, tmp)
-    except OSError:
-        return False
-    os.replace(tmp, path)
-    return True
 
 
 class RunDir:
@@ -437,7 +162,7 @@ class RunDir:
         validated (``validation_classes``) and evaluated on, dml's version, the command line and
         when it started; a resumed run keeps the first process's values and adds the time to
         ``resumed``."""
-        from .version import __version__
+        from ..version import __version__
 
         config = cfg.to_dict()
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -568,7 +293,7 @@ class RunDir:
     def load_checkpoint(self, state, net, trainer, classifier=None, ctx=None):
         """A complete checkpoint's (a state of :meth:`complete_checkpoints`) weights and, when it
         has them, the optimizer states; returns False when it holds none (dist_async)."""
-        from .nets import load_weights
+        from ..nets import load_weights
 
         cid = state["id"]
         load_weights(net, self._param("net", cid), ctx=ctx)
