@@ -20,6 +20,9 @@ forward + backward alone on embeddings of the step's shape, over the step time).
 
 Times are medians of ``--repeats`` runs after one warm-up run. On a shared machine compare rows
 of one run of the command rather than runs of different days.
+
+(About 520 lines, one command: its four tables share the timing helpers, the subprocess that
+measures peak memory and one parser; ``serve`` has its own module, :mod:`dml.bench_serve`.)
 """
 import json
 import os

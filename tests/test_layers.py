@@ -18,7 +18,7 @@ LAYERS = [
     ("data, networks and the host operators",
      ["dml.data", "dml.data.*", "dml.nets", "dml.losses.distance", "dml.losses.kernels",
       "dml.losses.simkernels", "dml.losses.indices", "dml.losses.mining", "dml.losses.batch",
-      "dml.losses.simop", "dml.losses.references"]),
+      "dml.losses.simop", "dml.losses.references", "dml.parallel"]),
     ("losses and miners", ["dml.losses", "dml.losses.*", "dml.miners"]),
     ("evaluation and devices",
      ["dml.evaluation", "dml.baselines", "dml.health", "dml.index", "dml.gpus"]),
