@@ -140,13 +140,15 @@ def test_the_bench_help_ends_its_sentences():
 def test_warm_up_waits_for_steady_step_times():
     from dml.bench import _warm_up
 
-    times = iter([10.0, 5.0, 1.0, 1.02, 1.01, 1.0])
-    calls = []
+    durations = iter([10.0, 5.0, 1.0, 1.02, 1.01, 1.0])  # what each call takes, on a fake clock
+    now, calls = [0.0], []
 
     def step():
         calls.append(1)
-        import time
-        time.sleep(next(times) / 100)
+        now[0] += next(durations)
 
-    _warm_up(step)
+    _warm_up(step, clock=lambda: now[0])
     assert len(calls) == 4  # 10, 5, 1, then 1.02: within 15% of the one before
+    durations, calls = iter([10.0, 1.0, 2.0, 1.0, 1.5, 1.0, 1.3, 1.0, 1.2, 1.0, 1.0, 1.0]), []
+    _warm_up(step, rounds=8, clock=lambda: now[0])
+    assert len(calls) == 8  # never steady: stops at rounds
