@@ -31,7 +31,7 @@ $(STAMP): requirements.txt setup.py Makefile
 	$(PY) -m pip install -q --disable-pip-version-check $(MXNET)==1.9.1 -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(ONNXRUNTIME) -e .
 	@echo "Compiling the loss kernels once (numba, cached; about a minute)..."
-	$(PY) -c "from dml.losses import batch, simop; batch.warm_up(); simop.warm_up()"
+	$(PY) -c "from dml.ops import batch, simop; batch.warm_up(); simop.warm_up()"
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -83,7 +83,7 @@ def naive_loss(name, margin=0.2):
     """The B x B x B formulation of ``name`` (None where the classic code is not cubic)."""
     import mxnet as mx
 
-    from .losses.distance import pairwise_distance
+    from .ops.distance import pairwise_distance
 
     class NaiveBatchAll(mx.gluon.HybridBlock):
         """Every valid triplet in a B x B x B tensor (omoindrot's batch_all_triplet_loss)."""

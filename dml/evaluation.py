@@ -45,7 +45,7 @@ def is_collapsed(embeddings):
 
 
 def pairwise_distances_np(queries, references, distance="euclidean"):
-    """Distance matrix between rows, with the same definitions as ``dml.losses.distance``.
+    """Distance matrix between rows, with the same definitions as ``dml.ops.distance``.
     (Euclidean and squared Euclidean rank identically.)"""
     return get_distance(distance).matrix(queries, references)
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from .distances import unit_rows
 
-from .losses.indices import _empty_triplets, pairs_to_triplets, triplets_to_pairs  # noqa: F401
+from .ops.indices import _empty_triplets, pairs_to_triplets, triplets_to_pairs  # noqa: F401
 
 
 def _host(embeddings, labels):
@@ -153,7 +153,7 @@ class DistanceWeightedMiner:
 
 
 def _distances(x, y, distance):
-    from .losses import kernels, mining
+    from .ops import kernels, mining
 
     x = np.ascontiguousarray(x)
     dist, _ = kernels.distances(x, distance)
@@ -167,12 +167,12 @@ class TripletSemiHardMiner:
     Returns ``(a, p, n)``."""
 
     def __init__(self, distance="euclidean"):
-        from .losses.distance import check_distance
+        from .ops.checks import check_distance
 
         self.distance = check_distance(distance)
 
     def __call__(self, embeddings, labels):
-        from .losses import kernels
+        from .ops import kernels
 
         x, y = _host(embeddings, labels)
         dist, codes = _distances(x, y, self.distance)
@@ -191,12 +191,12 @@ class BatchHardMiner:
     farthest positive and its closest negative. Returns ``(a, p, n)``."""
 
     def __init__(self, distance="euclidean"):
-        from .losses.distance import check_distance
+        from .ops.checks import check_distance
 
         self.distance = check_distance(distance)
 
     def __call__(self, embeddings, labels):
-        from .losses import kernels
+        from .ops import kernels
 
         x, y = _host(embeddings, labels)
         dist, codes = _distances(x, y, self.distance)
@@ -213,8 +213,8 @@ class OnlineTripletMiner:
     Returns ``(a, p, n)``. ``rng``: a numpy RandomState (default numpy's global one)."""
 
     def __init__(self, selector="random_hard", margin=0.2, distance="euclidean", rng=None):
-        from .losses.base import check_margin
-        from .losses.distance import check_distance
+        from .ops.checks import check_margin
+        from .ops.checks import check_distance
         from .registry import ONLINE_TRIPLET_SELECTORS
 
         if selector not in ONLINE_TRIPLET_SELECTORS:
@@ -224,7 +224,7 @@ class OnlineTripletMiner:
         self.distance, self.rng = check_distance(distance), rng
 
     def __call__(self, embeddings, labels):
-        from .losses import kernels, mining
+        from .ops import kernels, mining
 
         x, y = _host(embeddings, labels)
         dist, codes = _distances(x, y, self.distance)
@@ -248,12 +248,12 @@ class HardNegativePairMiner:
     are fewer). Returns ``(a1, p, a2, n)``."""
 
     def __init__(self, distance="euclidean"):
-        from .losses.distance import check_distance
+        from .ops.checks import check_distance
 
         self.distance = check_distance(distance)
 
     def __call__(self, embeddings, labels):
-        from .losses import mining
+        from .ops import mining
 
         x, y = _host(embeddings, labels)
         dist, codes = _distances(x, y, self.distance)

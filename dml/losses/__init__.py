@@ -11,7 +11,7 @@ structure, N-pairs) and the proxy losses (:mod:`.proxies`) carry pytorch-metric-
 names, parameters and reductions; the pair ones also take ``indices=`` from :mod:`dml.miners`.
 """
 from .contrastive import PAIR_SELECTORS, ContrastiveLoss, OnlineContrastiveLoss
-from .distance import DISTANCES, pair_distance, pairwise_distance
+from ..ops.distance import DISTANCES, pair_distance, pairwise_distance
 from .heads import MARGIN_HEADS, ArcFace, CosFace, SphereFace, SubCenterArcFace
 from .margin import MarginLoss
 from .proxies import NormalizedSoftmaxLoss, ProxyAnchorLoss, ProxyNCALoss, SoftTripleLoss

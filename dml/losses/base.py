@@ -4,14 +4,8 @@ import math
 
 from mxnet import gluon
 
-from .distance import check_distance
-from .indices import GraphOf, _as_arrays, pairs_to_triplets, triplets_to_pairs
-
-
-def check_margin(margin):
-    if not (margin > 0 and math.isfinite(margin)):
-        raise ValueError("margin must be a finite number > 0, not %r" % (margin,))
-    return float(margin)
+from ..ops.checks import check_distance, check_margin  # noqa: F401  (dml.losses.base's names)
+from ..ops.indices import GraphOf, _as_arrays, pairs_to_triplets, triplets_to_pairs
 
 
 def propagate_non_finite(F, value, *inputs):
@@ -72,8 +66,8 @@ class BaseLoss(gluon.loss.Loss):
 
     def _host(self, F, embeddings, labels, kind):
         """``(loss, fraction)`` of ``kind`` through the fused host operator
-        (:func:`dml.losses.batch.host_loss`), counting this instance's no-tuple warnings."""
-        from .batch import host_loss
+        (:func:`dml.ops.batch.host_loss`), counting this instance's no-tuple warnings."""
+        from ..ops.batch import host_loss
 
         return host_loss(F, embeddings, labels, kind, self._margin, self._distance,
                          self._warn_key)
@@ -135,7 +129,7 @@ class MinedTuples:
     def _triplet_loss(self, F, x, y, a, p, n):
         r"""The mean over the given triplets of :math:`\max(d(a,p) - d(a,n) + m, 0)`; the
         fraction is the share of them with positive loss."""
-        from .distance import pairwise_distance
+        from ..ops.distance import pairwise_distance
 
         d = pairwise_distance(F, x, self._distance)
         valid = a >= 0
@@ -148,7 +142,7 @@ class MinedTuples:
         r"""Hadsell's halved terms over the given pairs, :math:`\frac{1}{2(|P| + |N|)}
         [\sum_P d^2 + \sum_N \max(m - d, 0)^2]`; the fraction is the share of non-zero
         terms."""
-        from .distance import pairwise_distance
+        from ..ops.distance import pairwise_distance
 
         d = pairwise_distance(F, x, self._distance)
         pos_valid, neg_valid = a1 >= 0, a2 >= 0

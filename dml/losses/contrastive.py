@@ -1,10 +1,10 @@
 """Contrastive losses: on given pairs (siamese) and on every pair of a batch (online)."""
 import numpy as np
 
-from . import mining
+from ..ops import mining
 from .base import BaseLoss, GivenOrMined, MinedTuples, batch_loss_io
-from .distance import pair_distance
-from .references import contrastive_reference_loss, host_array, recorded
+from ..ops.distance import pair_distance
+from ..ops.references import contrastive_reference_loss, host_array, recorded
 
 PAIR_SELECTORS = mining.PAIR_SELECTORS
 
@@ -84,7 +84,7 @@ class OnlineContrastiveLoss(MinedTuples, BaseLoss):
         miner's ``(a1, p, a2, n)`` of anchor rows and reference rows, or the pairs ``miner``
         mines (called as ``miner(embeddings, labels, ref_emb, ref_labels)``); never anchor i's
         own copy ``own[i]`` (a memory holds the anchors too). The same terms, reduction and
-        distance as in a batch (:func:`dml.losses.references.contrastive_reference_loss`);
+        distance as in a batch (:func:`dml.ops.references.contrastive_reference_loss`);
         returns what the loss returns."""
         x = host_array(embeddings)
         y = host_array(labels, np.float64).reshape(-1)

@@ -20,7 +20,7 @@ from mxnet import gluon
 
 from .base import batch_loss_io, propagate_non_finite
 from ..distances import NORM_EPS, safe_sqrt
-from .indices import GraphOf, _as_arrays, pairs_to_triplets
+from ..ops.indices import GraphOf, _as_arrays, pairs_to_triplets
 from .similarity import negative_mask, positive_mask
 
 
@@ -57,10 +57,10 @@ class MarginLoss(gluon.HybridBlock):
 
     def hybrid_forward(self, F, embeddings, labels, beta=None):
         """Every triplet of the batch, through the fused host operator
-        (:mod:`dml.losses.simop`, kind ``margin``; a learnable beta is its third input and gets
+        (:mod:`dml.ops.simop`, kind ``margin``; a learnable beta is its third input and gets
         its gradient); a miner's triplets score with :meth:`_forward`, the same formula in MXNet
         operators."""
-        from .simop import host_similarity
+        from ..ops.simop import host_similarity
 
         loss, stat = host_similarity(F, embeddings, labels, "margin", dict(
             margin=self._margin, beta=self._beta_value, nu=self._nu), beta=beta)

@@ -14,7 +14,7 @@ mined pairs of the batch against the memory count.
 The online contrastive loss (the XBM paper's own headline loss) is wrapped the same way: its
 Hadsell terms over the anchors x references pairs (``all_positive``: every positive and negative
 pair; ``hard_negative``: every positive pair and as many of the closest negative pairs), on the
-loss's distance (:func:`dml.losses.references.contrastive_reference_loss`).
+loss's distance (:func:`dml.ops.references.contrastive_reference_loss`).
 
 Several devices: the engine gathers the devices' embeddings into one batch before the loss, so the
 memory holds the whole batch. Several workers (``dist_sync``): ``gather`` (the engine's
@@ -24,9 +24,9 @@ worker order, so all memories are equal; each worker's anchors are its own share
 import numpy as np
 from mxnet import gluon
 
-from .references import contrastive_reference_loss, reference_masks
+from ..ops.references import contrastive_reference_loss, reference_masks
 
-contrastive_memory_loss = contrastive_reference_loss  # its name before dml.losses.references
+contrastive_memory_loss = contrastive_reference_loss  # its name before dml.ops.references
 
 
 class CrossBatchMemory(gluon.Block):

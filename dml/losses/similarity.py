@@ -17,7 +17,7 @@ from mxnet import gluon
 
 from ..distances import NORM_EPS, diagonal_mask, unit_rows
 from .base import batch_loss_io, propagate_non_finite
-from .indices import GraphOf, _as_arrays, triplets_to_pairs  # noqa: F401  (GraphOf: where it was)
+from ..ops.indices import GraphOf, _as_arrays, triplets_to_pairs  # noqa: F401  (GraphOf: where it was)
 
 _BIG = 1e30
 
@@ -111,7 +111,7 @@ class _SimilarityLoss(gluon.loss.Loss):
             self.mined = GraphOf(lambda F, x, y, a1, p, a2, n: self._forward(F, x, y,
                                                                             (a1, p, a2, n)))
 
-    kind = None  # the fused host operator's name of the loss (dml.losses.simop)
+    kind = None  # the fused host operator's name of the loss (dml.ops.simop)
     scores_references = True  # score_references below: CrossBatchMemory can wrap it
 
     def host_params(self):
@@ -120,7 +120,7 @@ class _SimilarityLoss(gluon.loss.Loss):
 
     def hybrid_forward(self, F, embeddings, labels):
         """Every pair of the batch, through the fused host operator (one B x B pass on the host,
-        :mod:`dml.losses.simop`); ``indices`` and the cross-batch memory score with
+        :mod:`dml.ops.simop`); ``indices`` and the cross-batch memory score with
         :meth:`_forward` and :meth:`score`, the same formulas in MXNet operators."""
         return self._host(F, embeddings, labels)
 
@@ -134,12 +134,12 @@ class _SimilarityLoss(gluon.loss.Loss):
         keeps (called as ``miner(embeddings, labels, ref_emb, ref_labels)``); never anchor i's
         own copy ``own[i]`` (a memory holds the anchors too). Every pair, and the
         multi-similarity miner's, go through the fused host operator
-        (:func:`dml.losses.simop.memory_loss`: one A x M product and one pass); other pairs
+        (:func:`dml.ops.simop.memory_loss`: one A x M product and one pass); other pairs
         through :meth:`score` in MXNet operators. Returns what the loss returns."""
         from mxnet import nd
 
-        from .references import host_array, recorded, reference_masks
-        from .simop import memory_loss
+        from ..ops.references import host_array, recorded, reference_masks
+        from ..ops.simop import memory_loss
 
         x = host_array(embeddings)
         y = host_array(labels, np.float64).reshape(-1)
@@ -161,7 +161,7 @@ class _SimilarityLoss(gluon.loss.Loss):
                           nd.array(neg, ctx=ctx, dtype=dtype), embeddings, labels)
 
     def _host(self, F, embeddings, labels, mine_epsilon=None):
-        from .simop import host_similarity
+        from ..ops.simop import host_similarity
 
         loss, stat = host_similarity(F, embeddings, labels, self.kind, self.host_params(),
                                      mine_epsilon=mine_epsilon)
@@ -366,7 +366,7 @@ class GeneralizedLiftedStructureLoss(_SimilarityLoss):
         return dict(neg_margin=self._neg_margin, pos_margin=self._pos_margin)
 
     def _loss(self, F, sim, pos, neg):
-        from .distance import safe_sqrt
+        from ..ops.distance import safe_sqrt
 
         dist = safe_sqrt(F, F.relu(2 - 2 * sim))  # ||a - b|| = sqrt(2 - 2 a.b) for unit vectors
         pos_term = masked_logsumexp(F, dist - self._pos_margin, pos)

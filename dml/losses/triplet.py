@@ -1,6 +1,6 @@
 """Triplet losses over a batch of embeddings and their labels (online mining)."""
 from .base import BaseLoss, GivenOrMined, MinedTuples, batch_loss_io
-from .distance import pair_distance
+from ..ops.distance import pair_distance
 
 
 class _MinedTripletLoss(MinedTuples, BaseLoss):
