@@ -1,6 +1,8 @@
 """The training engine, kept as a module for the import paths the README and doc/ show
 (``dml.engine.fit``): it lives in :mod:`dml.train` (devices, builders, scoring, the loop, the
 jobs); every name it had is here."""
+from .hooks import (Hooks, NonFiniteLoss, RunCompleter, RunRecorder, StopGuard,  # noqa: F401
+                    TensorBoardLogger, TrainingInterrupted, TrainState, set_rng_state)
 from .train.devices import (CPU_SYNC_NOTE, DIST_ENV, Workers, _GATHER_KEYS, _RUN_NAME_BYTES,
                             _RUN_NAME_KEY, cpu_engine_threads, make_contexts, make_kvstore,
                             net_contexts, seed_everything, split_batch)  # noqa: F401

@@ -231,3 +231,86 @@ def test_registries_return_by_name_and_list_the_valid_names_of_an_unknown_one():
     with pytest.raises(ValueError, match="unknown miner 'hard': choose one of none, "
                                          "multi_similarity, distance_weighted"):
         get_miner("hard")
+
+
+# Every name the modules that became packages or moved had before (at fde1760), which their old
+# import paths must still give: the README's and doc/'s paths, and what users' code imported.
+OLD_NAMES = {
+    "dml.engine": """
+        CPU_SYNC_NOTE DIST_ENV Job Workers _GATHER_KEYS _RUN_NAME_BYTES _RUN_NAME_KEY _epoch_summary
+        _resume_point _some _warn_repeats build_loss build_net build_train_loader build_trainer
+        check_embeddings check_same_images cpu_engine_threads default_hooks embed_and_score
+        eval_loader evaluate_net evaluate_run fit health_monitor learning_rate_at load_net
+        make_contexts make_kvstore net_contexts net_options open_run prepare prepare_training
+        reevaluate reported_checkpoint resume_state run run_evaluation score_for_run seed_everything
+        selection_split split_batch train_job train_step validation_loss validation_splits""",
+    "dml.hooks": """
+        Hooks NonFiniteLoss RunRecorder StopGuard TensorBoardLogger TrainState TrainingInterrupted
+        _NullWriter _STOP_SIGNALS non_finite_parameters projector_sample rng_state set_rng_state
+        tsv_cell warn_below_baselines""",
+    "dml.serve": """
+        Gallery INDEX_FILE INDEX_FORMAT ITEMS_FILE ITEMS_HEADER ImageSource Item LoadedRun META_FILE
+        _dataset_items _image_list _items_csv _read_list_file _walk_images build_index
+        check_new_folder check_query_gallery_classes check_writable collect embed_items
+        evaluate_query_gallery file_sha256 input_size labelled_items load_run open_index
+        query_gallery_metrics result_rows run_for_index save_npy save_text search write_embeddings""",
+    "dml.runs": """
+        RunDir _EXPORT_PARAMS _FILE_MODE _LOW_SPACE _NET_PARAMS _STATE _exportable _link _listdir
+        _remove_quietly _save_npz _umask checkpoint_id complete_checkpoints create_run_dir
+        evaluated_images find_runs partial_files prune_checkpoints read_json read_run_json
+        remove_partial_files resolve_checkpoint settle temporary_file wait_for_mxnet write_atomic
+        write_failure write_json""",
+    "dml.export": """
+        L2_EPS _require _tidy export_onnx exportable_symbol onnx_embed""",
+    "dml.losses.kernels": """
+        COSINE DISTANCE_CODES EUCLIDEAN SQUARED _DISTANCES _derivative _finish_distances _jit _pjit
+        _positives _random_hard_anchor _sorted_reach _sparse_grad _symmetrize batch_hard
+        contrastive_all distance_grad distances pair_offsets positive_pairs random_negatives
+        semihard_tf triplet_sums triplet_sums_grad""",
+    "dml.losses.simkernels": """
+        _jit _kept _pjit _symmetrize_tiles _zero_row circle gap_sums lifted margin_all ms_cuts
+        multi_similarity npairs ntxent supcon symmetrize""",
+    "dml.losses.simop": """
+        DEFAULTS KINDS _NO_MINING _SimilarityOp _SimilarityProp _codes _cuts _nan_result
+        _npairs_roles _params _score host_similarity memory_loss similarity_loss warm_up""",
+    "dml.losses.batch": """
+        HostLossProp KINDS _BatchLossOp _BatchLossProp _LOSSES _NoTuples _all_triplets _batch_hard
+        _check_kind _contrastive_all_positive _contrastive_hard_negative _degenerate _drain_engine
+        _pair_terms _selector _semihard_tf batch_loss host_loss warm_up""",
+    "dml.losses.mining": """
+        NEGATIVE_SELECTORS NoTupleWarnings _counters anchor_negative_mask anchor_positive_mask
+        choose_negatives closest_pairs label_codes no_tuple_warnings select_pairs""",
+    "dml.losses.indices": """
+        GraphOf _as_arrays _empty_triplets as_index_arrays pairs_to_triplets triplets_to_pairs""",
+    "dml.losses.references": """
+        HostScore contrastive_reference_loss host_array recorded reference_masks""",
+    "dml.losses.distance": """
+        check_distance pair_distance pairwise_distance""",
+    "dml.losses.base": """
+        BaseLoss GivenOrMined MinedTuples _BATCH_IO _instances batch_loss_io check_margin
+        propagate_non_finite take_pairs""",
+    "dml.methods": """
+        METHODS MINERS MINER_CLASSES MarginSoftmaxMethod Method MinedLoss ModelLoss PairLossMethod
+        ParallelStep ProxyMethod SiameseMethod SoftmaxMethod TripletMethod _PlainBatches
+        _TupleMethod _backward_device _margin_kwargs _recorded _unknown gather_embeddings get_method
+        get_miner in_threads""",
+}
+
+
+def test_the_old_import_paths_give_every_name_they_had():
+    import importlib
+
+    missing = ["%s.%s" % (module, name) for module, names in OLD_NAMES.items()
+               for name in names.split() if not hasattr(importlib.import_module(module), name)]
+    assert missing == []
+
+
+def test_a_moved_module_is_the_same_module_under_its_old_path():
+    import importlib
+
+    import dml.losses.batch
+    import dml.ops.batch
+    from dml.losses import mining
+
+    assert dml.losses.batch is dml.ops.batch
+    assert mining is importlib.import_module("dml.ops.mining")
