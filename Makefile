@@ -28,10 +28,13 @@ $(STAMP): requirements.txt setup.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "Installing into $(VENV) ($(MXNET)==1.9.1 and the pinned requirements)..."
 	@$(PY) -m pip uninstall -q -y $(OTHER_MXNET) >/dev/null 2>&1 || true
-	$(PY) -m pip install -q --disable-pip-version-check $(MXNET)==1.9.1 -r requirements.txt
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(ONNXRUNTIME) -e .
-	@echo "Compiling the loss kernels once (numba, cached; about a minute)..."
-	$(PY) -c "from dml.ops import batch, simop; batch.warm_up(); simop.warm_up()"
+	$(PY) -m pip install -q --disable-pip-version-check --no-compile $(MXNET)==1.9.1 -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-compile --no-deps $(ONNXRUNTIME) -e .
+	@echo "Compiling the packages' bytecode on every core, and the loss kernels once (numba, cached; about a minute)..."
+	@# (pip compiles one file at a time; the two kernel modules compile in two processes at once)
+	$(PY) -m compileall -q -j 0 dml $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") >/dev/null 2>&1
+	$(PY) -c "from dml.ops import batch; batch.warm_up()" & pid=$$!; \
+	$(PY) -c "from dml.ops import simop; simop.warm_up()" || { wait $$pid; exit 1; }; wait $$pid
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

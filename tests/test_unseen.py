@@ -170,13 +170,15 @@ def test_a_run_that_hurts_its_embedding_says_so_while_it_trains(tmp_path):
 
 def test_a_healthy_run_of_the_recipe_warns_of_nothing(tmp_path):
     """Digits (seen classes) with the glyphs recipe: the small stem and a cosine schedule train,
-    and nothing is said to hurt."""
+    and nothing is said to hurt. (At 16 px, the digits' 8 x 8 doubled: 17 s instead of 87 s at
+    32 px, with the same verdicts.)"""
     import glob
     import json
     import os
 
     proc = _train("--epochs", "2", "--n-classes", "10", "--n-samples", "6", "--stem", "small",
-                  "--lr", "3e-4", "--lr-schedule", "cosine", "--output-root", str(tmp_path))
+                  "--lr", "3e-4", "--lr-schedule", "cosine", "--image-size", "16",
+                  "--output-root", str(tmp_path))
     assert "hurting" not in proc.stderr and "collapsing" not in proc.stderr
     assert "retrieves worse" not in proc.stderr
     assert "training-sample map_at_r" in proc.stderr
