@@ -124,3 +124,19 @@ def test_bench_metrics_prints_a_row_per_metric():
     assert [r.split()[:2] for r in rows] == [["retrieval", "300"], ["clustering", "300"],
                                              ["knn_accuracy", "300"]]
     assert float(rows[0].split()[5]) > 0 and rows[2].split()[5] == "n/a"
+
+
+def test_unseen_attempts_prints_the_references_of_unseen_digits(tmp_path):
+    """`scripts/unseen_attempts.py --only none` (doc/unseen.md's command) trains nothing and
+    prints the references: raw pixels, the PCA rows fit on the five training classes (below the
+    pixels' map_at_r: what doc/unseen.md says), and the untrained network."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "unseen_attempts.py"),
+                           "--output-root", str(tmp_path), "--only", "none", "--seeds", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line[:22].strip(): line.split() for line in proc.stdout.splitlines()[1:]}
+    assert set(rows) == {"raw pixels", "pixels, PCA 8", "pixels, PCA 16", "pixels, PCA 32",
+                         "pixels, PCA 64", "untrained"}, proc.stdout
+    pca = [float(rows["pixels, PCA %d" % d][4]) for d in (8, 16, 32, 64)]
+    assert pca == sorted(pca) and 0.5 < pca[0] and pca[-1] < 0.62, proc.stdout
+    assert os.listdir(str(tmp_path)) == []  # nothing trained
