@@ -392,3 +392,31 @@ def test_the_readme_onnxruntime_lines_embed_like_load_run(run, photos, tmp_path)
     cropped = fit_image(Image.open(str(tmp_path / "a.png")).convert("RGB"), side, "center_crop")
     x = ((np.asarray(cropped) / 255.0 - namespace["mean"]) / namespace["std"]).astype(np.float32)
     assert np.abs(namespace["x"] - x.transpose(2, 0, 1)[None]).max() < 1e-6
+
+
+def test_the_exporter_writes_weights_as_raw_bytes_with_the_same_values():
+    """Inside the export, onnx.helper.make_tensor writes float32 tensors above RAW_ABOVE values as
+    raw little-endian bytes (pure-Python protobuf encodes repeated floats one by one: minutes for
+    a ResNet), the same values as the float_data encoding; small and non-float tensors as before;
+    and make_tensor is itself again afterwards, also after an exception."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    from dml.serve.export import RAW_ABOVE, _RawTensors
+
+    original = onnx.helper.make_tensor
+    values = np.random.default_rng(0).normal(size=(RAW_ABOVE + 7,)).astype(np.float32)
+    with _RawTensors(onnx.helper):
+        big = onnx.helper.make_tensor("w", TensorProto.FLOAT, values.shape, values.tolist())
+        small = onnx.helper.make_tensor("s", TensorProto.FLOAT, (2,), [1.5, -2.0])
+        ints = onnx.helper.make_tensor("i", TensorProto.INT64, (RAW_ABOVE + 1,),
+                                       list(range(RAW_ABOVE + 1)))
+    assert onnx.helper.make_tensor is original
+    assert big.raw_data and not big.float_data and not small.raw_data and not ints.raw_data
+    reference = original("w", TensorProto.FLOAT, values.shape, values.tolist())
+    assert np.array_equal(numpy_helper.to_array(big), numpy_helper.to_array(reference))
+    assert np.array_equal(numpy_helper.to_array(small), [1.5, -2.0])
+    with pytest.raises(RuntimeError):
+        with _RawTensors(onnx.helper):
+            raise RuntimeError("the exporter failed")
+    assert onnx.helper.make_tensor is original

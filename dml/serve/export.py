@@ -53,6 +53,36 @@ def exportable_symbol(symbol):
         name="embedding")
 
 
+RAW_ABOVE = 16  # values: larger float32 tensors are written as raw bytes
+
+
+class _RawTensors:
+    """While active, ``onnx.helper.make_tensor`` writes float32 tensors of more than
+    :data:`RAW_ABOVE` values as ``raw_data`` (little-endian bytes) instead of a repeated
+    ``float_data`` field. MXNet's exporter writes every weight as ``float_data``, and protobuf
+    3.20.3 (the pin mxboard needs) has no C++ extension for Python 3.11: its pure-Python code
+    encodes and parses repeated floats one at a time, about 25 s each way for ResNet-18's 11
+    million weights. The same tensor, in ONNX's other encoding."""
+
+    def __init__(self, helper):
+        self.helper, self.original = helper, helper.make_tensor
+
+    def make_tensor(self, name, data_type, dims, vals, raw=False):
+        from onnx import TensorProto
+
+        if not raw and data_type == TensorProto.FLOAT and len(vals) > RAW_ABOVE:
+            vals, raw = np.asarray(vals, dtype="<f4").tobytes(), True
+        return self.original(name, data_type, dims, vals, raw=raw)
+
+    def __enter__(self):
+        self.helper.make_tensor = self.make_tensor
+        return self
+
+    def __exit__(self, *exc):
+        self.helper.make_tensor = self.original
+        return False
+
+
 def _tidy(model, metadata):
     """Initializers out of the graph inputs (ONNX Runtime then folds them as constants), the
     output named ``embedding``, and the run's metadata."""
@@ -97,9 +127,10 @@ def export_onnx(run, out_path, tolerance=1e-4, check_batch=None):
         params = {k.split(":", 1)[1]: v for k, v in mx.nd.load(prefix + "-0000.params").items()}
         raw = os.path.join(tmp, "model.onnx")
         try:
-            mx_onnx.export_model(symbol, params, [(1, 3, height, width)], [np.float32], raw,
-                                 dynamic=True,
-                                 dynamic_input_shapes=[(None, 3, height, width)])
+            with _RawTensors(onnx.helper):
+                mx_onnx.export_model(symbol, params, [(1, 3, height, width)], [np.float32], raw,
+                                     dynamic=True,
+                                     dynamic_input_shapes=[(None, 3, height, width)])
         except Exception as err:  # pylint: disable=broad-except  (the exporter raises anything)
             from ..errors import error_summary
 
