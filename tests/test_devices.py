@@ -218,16 +218,19 @@ for devices in (1, 2):
         with autograd.record():
             heads, loss, _ = method.forward_batch(net, loss_fn, parts, ctx)
         autograd.backward(heads)
-    out[devices] = dict(loss=float(loss.asscalar()), grads={
-        k: sum(g.asnumpy() for g in p.list_grad()).tolist()
+    out[devices] = float(loss.asscalar())
+    np.savez(sys.argv[1] + "-%d.npz" % devices, **{
+        k: sum(g.asnumpy() for g in p.list_grad())
         for k, p in net.collect_params().items() if p.grad_req != "null"})
 print(json.dumps(out))
 """
 
 
-def test_two_cpu_contexts_share_batchnorm_statistics_in_one_step():
+def test_two_cpu_contexts_share_batchnorm_statistics_in_one_step(tmp_path):
     """The SyncBatchNorm path in a fresh process (MXNet's engine on 4 threads per device, as the
-    CLI sets it): the same loss and gradients as one context, to float32 rounding."""
+    CLI sets it): the same loss and gradients as one context, to float32 rounding. (The
+    gradients come back as .npz files: as JSON text, ResNet-18's 11 million values twice took
+    most of a minute.)"""
     import json
     import os
     import subprocess
@@ -236,15 +239,16 @@ def test_two_cpu_contexts_share_batchnorm_statistics_in_one_step():
     from runhelpers import ROOT
 
     env = dict(os.environ, MXNET_CPU_WORKER_NTHREADS="4", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, "-c", SYNCED_STEP], capture_output=True, text=True,
-                          env=env, timeout=600)
+    prefix = str(tmp_path / "grads")
+    proc = subprocess.run([sys.executable, "-c", SYNCED_STEP, prefix], capture_output=True,
+                          text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout)
-    one, two = out["1"], out["2"]
-    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
-    assert one["grads"].keys() == two["grads"].keys()
-    for name in one["grads"]:
-        a, b = np.array(one["grads"][name]), np.array(two["grads"][name])
+    assert out["2"] == pytest.approx(out["1"], rel=1e-5)
+    one, two = np.load(prefix + "-1.npz"), np.load(prefix + "-2.npz")
+    assert sorted(one.files) == sorted(two.files) and len(one.files) > 60
+    for name in one.files:
+        a, b = one[name], two[name]
         assert np.abs(a - b).max() <= 1e-3 * max(np.abs(a).max(), 1e-8), name
 
 
