@@ -30,11 +30,14 @@ $(STAMP): requirements.txt setup.py Makefile
 	@$(PY) -m pip uninstall -q -y $(OTHER_MXNET) >/dev/null 2>&1 || true
 	$(PY) -m pip install -q --disable-pip-version-check --no-compile $(MXNET)==1.9.1 -r requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-compile --no-deps $(ONNXRUNTIME) -e .
-	@echo "Compiling the packages' bytecode on every core, and the loss kernels once (numba, cached; about a minute)..."
-	@# (pip compiles one file at a time; the two kernel modules compile in two processes at once)
-	$(PY) -m compileall -q -j 0 dml $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") >/dev/null 2>&1
+	@echo "Compiling the loss kernels once (numba, cached) and the packages' bytecode (about 1.5 minutes)..."
+	@# Two lanes at once: the pair and triplet kernels (about 90 s); the similarity kernels (about
+	@# 50 s), then the bytecode pip would have compiled one file at a time (about 35 s; a file that
+	@# does not compile is left to import time, as pip leaves it).
 	$(PY) -c "from dml.ops import batch; batch.warm_up()" & pid=$$!; \
-	$(PY) -c "from dml.ops import simop; simop.warm_up()" || { wait $$pid; exit 1; }; wait $$pid
+	{ $(PY) -c "from dml.ops import simop; simop.warm_up()" && \
+	  { $(PY) -m compileall -q dml $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") >/dev/null 2>&1 || true; }; \
+	} || { wait $$pid; exit 1; }; wait $$pid
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
