@@ -3,9 +3,10 @@
 jobs); every name it had is here."""
 from .hooks import (Hooks, NonFiniteLoss, RunCompleter, RunRecorder, StopGuard,  # noqa: F401
                     TensorBoardLogger, TrainingInterrupted, TrainState, set_rng_state)
+from .evaluation import net_contexts  # noqa: F401
 from .train.devices import (CPU_SYNC_NOTE, DIST_ENV, Workers, _GATHER_KEYS, _RUN_NAME_BYTES,
                             _RUN_NAME_KEY, cpu_engine_threads, make_contexts, make_kvstore,
-                            net_contexts, seed_everything, split_batch)  # noqa: F401
+                            seed_everything, split_batch)  # noqa: F401
 from .train.builders import (build_loss, build_net, build_train_loader, build_trainer, eval_loader,
                              net_options)  # noqa: F401
 from .train.scoring import (check_embeddings, embed_and_score, score_for_run, validation_loss,

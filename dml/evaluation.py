@@ -299,13 +299,10 @@ def evaluate(net, dataset, mean, std, ctx=None, distance="euclidean", references
     of them (default the CPU)."""
     import mxnet as mx
 
-    from .data import BatchLoader, SequentialBatches
-
     ctx = ctx or mx.cpu()
 
     def embedded(data):
-        return embed(net, BatchLoader(data, SequentialBatches(len(data), batch_size), mean, std,
-                                      num_workers=0), ctx)
+        return embed_dataset(net, data, mean, std, ctx, batch_size)
 
     embeddings, labels = embedded(dataset)
     metrics = retrieval_metrics(embeddings, labels, distance)
@@ -315,6 +312,22 @@ def evaluate(net, dataset, mean, std, ctx=None, distance="euclidean", references
         metrics["knn_accuracy"] = knn_accuracy(ref_embeddings, ref_labels, embeddings, labels,
                                                distance)
     return metrics
+
+
+def net_contexts(net):
+    """The contexts ``net``'s parameters live on."""
+    return next(iter(net.collect_params().values())).list_ctx()
+
+
+def embed_dataset(net, dataset, mean, std, ctx=None, batch_size=256):
+    """Embeddings and labels of ``dataset`` (a dml dataset: uint8 images, labels), normalized with
+    ``mean``/``std`` as in training, in order; ``ctx``: a context or a list of them (default:
+    the contexts of ``net``'s parameters)."""
+    from .data import BatchLoader, SequentialBatches
+
+    loader = BatchLoader(dataset, SequentialBatches(len(dataset), batch_size), mean, std,
+                         num_workers=0)
+    return embed(net, loader, net_contexts(net) if ctx is None else ctx)
 
 
 def embed(net, loader, ctx, progress=None):

@@ -111,17 +111,15 @@ def heldout_sample(dataset, max_points=MAX_POINTS, seed=0):
 
 
 def _embedder(mean, std, batch_size):
-    """``embed(net, dataset)`` on the contexts of ``net``'s parameters."""
+    """``embed(net, dataset)`` on the contexts of ``net``'s parameters
+    (:func:`dml.evaluation.embed_dataset`)."""
     if mean is None or std is None:
         raise ValueError("HealthMonitor needs embed, or the normalization's mean and std")
 
     def embed(net, dataset):
-        from .data import BatchLoader, SequentialBatches
-        from .evaluation import embed as embed_loader
+        from .evaluation import embed_dataset
 
-        ctx = next(iter(net.collect_params().values())).list_ctx()
-        return embed_loader(net, BatchLoader(dataset, SequentialBatches(len(dataset), batch_size),
-                                             mean, std, num_workers=0), ctx)
+        return embed_dataset(net, dataset, mean, std, batch_size=batch_size)
     return embed
 
 

@@ -169,8 +169,3 @@ class Workers:
 def split_batch(batch, ctx):
     """A numpy batch -> per device, the tuple of its slices (``parts[i]`` on ``ctx[i]``)."""
     return list(zip(*[gluon.utils.split_and_load(a, ctx, even_split=False) for a in batch]))
-
-
-def net_contexts(net):
-    """The contexts ``net``'s parameters live on."""
-    return next(iter(net.collect_params().values())).list_ctx()

@@ -9,7 +9,7 @@ import numpy as np
 from mxnet import autograd
 from tqdm import tqdm
 
-from ..evaluation import embed
+from ..evaluation import embed, net_contexts
 from ..events import Hooks
 from ..methods import get_method
 from ..runs import RunDir
@@ -17,7 +17,7 @@ from .state import TrainState, TrainingInterrupted, set_rng_state
 from .guard import StopGuard
 from .recorder import RunCompleter, RunRecorder
 from .tensorboard import TensorBoardLogger
-from .devices import Workers, make_contexts, net_contexts, seed_everything, split_batch
+from .devices import Workers, make_contexts, seed_everything, split_batch
 from .builders import (build_loss, build_net, build_train_loader, build_trainer, eval_loader,
                        net_options)
 from .scoring import score_for_run, validation_loss
@@ -187,7 +187,7 @@ def default_hooks(cfg, splits, run_dir, state, extra=None):
     :class:`dml.train.RunRecorder` and the :class:`dml.train.TensorBoardLogger` of ``run_dir``,
     with ``extra``, in the order of their priorities."""
     method = state.method
-    state.guard = StopGuard(state.model, cfg.log_interval)
+    guard = StopGuard(state.model, cfg.log_interval)  # (it is state.guard from train_start on)
     # the validation loss of siamese/triplet: on the held-out classes when there are some
     val_set = method.val_dataset(splits.val if splits.val is not None else splits.test, cfg.seed)
     val_loss = None
@@ -202,7 +202,7 @@ def default_hooks(cfg, splits, run_dir, state, extra=None):
     logger = tensorboard_logger(run_dir, cfg, writes=state.workers.writes)
     health = [health_monitor(cfg, splits)] if state.workers.writes else []
     completer = [RunCompleter(run_dir)] if state.workers.writes else []
-    return Hooks([state.guard] + health + [recorder, logger] + completer + list(extra or []))
+    return Hooks([guard] + health + [recorder, logger] + completer + list(extra or []))
 
 
 def experiment_hparams(cfg):
